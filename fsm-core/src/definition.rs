@@ -1,0 +1,176 @@
+//! The machine's graph as `'static` data.
+//!
+//! A [`Definition`] is what `state_machine!` knows about a machine, kept at run time:
+//! states, events, edges and timers. Diagrams, stored-state parsing and validation all
+//! read it, so there is one source of truth for the shape of a lifecycle.
+//!
+//! # Examples
+//!
+//! ```
+//! use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+//!
+//! static TOGGLE: Definition = Definition {
+//!     name: "Toggle",
+//!     doc: "A light switch.",
+//!     context: "()",
+//!     effect: None,
+//!     states: &[
+//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false },
+//!         StateInfo { name: "On", doc: "", initial: false, terminal: false },
+//!     ],
+//!     events: &[EventInfo { name: "Flip", doc: "", payload: None }],
+//!     edges: &[
+//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On" },
+//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off" },
+//!     ],
+//! };
+//! assert_eq!(TOGGLE.initial().name, "Off");
+//! assert!(TOGGLE.state("On").is_some());
+//! ```
+
+use std::time::Duration;
+
+/// A whole machine: its name, states, events and edges, in declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Definition {
+    /// The machine type's name, e.g. `"Order"`; stores key rows by it.
+    pub name: &'static str,
+    /// Doc comment of the machine, possibly empty.
+    pub doc: &'static str,
+    /// The context type as written, e.g. `"OrderData"`, or `"()"`.
+    pub context: &'static str,
+    /// The effect type as written, if the machine emits effects.
+    pub effect: Option<&'static str>,
+    /// States in order of first appearance.
+    pub states: &'static [StateInfo],
+    /// Events in order of first appearance (timers are not events).
+    pub events: &'static [EventInfo],
+    /// Edges in declaration order; `A | B + E` contributes one edge per source.
+    pub edges: &'static [Edge],
+}
+
+/// One state of a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateInfo {
+    /// The state's stable name, as stored in the database.
+    pub name: &'static str,
+    /// Doc comment from the `states { }` block, possibly empty.
+    pub doc: &'static str,
+    /// Whether this is the one initial state (marked `*`).
+    pub initial: bool,
+    /// Whether no edge leaves this state.
+    pub terminal: bool,
+}
+
+/// One event of a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The event's stable name.
+    pub name: &'static str,
+    /// Doc comment from the `events { }` block, possibly empty.
+    pub doc: &'static str,
+    /// The payload type as written, if the event carries one.
+    pub payload: Option<&'static str>,
+}
+
+/// What makes an edge fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum On {
+    /// A command carrying this event.
+    Event(&'static str),
+    /// A durable timer, armed when the machine enters the source state.
+    After(Duration),
+}
+
+/// One edge `from + on [guard] / action => to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Source state name.
+    pub from: &'static str,
+    /// The event or timer that triggers the edge.
+    pub on: On,
+    /// Guard name, if the edge is guarded.
+    pub guard: Option<&'static str>,
+    /// Action name, if the edge runs one.
+    pub action: Option<&'static str>,
+    /// Target state name.
+    pub to: &'static str,
+}
+
+impl Definition {
+    /// The initial state.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the definition has no initial state, which `state_machine!` rejects at
+    /// compile time; only a hand-written definition can get here.
+    pub fn initial(&self) -> &StateInfo {
+        self.states
+            .iter()
+            .find(|s| s.initial)
+            .expect("a definition has exactly one initial state")
+    }
+
+    /// Looks a state up by its stored name.
+    pub fn state(&self, name: &str) -> Option<&StateInfo> {
+        self.states.iter().find(|s| s.name == name)
+    }
+
+    /// Looks an event up by name.
+    pub fn event(&self, name: &str) -> Option<&EventInfo> {
+        self.events.iter().find(|e| e.name == name)
+    }
+
+    /// Edges leaving `state`, in declaration order.
+    pub fn edges_from<'a>(&'a self, state: &'a str) -> impl Iterator<Item = &'a Edge> + 'a {
+        self.edges.iter().filter(move |e| e.from == state)
+    }
+
+    /// Timer edges (`after(..)`), in declaration order, with their index in `edges`.
+    pub fn timers(&self) -> impl Iterator<Item = (usize, &Edge)> + '_ {
+        self.edges
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e.on, On::After(_)))
+    }
+
+    /// Whether some edge on `event` leads into `state`: firing that event again once the
+    /// machine is there is a repeat, which callers may treat as success.
+    pub fn is_target_of(&self, state: &str, event: &str) -> bool {
+        self.edges
+            .iter()
+            .any(|e| e.to == state && matches!(e.on, On::Event(name) if name == event))
+    }
+}
+
+/// Formats a timer delay the way the DSL writes it: `30 min`, `2 h`, `1500 ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "min"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    for (size, unit) in units {
+        if ms >= size && ms % size == 0 {
+            return format!("{} {unit}", ms / size);
+        }
+    }
+    "0 s".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_in_the_largest_exact_unit() {
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30 min");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2 h");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500 ms");
+        assert_eq!(format_duration(Duration::from_secs(86_400 * 3)), "3 d");
+        assert_eq!(format_duration(Duration::ZERO), "0 s");
+    }
+}

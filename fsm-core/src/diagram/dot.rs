@@ -1,0 +1,194 @@
+//! Graphviz DOT.
+
+use std::fmt::Write as _;
+
+use super::{edge_label, summary};
+use crate::definition::{Definition, On};
+
+/// Renders a definition as a Graphviz `digraph`, laid out left to right.
+///
+/// States are rounded boxes, terminal states double circles; a small filled point
+/// `__start` leads into the initial state. Each edge is labelled
+/// `Event [guard] / action`; timer edges are dashed and labelled `after 30 min`. A
+/// state's doc comment, first line only, becomes its tooltip. Every name and label is
+/// quoted, with `"` and `\` escaped, so any string renders as written.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+///
+/// static DOOR: Definition = Definition {
+///     name: "Door",
+///     doc: "",
+///     context: "()",
+///     effect: None,
+///     states: &[
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///     ],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     edges: &[Edge {
+///         from: "Open",
+///         on: On::Event("Lock"),
+///         guard: Some("is_closed"),
+///         action: None,
+///         to: "Locked",
+///     }],
+/// };
+///
+/// let dot = fsm_core::diagram::dot(&DOOR);
+/// assert!(dot.starts_with("digraph \"Door\" {\n    rankdir=LR;\n"));
+/// assert!(dot.contains("    __start -> \"Open\";\n"));
+/// assert!(dot.contains("    \"Locked\" [shape=doublecircle];\n"));
+/// assert!(dot.contains("    \"Open\" -> \"Locked\" [label=\"Lock [is_closed]\"];\n"));
+/// ```
+pub fn dot(definition: &Definition) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "digraph {} {{", quote(definition.name));
+    out.push_str("    rankdir=LR;\n");
+    out.push_str("    node [shape=box, style=rounded];\n");
+    out.push_str("    __start [shape=point, width=0.15, label=\"\"];\n");
+    for state in definition.states {
+        let mut attrs = Vec::new();
+        if state.terminal {
+            attrs.push("shape=doublecircle".to_owned());
+        }
+        let doc = summary(state.doc);
+        if !doc.is_empty() {
+            attrs.push(format!("tooltip={}", quote(doc)));
+        }
+        let _ = writeln!(out, "    {}{};", quote(state.name), attr_list(&attrs));
+    }
+    for state in definition.states.iter().filter(|s| s.initial) {
+        let _ = writeln!(out, "    __start -> {};", quote(state.name));
+    }
+    for edge in definition.edges {
+        let mut attrs = vec![format!("label={}", quote(&edge_label(edge)))];
+        if matches!(edge.on, On::After(_)) {
+            attrs.push("style=dashed".to_owned());
+        }
+        let (from, to) = (quote(edge.from), quote(edge.to));
+        let _ = writeln!(out, "    {from} -> {to}{};", attr_list(&attrs));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// ` [a, b]`, or nothing for no attributes.
+fn attr_list(attrs: &[String]) -> String {
+    if attrs.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", attrs.join(", "))
+    }
+}
+
+/// A DOT double-quoted string: `"` and `\` escaped, line breaks as `\n`.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Edge, StateInfo};
+    use crate::diagram::fixture::ORDER;
+
+    #[test]
+    fn dot_of_an_order_matches_the_snapshot() {
+        assert_eq!(dot(&ORDER), include_str!("snapshots/order.dot"));
+    }
+
+    #[test]
+    fn dot_marks_initial_and_terminal_states() {
+        let out = dot(&ORDER);
+        assert!(out.contains("    __start [shape=point, width=0.15, label=\"\"];\n"));
+        assert!(out.contains("    __start -> \"Created\";\n"));
+        assert!(out.contains("    \"Delivered\" [shape=doublecircle];\n"));
+        assert!(out.contains("    \"Cancelled\" [shape=doublecircle];\n"));
+        assert!(out.contains("    \"Paid\";\n"));
+    }
+
+    #[test]
+    fn dot_labels_edges_with_event_guard_and_action() {
+        assert!(dot(&ORDER).contains(
+            "    \"Created\" -> \"Paid\" [label=\"Pay [amount_matches] / record_payment\"];\n"
+        ));
+    }
+
+    #[test]
+    fn dot_draws_one_arrow_per_source_of_a_shared_edge() {
+        let out = dot(&ORDER);
+        assert!(
+            out.contains("    \"Created\" -> \"Cancelled\" [label=\"Cancel / refund_if_paid\"];\n")
+        );
+        assert!(
+            out.contains("    \"Paid\" -> \"Cancelled\" [label=\"Cancel / refund_if_paid\"];\n")
+        );
+    }
+
+    #[test]
+    fn dot_dashes_timer_edges_and_labels_their_delay() {
+        assert!(dot(&ORDER).contains(
+            "    \"Created\" -> \"Cancelled\" [label=\"after 30 min\", style=dashed];\n"
+        ));
+    }
+
+    #[test]
+    fn dot_escapes_quotes_and_backslashes() {
+        static ODD: Definition = Definition {
+            name: "Say \"hi\"",
+            doc: "",
+            context: "()",
+            effect: None,
+            states: &[
+                StateInfo {
+                    name: "a\\b",
+                    doc: "line one\nline two",
+                    initial: true,
+                    terminal: false,
+                },
+                StateInfo {
+                    name: "\"q\"",
+                    doc: "",
+                    initial: false,
+                    terminal: true,
+                },
+            ],
+            events: &[],
+            edges: &[Edge {
+                from: "a\\b",
+                on: On::Event("Go"),
+                guard: None,
+                action: None,
+                to: "\"q\"",
+            }],
+        };
+        assert_eq!(
+            dot(&ODD),
+            "digraph \"Say \\\"hi\\\"\" {\n    \
+             rankdir=LR;\n    \
+             node [shape=box, style=rounded];\n    \
+             __start [shape=point, width=0.15, label=\"\"];\n    \
+             \"a\\\\b\" [tooltip=\"line one\"];\n    \
+             \"\\\"q\\\"\" [shape=doublecircle];\n    \
+             __start -> \"a\\\\b\";\n    \
+             \"a\\\\b\" -> \"\\\"q\\\"\" [label=\"Go\"];\n\
+             }\n",
+        );
+    }
+}

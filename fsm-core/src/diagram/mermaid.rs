@@ -1,0 +1,192 @@
+//! Mermaid `stateDiagram-v2`.
+
+use std::fmt::Write as _;
+
+use super::{edge_label, summary};
+use crate::definition::Definition;
+
+/// Renders a definition as a Mermaid `stateDiagram-v2`, ready for a Markdown
+/// ` ```mermaid ` block.
+///
+/// The initial state is entered from `[*]`, terminal states lead to `[*]`, each edge is
+/// labelled `Event [guard] / action` (timers `after 30 min`), and a state's doc comment
+/// shows, first line only, as its description. Edges keep declaration order.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+///
+/// static DOOR: Definition = Definition {
+///     name: "Door",
+///     doc: "",
+///     context: "()",
+///     effect: None,
+///     states: &[
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///     ],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     edges: &[Edge {
+///         from: "Open",
+///         on: On::Event("Lock"),
+///         guard: Some("is_closed"),
+///         action: Some("engage_bolt"),
+///         to: "Locked",
+///     }],
+/// };
+///
+/// assert_eq!(
+///     fsm_core::diagram::mermaid(&DOOR),
+///     "stateDiagram-v2\n    \
+///      [*] --> Open\n    \
+///      Open --> Locked : Lock [is_closed] / engage_bolt\n    \
+///      Locked --> [*]\n",
+/// );
+/// ```
+pub fn mermaid(definition: &Definition) -> String {
+    let mut out = String::from("stateDiagram-v2\n");
+    // Writing to a String cannot fail.
+    for state in definition.states {
+        let id = state_id(state.name);
+        if id != state.name {
+            let _ = writeln!(out, "    state \"{}\" as {id}", text(state.name));
+        }
+        let doc = summary(state.doc);
+        if !doc.is_empty() {
+            let _ = writeln!(out, "    {id} : {}", text(doc));
+        }
+    }
+    for state in definition.states.iter().filter(|s| s.initial) {
+        let _ = writeln!(out, "    [*] --> {}", state_id(state.name));
+    }
+    for edge in definition.edges {
+        let (from, to) = (state_id(edge.from), state_id(edge.to));
+        let _ = writeln!(out, "    {from} --> {to} : {}", text(&edge_label(edge)));
+    }
+    for state in definition.states.iter().filter(|s| s.terminal) {
+        let _ = writeln!(out, "    {} --> [*]", state_id(state.name));
+    }
+    out
+}
+
+/// A Mermaid state id: the name itself when it is an identifier (every name the macro
+/// produces is), else the name with other characters replaced by `_` and the real
+/// name declared as the state's label.
+fn state_id(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Free text on one line, with the characters Mermaid parses (`:`, `;`, `#`, quotes,
+/// angle brackets) written as its `#code;` entities.
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '#' => out.push_str("#35;"),
+            ';' => out.push_str("#59;"),
+            ':' => out.push_str("#58;"),
+            '"' => out.push_str("#34;"),
+            '<' => out.push_str("#60;"),
+            '>' => out.push_str("#62;"),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Edge, On, StateInfo};
+    use crate::diagram::fixture::ORDER;
+
+    #[test]
+    fn mermaid_of_an_order_matches_the_snapshot() {
+        assert_eq!(mermaid(&ORDER), include_str!("snapshots/order.mmd"));
+    }
+
+    #[test]
+    fn mermaid_marks_initial_and_terminal_states() {
+        let out = mermaid(&ORDER);
+        assert!(out.starts_with("stateDiagram-v2\n"));
+        assert!(out.contains("    [*] --> Created\n"));
+        assert!(out.contains("    Delivered --> [*]\n"));
+        assert!(out.contains("    Cancelled --> [*]\n"));
+        assert!(!out.contains("Paid --> [*]"));
+    }
+
+    #[test]
+    fn mermaid_labels_edges_with_event_guard_and_action() {
+        let out = mermaid(&ORDER);
+        assert!(out.contains("    Created --> Paid : Pay [amount_matches] / record_payment\n"));
+        assert!(out.contains("    Paid --> Delivered : Deliver\n"));
+    }
+
+    #[test]
+    fn mermaid_draws_one_arrow_per_source_of_a_shared_edge() {
+        let out = mermaid(&ORDER);
+        assert!(out.contains("    Created --> Cancelled : Cancel / refund_if_paid\n"));
+        assert!(out.contains("    Paid --> Cancelled : Cancel / refund_if_paid\n"));
+    }
+
+    #[test]
+    fn mermaid_labels_timer_edges_with_their_delay() {
+        assert!(mermaid(&ORDER).contains("    Created --> Cancelled : after 30 min\n"));
+    }
+
+    #[test]
+    fn mermaid_describes_states_with_the_first_doc_line() {
+        assert!(mermaid(&ORDER).contains("    Created : Waiting for payment.\n"));
+    }
+
+    #[test]
+    fn mermaid_escapes_what_its_parser_would_read() {
+        static ODD: Definition = Definition {
+            name: "Odd",
+            doc: "",
+            context: "()",
+            effect: None,
+            states: &[
+                StateInfo {
+                    name: "Start",
+                    doc: "a: b; #1",
+                    initial: true,
+                    terminal: false,
+                },
+                StateInfo {
+                    name: "Two words",
+                    doc: "",
+                    initial: false,
+                    terminal: true,
+                },
+            ],
+            events: &[],
+            edges: &[Edge {
+                from: "Start",
+                on: On::Event("Go"),
+                guard: None,
+                action: None,
+                to: "Two words",
+            }],
+        };
+        assert_eq!(
+            mermaid(&ODD),
+            "stateDiagram-v2\n    \
+             Start : a#58; b#59; #35;1\n    \
+             state \"Two words\" as Two_words\n    \
+             [*] --> Start\n    \
+             Start --> Two_words : Go\n    \
+             Two_words --> [*]\n",
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Diagrams of a [`Definition`](crate::Definition): Mermaid, Graphviz DOT and SVG.
+//!
+//! Every renderer reads the same `'static` graph that the step function runs on, so a
+//! diagram cannot drift from the code. Each one draws the same things:
+//!
+//! * the initial state, entered from a start marker (`[*]` in Mermaid, a small filled
+//!   point in DOT and SVG);
+//! * terminal states, leading to `[*]` in Mermaid and drawn with a double outline in
+//!   DOT and SVG;
+//! * every edge, labelled the way the DSL writes it: `Pay [amount_matches] /
+//!   record_payment`, with guard and action only when the edge has them;
+//! * timer edges, labelled `after 30 min` and dashed where the format can dash.
+//!
+//! An `A | B + E` line is two edges, so it is drawn as two arrows.
+//!
+//! | function    | output                          | render it with                        |
+//! |-------------|---------------------------------|---------------------------------------|
+//! | [`mermaid`] | Mermaid `stateDiagram-v2`       | GitHub/GitLab Markdown, mermaid.live  |
+//! | [`dot`]     | Graphviz `digraph`              | `dot -Tsvg`, any Graphviz viewer      |
+//! | `svg`       | a standalone SVG document       | a browser; needs feature `svg`        |
+//!
+//! The SVG is laid out in pure Rust (through `layout-rs`), so rendering it never
+//! shells out to Graphviz, at build time or at run time.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+//! use fsm_core::diagram;
+//!
+//! static ORDER: Definition = Definition {
+//!     name: "Order",
+//!     doc: "",
+//!     context: "()",
+//!     effect: None,
+//!     states: &[
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true },
+//!     ],
+//!     events: &[EventInfo { name: "Pay", doc: "", payload: None }],
+//!     edges: &[
+//!         Edge {
+//!             from: "Created",
+//!             on: On::Event("Pay"),
+//!             guard: Some("amount_matches"),
+//!             action: None,
+//!             to: "Paid",
+//!         },
+//!         Edge {
+//!             from: "Created",
+//!             on: On::After(Duration::from_secs(30 * 60)),
+//!             guard: None,
+//!             action: None,
+//!             to: "Expired",
+//!         },
+//!     ],
+//! };
+//!
+//! let mermaid = diagram::mermaid(&ORDER);
+//! assert!(mermaid.contains("Created --> Paid : Pay [amount_matches]"));
+//! assert!(mermaid.contains("Created --> Expired : after 30 min"));
+//!
+//! let dot = diagram::dot(&ORDER);
+//! assert!(dot.contains(r#""Created" -> "Expired" [label="after 30 min", style=dashed];"#));
+//! ```
+
+use crate::definition::{Edge, On, format_duration};
+
+mod dot;
+mod mermaid;
+#[cfg(feature = "svg")]
+mod svg;
+
+pub use dot::dot;
+pub use mermaid::mermaid;
+#[cfg(feature = "svg")]
+pub use svg::svg;
+
+/// The label of an edge as the DSL writes it: `Pay [amount_matches] / record_payment`,
+/// or `after 30 min` for a timer; guard and action only when present.
+fn edge_label(edge: &Edge) -> String {
+    let mut label = match edge.on {
+        On::Event(event) => event.to_owned(),
+        On::After(delay) => format!("after {}", format_duration(delay)),
+    };
+    if let Some(guard) = edge.guard {
+        label.push_str(&format!(" [{guard}]"));
+    }
+    if let Some(action) = edge.action {
+        label.push_str(&format!(" / {action}"));
+    }
+    label
+}
+
+/// The first line of a doc comment, trimmed: what fits in a diagram.
+fn summary(doc: &str) -> &str {
+    doc.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::time::Duration;
+
+    use crate::definition::{Definition, Edge, EventInfo, On, StateInfo};
+
+    /// An order with every feature a diagram must show: an initial state, a guarded
+    /// edge with an action, `Created | Paid + Cancel`, a timer and two terminal states.
+    pub(crate) static ORDER: Definition = Definition {
+        name: "Order",
+        doc: "An order from checkout to delivery.",
+        context: "OrderData",
+        effect: Some("OrderEffect"),
+        states: &[
+            StateInfo {
+                name: "Created",
+                doc: "Waiting for payment.\nUnpaid orders expire.",
+                initial: true,
+                terminal: false,
+            },
+            StateInfo {
+                name: "Paid",
+                doc: "",
+                initial: false,
+                terminal: false,
+            },
+            StateInfo {
+                name: "Delivered",
+                doc: "",
+                initial: false,
+                terminal: true,
+            },
+            StateInfo {
+                name: "Cancelled",
+                doc: "",
+                initial: false,
+                terminal: true,
+            },
+        ],
+        events: &[
+            EventInfo {
+                name: "Pay",
+                doc: "",
+                payload: Some("Payment"),
+            },
+            EventInfo {
+                name: "Cancel",
+                doc: "",
+                payload: Some("Reason"),
+            },
+            EventInfo {
+                name: "Deliver",
+                doc: "",
+                payload: None,
+            },
+        ],
+        edges: &[
+            Edge {
+                from: "Created",
+                on: On::Event("Pay"),
+                guard: Some("amount_matches"),
+                action: Some("record_payment"),
+                to: "Paid",
+            },
+            Edge {
+                from: "Created",
+                on: On::Event("Cancel"),
+                guard: None,
+                action: Some("refund_if_paid"),
+                to: "Cancelled",
+            },
+            Edge {
+                from: "Paid",
+                on: On::Event("Cancel"),
+                guard: None,
+                action: Some("refund_if_paid"),
+                to: "Cancelled",
+            },
+            Edge {
+                from: "Paid",
+                on: On::Event("Deliver"),
+                guard: None,
+                action: None,
+                to: "Delivered",
+            },
+            Edge {
+                from: "Created",
+                on: On::After(Duration::from_secs(30 * 60)),
+                guard: None,
+                action: None,
+                to: "Cancelled",
+            },
+        ],
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn edge(on: On, guard: Option<&'static str>, action: Option<&'static str>) -> Edge {
+        Edge {
+            from: "A",
+            on,
+            guard,
+            action,
+            to: "B",
+        }
+    }
+
+    #[test]
+    fn edge_label_reads_like_the_dsl() {
+        let pay = On::Event("Pay");
+        assert_eq!(edge_label(&edge(pay, None, None)), "Pay");
+        assert_eq!(edge_label(&edge(pay, Some("ok"), None)), "Pay [ok]");
+        assert_eq!(edge_label(&edge(pay, None, Some("record"))), "Pay / record");
+        assert_eq!(
+            edge_label(&edge(pay, Some("ok"), Some("record"))),
+            "Pay [ok] / record"
+        );
+    }
+
+    #[test]
+    fn timer_edge_label_says_after_and_the_delay() {
+        let after = On::After(Duration::from_secs(2 * 3600));
+        assert_eq!(edge_label(&edge(after, None, None)), "after 2 h");
+        assert_eq!(
+            edge_label(&edge(after, Some("unpaid"), None)),
+            "after 2 h [unpaid]"
+        );
+    }
+
+    #[test]
+    fn summary_is_the_first_non_blank_line() {
+        assert_eq!(
+            summary("\n  Waiting for payment.  \nMore."),
+            "Waiting for payment."
+        );
+        assert_eq!(summary(""), "");
+    }
+}

@@ -1,0 +1,233 @@
+//! SVG, laid out in pure Rust by `layout-rs`.
+
+use std::collections::HashMap;
+
+use layout::backends::svg::SVGWriter;
+use layout::core::base::Orientation;
+use layout::core::color::Color;
+use layout::core::geometry::Point;
+use layout::core::style::{LineStyleKind, StyleAttr};
+use layout::std_shapes::render::get_shape_size;
+use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
+use layout::topo::layout::VisualGraph;
+
+use super::edge_label;
+use crate::definition::{Definition, On};
+
+/// One font size for every text: `layout-rs` emits one CSS class per size in hash-map
+/// order, so a single size keeps the output byte-for-byte reproducible. It is 15
+/// because labels moved onto the layout's own filler nodes take their default, 15.
+const FONT_SIZE: usize = 15;
+
+/// Corner radius of a state's box, in pixels.
+const ROUNDED: usize = 10;
+
+/// Extra height of a state's shape over its text, in pixels.
+const BOX_GROW: f64 = 10.;
+
+/// Diameter of the start marker, in pixels.
+const START_SIZE: f64 = 14.;
+
+/// Renders a definition as a standalone SVG document, laid out left to right without
+/// Graphviz.
+///
+/// The drawing matches [`dot`](super::dot()): states are rounded boxes, terminal states
+/// have a double outline, a small filled circle leads into the initial state, edges are
+/// labelled `Event [guard] / action`, and timer edges are dashed and labelled
+/// `after 30 min`. The output is deterministic, so it can be committed next to the code
+/// and diffed.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+///
+/// static DOOR: Definition = Definition {
+///     name: "Door",
+///     doc: "",
+///     context: "()",
+///     effect: None,
+///     states: &[
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///     ],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     edges: &[Edge {
+///         from: "Open",
+///         on: On::Event("Lock"),
+///         guard: Some("is_closed"),
+///         action: None,
+///         to: "Locked",
+///     }],
+/// };
+///
+/// let svg = fsm_core::diagram::svg(&DOOR);
+/// assert!(svg.contains("<svg"));
+/// assert!(svg.contains("Lock [is_closed]"));
+/// ```
+pub fn svg(definition: &Definition) -> String {
+    let dir = Orientation::LeftToRight;
+    let mut graph = VisualGraph::new(dir);
+
+    let mut states = HashMap::new();
+    for state in definition.states {
+        // A double ellipse rather than Graphviz's double circle: a circle round a long
+        // name would dwarf the rest of the diagram.
+        let (shape, rounded) = if state.terminal {
+            (ShapeKind::new_double_circle(state.name), 0)
+        } else {
+            (ShapeKind::new_box(state.name), ROUNDED)
+        };
+        let size = get_shape_size(dir, &shape, FONT_SIZE, false).add(Point::new(0., BOX_GROW));
+        let look = StyleAttr::new(black(), 1, Some(Color::fast("white")), rounded, FONT_SIZE);
+        let node = graph.add_node(Element::create(shape, look, dir, size));
+        states.insert(state.name, node);
+    }
+
+    let start_look = StyleAttr::new(black(), 1, Some(black()), 0, FONT_SIZE);
+    let start_shape = ShapeKind::new_circle("");
+    let start_size = Point::splat(START_SIZE);
+    let start = graph.add_node(Element::create(start_shape, start_look, dir, start_size));
+    for state in definition.states.iter().filter(|s| s.initial) {
+        graph.add_edge(arrow(LineStyleKind::Normal, ""), start, states[state.name]);
+    }
+
+    for edge in definition.edges {
+        // Only a hand-written definition can name a state it does not declare.
+        let (Some(&from), Some(&to)) = (states.get(edge.from), states.get(edge.to)) else {
+            continue;
+        };
+        let line = match edge.on {
+            On::Event(_) => LineStyleKind::Normal,
+            On::After(_) => LineStyleKind::Dashed,
+        };
+        graph.add_edge(arrow(line, &edge_label(edge)), from, to);
+    }
+
+    let mut writer = SVGWriter::new();
+    graph.do_it(false, false, false, &mut writer);
+    writer.finalize()
+}
+
+fn black() -> Color {
+    Color::fast("black")
+}
+
+fn arrow(line: LineStyleKind, label: &str) -> Arrow {
+    let look = StyleAttr::new(black(), 1, None, 0, FONT_SIZE);
+    Arrow::new(
+        LineEndKind::None,
+        LineEndKind::Arrow,
+        line,
+        label,
+        &look,
+        &None,
+        &None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Edge, StateInfo};
+    use crate::diagram::fixture::ORDER;
+
+    #[test]
+    fn svg_is_a_standalone_document() {
+        let out = svg(&ORDER);
+        assert!(out.starts_with("<?xml"), "{out}");
+        assert!(out.contains("<svg "));
+        assert!(out.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn svg_shows_every_state_by_name() {
+        let out = svg(&ORDER);
+        for state in ORDER.states {
+            assert!(
+                out.contains(&format!(">{}<", state.name)),
+                "{} missing",
+                state.name
+            );
+        }
+    }
+
+    #[test]
+    fn svg_labels_edges_with_event_guard_and_action() {
+        let out = svg(&ORDER);
+        assert!(out.contains(">Pay [amount_matches] / record_payment<"));
+        assert_eq!(out.matches(">Cancel / refund_if_paid<").count(), 2);
+        assert!(out.contains(">Deliver<"));
+    }
+
+    #[test]
+    fn svg_labels_and_dashes_timer_edges() {
+        let out = svg(&ORDER);
+        assert!(out.contains(">after 30 min<"));
+        assert!(out.contains("stroke-dasharray"));
+    }
+
+    #[test]
+    fn svg_draws_terminal_states_with_a_double_outline() {
+        // A double circle is two ellipses; the start marker is one more.
+        let out = svg(&ORDER);
+        let terminals = ORDER.states.iter().filter(|s| s.terminal).count();
+        assert_eq!(out.matches("<ellipse").count(), 2 * terminals + 1);
+    }
+
+    #[test]
+    fn svg_lays_out_cycles_and_self_loops() {
+        static TOGGLE: Definition = Definition {
+            name: "Toggle",
+            doc: "",
+            context: "()",
+            effect: None,
+            states: &[
+                StateInfo {
+                    name: "Off",
+                    doc: "",
+                    initial: true,
+                    terminal: false,
+                },
+                StateInfo {
+                    name: "On",
+                    doc: "",
+                    initial: false,
+                    terminal: false,
+                },
+            ],
+            events: &[],
+            edges: &[
+                Edge {
+                    from: "Off",
+                    on: On::Event("Flip"),
+                    guard: None,
+                    action: None,
+                    to: "On",
+                },
+                Edge {
+                    from: "On",
+                    on: On::Event("Flip"),
+                    guard: None,
+                    action: None,
+                    to: "Off",
+                },
+                Edge {
+                    from: "On",
+                    on: On::Event("Dim"),
+                    guard: None,
+                    action: None,
+                    to: "On",
+                },
+            ],
+        };
+        let out = svg(&TOGGLE);
+        assert_eq!(out.matches(">Flip<").count(), 2);
+        assert!(out.contains(">Dim<"));
+    }
+
+    #[test]
+    fn svg_output_is_reproducible() {
+        assert_eq!(svg(&ORDER), svg(&ORDER));
+    }
+}

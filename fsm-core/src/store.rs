@@ -1,0 +1,568 @@
+//! The [`Store`] trait, what it returns, and the decision every store delegates to.
+//!
+//! A store persists; it does not decide. Firing a command is always the same three
+//! moves, whatever the backend:
+//!
+//! 1. [`Prepared::new`] validates the id and key and fingerprints the event, before any
+//!    I/O;
+//! 2. the store reads the instance (and the transition already recorded under the key,
+//!    if any) and calls [`Prepared::replay`] or [`Prepared::apply`], which run the
+//!    transition rule of [`step`](crate::step);
+//! 3. the store writes the result with a version-checked compare-and-set; when another
+//!    writer won, [`RetryPolicy::run`] reads and decides again.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN, fingerprint};
+use crate::error::{Error, Result};
+use crate::machine::{EdgeIndex, Rejection, StateMachine, Trigger, step, step_timer, timer_delay};
+
+/// One machine instance as stored: its state, version and context.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Snapshot<M: StateMachine> {
+    /// The business id.
+    pub id: String,
+    /// The current state.
+    pub state: M::State,
+    /// 0 at creation, +1 per applied transition.
+    pub version: u64,
+    /// The context after the last transition.
+    pub context: M::Context,
+}
+
+/// One applied transition, as kept in history.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Transition<M: StateMachine> {
+    /// The version this transition produced (1 for the first).
+    pub version: u64,
+    /// The state before.
+    pub from: M::State,
+    /// The event (or timer) that caused it.
+    pub event: Trigger<M::Event>,
+    /// The state after.
+    pub to: M::State,
+    /// The idempotency key it was recorded under, in stored form.
+    pub key: Option<String>,
+    /// When it was applied, as milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// What firing a command did.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "", rename_all = "snake_case")]
+pub enum Outcome<M: StateMachine> {
+    /// The transition was applied now.
+    Applied(Transition<M>),
+    /// The key was seen before with the same request: the original transition, unchanged.
+    Duplicate(Transition<M>),
+}
+
+impl<M: StateMachine> Outcome<M> {
+    /// The transition, applied now or before.
+    pub fn transition(&self) -> &Transition<M> {
+        match self {
+            Outcome::Applied(t) | Outcome::Duplicate(t) => t,
+        }
+    }
+
+    /// Whether this is a replay of an earlier command.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Outcome::Duplicate(_))
+    }
+}
+
+/// Persistence of machine instances with exactly-once transitions.
+///
+/// One store holds instances of any number of machine types, keyed by
+/// (`M::DEFINITION.name`, id). Every implementation passes the conformance suite in
+/// `fsm_core::testing`; behaviour never differs between stores.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an instance in the initial state at version 0.
+    ///
+    /// Idempotent on the business id: the same id with the same initial context returns
+    /// the existing instance (in whatever state it is now).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`] when the id exists with another initial context;
+    /// [`Error::InvalidId`] for an id outside 1..=255 bytes.
+    fn create<M: StateMachine>(
+        &self,
+        id: &str,
+        context: M::Context,
+    ) -> impl Future<Output = Result<Snapshot<M>>> + Send;
+
+    /// Reads an instance.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`]; [`Error::Corrupt`] when the stored row does not parse.
+    fn load<M: StateMachine>(&self, id: &str) -> impl Future<Output = Result<Snapshot<M>>> + Send;
+
+    /// Fires a command at an instance: applies the transition once, or returns the
+    /// original outcome for a known key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IllegalTransition`], [`Error::GuardRejected`], [`Error::KeyReused`],
+    /// [`Error::InvalidKey`], [`Error::NotFound`], [`Error::Conflict`] after the retry
+    /// policy is exhausted, and backend errors.
+    fn fire<M: StateMachine>(
+        &self,
+        id: &str,
+        command: Command<M>,
+    ) -> impl Future<Output = Result<Outcome<M>>> + Send;
+
+    /// Fires a command starting from a snapshot the caller already holds, saving the read
+    /// when it is current; on success the snapshot is advanced to the stored state.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::fire`]. On error the snapshot may have been refreshed from the store,
+    /// never advanced past it.
+    fn fire_with<M: StateMachine>(
+        &self,
+        snapshot: &mut Snapshot<M>,
+        command: Command<M>,
+    ) -> impl Future<Output = Result<Outcome<M>>> + Send;
+
+    /// The instance's applied transitions in version order (1..=n).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`]; [`Error::Corrupt`] for a row that does not parse.
+    fn history<M: StateMachine>(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<Transition<M>>>> + Send;
+}
+
+/// A command checked and fingerprinted before any I/O.
+pub struct Prepared<M: StateMachine> {
+    trigger: Trigger<M::Event>,
+    key: Option<IdempotencyKey>,
+    stored_key: Option<String>,
+    fingerprint: Option<Fingerprint>,
+}
+
+/// What [`Prepared::apply`] decided: the new state and context, the history row and
+/// the effects to write in the same commit.
+pub struct Applied<M: StateMachine> {
+    /// The instance after the transition.
+    pub snapshot: Snapshot<M>,
+    /// The history row.
+    pub transition: Transition<M>,
+    /// Effects emitted by the action, in order.
+    pub effects: Vec<M::Effect>,
+}
+
+impl<M: StateMachine> Prepared<M> {
+    /// Validates `id` and the command's key and fingerprints the event if there is a key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`], [`Error::InvalidKey`], [`Error::Serialization`].
+    pub fn new(id: &str, command: Command<M>) -> Result<Self> {
+        check_id::<M>(id)?;
+        let stored_key = match &command.key {
+            None => None,
+            Some(key) => {
+                let stored = key.as_stored().into_owned();
+                if stored.is_empty() || stored.len() > MAX_KEY_LEN {
+                    return Err(Error::InvalidKey {
+                        machine: M::DEFINITION.name,
+                        id: id.to_owned(),
+                        len: stored.len(),
+                    });
+                }
+                Some(stored)
+            }
+        };
+        let fingerprint = match stored_key {
+            None => None,
+            Some(_) => Some(fingerprint(&command.event).map_err(|source| {
+                Error::Serialization {
+                    machine: M::DEFINITION.name,
+                    id: id.to_owned(),
+                    what: "event",
+                    source,
+                }
+            })?),
+        };
+        Ok(Prepared {
+            trigger: Trigger::Event(command.event),
+            key: command.key,
+            stored_key,
+            fingerprint,
+        })
+    }
+
+    /// A timer firing of edge `edge`; timers carry no key, their version stamp makes
+    /// them idempotent.
+    pub fn timer(edge: EdgeIndex) -> Self {
+        let after = timer_delay::<M>(edge).unwrap_or_default();
+        Prepared {
+            trigger: Trigger::Timer { edge, after },
+            key: None,
+            stored_key: None,
+            fingerprint: None,
+        }
+    }
+
+    /// The key in stored form, if the command has one.
+    pub fn stored_key(&self) -> Option<&str> {
+        self.stored_key.as_deref()
+    }
+
+    /// The key as given.
+    pub fn key(&self) -> Option<&IdempotencyKey> {
+        self.key.as_ref()
+    }
+
+    /// The event's fingerprint, if the command has a key.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        self.fingerprint.as_ref()
+    }
+
+    /// The event or timer.
+    pub fn trigger(&self) -> &Trigger<M::Event> {
+        &self.trigger
+    }
+
+    /// The key was recorded before: the same request is a [`Outcome::Duplicate`] of
+    /// `recorded`, another one is [`Error::KeyReused`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyReused`] when `recorded_fingerprint` differs from this command's.
+    pub fn replay(
+        &self,
+        id: &str,
+        recorded: Transition<M>,
+        recorded_fingerprint: &Fingerprint,
+    ) -> Result<Outcome<M>> {
+        if self.fingerprint.as_ref() == Some(recorded_fingerprint) {
+            Ok(Outcome::Duplicate(recorded))
+        } else {
+            Err(Error::KeyReused {
+                machine: M::DEFINITION.name,
+                id: id.to_owned(),
+                key: self.stored_key.clone().unwrap_or_default(),
+                version: recorded.version,
+            })
+        }
+    }
+
+    /// Runs the transition rule from `current`. The store writes the result with a
+    /// compare-and-set on `current.version`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IllegalTransition`] or [`Error::GuardRejected`].
+    pub fn apply(&self, current: &Snapshot<M>) -> Result<Applied<M>> {
+        let mut context = current.context.clone();
+        let version = current.version;
+        let (transition, effects) =
+            self.apply_in_place(&current.id, current.state, &mut context, version)?;
+        Ok(Applied {
+            snapshot: Snapshot {
+                id: current.id.clone(),
+                state: transition.to,
+                version: transition.version,
+                context,
+            },
+            transition,
+            effects,
+        })
+    }
+
+    /// [`apply`](Self::apply) on parts a store holds itself; `context` changes only on
+    /// success.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply).
+    pub fn apply_in_place(
+        &self,
+        id: &str,
+        state: M::State,
+        context: &mut M::Context,
+        version: u64,
+    ) -> Result<(Transition<M>, Vec<M::Effect>)> {
+        let taken = match &self.trigger {
+            Trigger::Event(event) => step::<M>(state, context, event),
+            Trigger::Timer { edge, .. } => step_timer::<M>(state, context, *edge),
+        };
+        let taken = taken.map_err(|rejection| self.rejected(id, state, rejection))?;
+        let transition = Transition {
+            version: version + 1,
+            from: taken.from,
+            event: self.trigger.clone(),
+            to: taken.to,
+            key: self.stored_key.clone(),
+            at_ms: now_ms(),
+        };
+        Ok((transition, taken.effects.into_vec()))
+    }
+
+    #[cold]
+    fn rejected(&self, id: &str, state: M::State, rejection: Rejection) -> Error {
+        let machine = M::DEFINITION.name;
+        let event = match &self.trigger {
+            Trigger::Event(e) => M::event_name(e).to_owned(),
+            Trigger::Timer { after, .. } => {
+                format!("after({})", crate::definition::format_duration(*after))
+            }
+        };
+        let state = M::state_name(state).to_owned();
+        match rejection {
+            Rejection::Illegal { repeat } => Error::IllegalTransition {
+                machine,
+                id: id.to_owned(),
+                state,
+                event,
+                repeat,
+            },
+            Rejection::GuardRejected { guards } => Error::GuardRejected {
+                machine,
+                id: id.to_owned(),
+                state,
+                event,
+                guards,
+            },
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Applied<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Applied")
+            .field("snapshot", &self.snapshot)
+            .field("transition", &self.transition)
+            .field("effects", &self.effects)
+            .finish()
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Prepared<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("trigger", &self.trigger)
+            .field("key", &self.stored_key)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+/// Checks a machine id is 1..=255 bytes.
+///
+/// # Errors
+///
+/// [`Error::InvalidId`].
+pub fn check_id<M: StateMachine>(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidId {
+            machine: M::DEFINITION.name,
+            len: id.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One try at a compare-and-set.
+#[derive(Debug)]
+pub enum Attempt<T> {
+    /// The write went through (or nothing needed writing).
+    Done(T),
+    /// Another writer changed the row since it was read at `version`.
+    Conflict {
+        /// The version the attempt read.
+        version: u64,
+    },
+}
+
+/// How often and how patiently a store retries a lost compare-and-set.
+///
+/// Delays grow exponentially from `base_delay` up to `max_delay`, with full jitter so
+/// that racing writers spread out.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = fsm_core::RetryPolicy { max_attempts: 3, ..Default::default() };
+/// assert!(policy.delay(10) <= policy.max_delay);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; at least 1.
+    pub max_attempts: u32,
+    /// Upper bound of the delay before the second attempt.
+    pub base_delay: Duration,
+    /// Upper bound of any delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 16,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retries: the first lost race is [`Error::Conflict`].
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+    };
+
+    /// A jittered delay before attempt `attempt + 1` (`attempt` counts from 1).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        // RandomState is seeded per instance: enough entropy for jitter, no extra crate.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Duration::from_nanos(random % nanos)
+    }
+
+    /// Runs `attempt` until it is [`Attempt::Done`], sleeping between lost races.
+    ///
+    /// # Errors
+    ///
+    /// The first error `attempt` returns, or [`Error::Conflict`] naming `machine` and
+    /// `id` once `max_attempts` races are lost.
+    pub async fn run<T, F, Fut>(&self, machine: &'static str, id: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<Attempt<T>>>,
+    {
+        let max = self.max_attempts.max(1);
+        let mut n = 1;
+        loop {
+            match attempt(n).await? {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Conflict { version } if n >= max => {
+                    return Err(Error::Conflict {
+                        machine,
+                        id: id.to_owned(),
+                        version,
+                        attempts: n,
+                    });
+                }
+                Attempt::Conflict { .. } => {
+                    let delay = self.delay(n);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+impl<M: StateMachine> Clone for Snapshot<M> {
+    fn clone(&self) -> Self {
+        Snapshot {
+            id: self.id.clone(),
+            state: self.state,
+            version: self.version,
+            context: self.context.clone(),
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Snapshot<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("machine", &M::DEFINITION.name)
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("version", &self.version)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+impl<M: StateMachine> Clone for Transition<M> {
+    fn clone(&self) -> Self {
+        Transition {
+            version: self.version,
+            from: self.from,
+            event: self.event.clone(),
+            to: self.to,
+            key: self.key.clone(),
+            at_ms: self.at_ms,
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Transition<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transition")
+            .field("version", &self.version)
+            .field("from", &self.from)
+            .field("event", &self.event)
+            .field("to", &self.to)
+            .field("key", &self.key)
+            .field("at_ms", &self.at_ms)
+            .finish()
+    }
+}
+
+impl<M: StateMachine> Clone for Outcome<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Outcome::Applied(t) => Outcome::Applied(t.clone()),
+            Outcome::Duplicate(t) => Outcome::Duplicate(t.clone()),
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Outcome<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Applied(t) => f.debug_tuple("Applied").field(t).finish(),
+            Outcome::Duplicate(t) => f.debug_tuple("Duplicate").field(t).finish(),
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Display for Transition<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let event = match &self.event {
+            Trigger::Event(e) => M::event_name(e).to_owned(),
+            Trigger::Timer { after, .. } => {
+                format!("after({})", crate::definition::format_duration(*after))
+            }
+        };
+        write!(f, "v{} {} --{}--> {}", self.version, self.from, event, self.to)
+    }
+}

@@ -1,0 +1,629 @@
+//! The store conformance suite: one set of specifications every [`Store`] passes.
+//!
+//! A store crate runs it with [`store_conformance_tests!`](crate::store_conformance_tests),
+//! giving an expression that yields a fresh [`Fixture`] per test:
+//!
+//! ```ignore
+//! fsm_core::store_conformance_tests!(async { std::sync::Arc::new(fsm_core::MemoryStore::new()) });
+//! ```
+//!
+//! The suite drives [`Order`], a hand-written [`StateMachine`] (no macro, so this crate
+//! needs no proc-macro), which also documents the trait contract `state_machine!`
+//! implements:
+//!
+//! ```text
+//! *Created + Pay(Payment) [amount_matches] / record_payment => Paid
+//! Created + Cancel => Cancelled
+//! Paid + Cancel / refund => Cancelled
+//! Paid + Ship => Shipped
+//! Shipped + Deliver => Delivered
+//! Created | Paid + Annotate(Note) / annotate => (same state)
+//! Created + after(30 min) => Expired
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{Definition, Edge, EventInfo, On, StateInfo};
+use crate::error::{Error, UnknownName};
+use crate::machine::{EdgeIndex, Effects, MachineEvent, StateMachine};
+use crate::store::{Outcome, Store};
+use crate::{Command, Snapshot};
+
+/// A fresh store for one conformance test, and how to clean it up afterwards.
+pub trait Fixture: Send + Sized + 'static {
+    /// The store under test.
+    type Store: Store;
+    /// The store, shared with the test's tasks.
+    fn store(&self) -> Arc<Self::Store>;
+    /// Releases what the fixture created (a schema, a database file).
+    fn cleanup(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl<S: Store> Fixture for Arc<S> {
+    type Store = S;
+    fn store(&self) -> Arc<S> {
+        Arc::clone(self)
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each with a fresh fixture from
+/// `$make` (an expression of a future yielding a [`Fixture`]).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases! { $make;
+            legal_path_applies_each_event_once,
+            illegal_event_names_machine_state_and_event,
+            repeated_event_is_an_illegal_repeat,
+            guard_rejection_lists_guards_and_changes_nothing,
+            duplicate_key_returns_original_outcome,
+            same_key_with_another_payload_is_key_reused,
+            keys_outside_1_to_255_bytes_are_invalid,
+            source_and_sequence_keys_deduplicate,
+            one_key_fired_by_64_tasks_applies_once,
+            distinct_keys_from_32_tasks_give_gapless_versions,
+            create_is_idempotent_on_the_business_id,
+            ids_outside_1_to_255_bytes_are_invalid,
+            unknown_instance_is_not_found,
+            history_is_in_version_order,
+            fire_with_a_current_snapshot_advances_it,
+            fire_with_a_stale_snapshot_decides_from_the_stored_version,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let fixture = $make.await;
+                let store = $crate::testing::Fixture::store(&fixture);
+                $crate::testing::$case(store).await;
+                $crate::testing::Fixture::cleanup(fixture).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// The test machine, written by hand.
+
+/// Marker of the conformance suite's order machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Order;
+
+/// States of [`Order`].
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrderState {
+    Created,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+    Expired,
+}
+
+/// Events of [`Order`].
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    Pay(Payment),
+    Cancel,
+    Ship,
+    Deliver,
+    Annotate(Note),
+}
+
+/// Payload of [`OrderEvent::Pay`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Amount paid, in cents.
+    pub amount_cents: u64,
+}
+
+/// Payload of [`OrderEvent::Annotate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note(pub String);
+
+/// Context of [`Order`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderData {
+    /// What the customer owes, in cents.
+    pub total_cents: u64,
+    /// What the customer paid, in cents.
+    pub paid_cents: u64,
+    /// Notes added by `Annotate`, in order.
+    pub notes: Vec<String>,
+}
+
+/// Effects of [`Order`].
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEffect {
+    Charge { cents: u64 },
+    Refund { cents: u64 },
+    Noted(String),
+}
+
+impl OrderState {
+    /// Every state, in declaration order.
+    pub const ALL: [OrderState; 6] = [
+        OrderState::Created,
+        OrderState::Paid,
+        OrderState::Shipped,
+        OrderState::Delivered,
+        OrderState::Cancelled,
+        OrderState::Expired,
+    ];
+
+    /// The stable name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Created => "Created",
+            OrderState::Paid => "Paid",
+            OrderState::Shipped => "Shipped",
+            OrderState::Delivered => "Delivered",
+            OrderState::Cancelled => "Cancelled",
+            OrderState::Expired => "Expired",
+        }
+    }
+}
+
+impl fmt::Display for OrderState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderState {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        OrderState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                machine: "Order",
+                kind: "state",
+                name: s.to_owned(),
+            })
+    }
+}
+
+const STATES: &[StateInfo] = &[
+    StateInfo { name: "Created", doc: "", initial: true, terminal: false },
+    StateInfo { name: "Paid", doc: "", initial: false, terminal: false },
+    StateInfo { name: "Shipped", doc: "", initial: false, terminal: false },
+    StateInfo { name: "Delivered", doc: "", initial: false, terminal: true },
+    StateInfo { name: "Cancelled", doc: "", initial: false, terminal: true },
+    StateInfo { name: "Expired", doc: "", initial: false, terminal: true },
+];
+
+const EVENTS: &[EventInfo] = &[
+    EventInfo { name: "Pay", doc: "", payload: Some("Payment") },
+    EventInfo { name: "Cancel", doc: "", payload: None },
+    EventInfo { name: "Ship", doc: "", payload: None },
+    EventInfo { name: "Deliver", doc: "", payload: None },
+    EventInfo { name: "Annotate", doc: "", payload: Some("Note") },
+];
+
+/// How long an unpaid order waits before it expires.
+pub const EXPIRY: Duration = Duration::from_secs(30 * 60);
+
+/// Index of the `Created + after(30 min) => Expired` edge.
+pub const EXPIRY_EDGE: EdgeIndex = 7;
+
+const EDGES: &[Edge] = &[
+    Edge { from: "Created", on: On::Event("Pay"), guard: Some("amount_matches"), action: Some("record_payment"), to: "Paid" },
+    Edge { from: "Created", on: On::Event("Cancel"), guard: None, action: None, to: "Cancelled" },
+    Edge { from: "Paid", on: On::Event("Cancel"), guard: None, action: Some("refund"), to: "Cancelled" },
+    Edge { from: "Paid", on: On::Event("Ship"), guard: None, action: None, to: "Shipped" },
+    Edge { from: "Shipped", on: On::Event("Deliver"), guard: None, action: None, to: "Delivered" },
+    Edge { from: "Created", on: On::Event("Annotate"), guard: None, action: Some("annotate"), to: "Created" },
+    Edge { from: "Paid", on: On::Event("Annotate"), guard: None, action: Some("annotate"), to: "Paid" },
+    Edge { from: "Created", on: On::After(EXPIRY), guard: None, action: None, to: "Expired" },
+];
+
+const TARGETS: [OrderState; 8] = [
+    OrderState::Paid,
+    OrderState::Cancelled,
+    OrderState::Cancelled,
+    OrderState::Shipped,
+    OrderState::Delivered,
+    OrderState::Created,
+    OrderState::Paid,
+    OrderState::Expired,
+];
+
+impl MachineEvent for OrderEvent {
+    type Machine = Order;
+}
+
+impl StateMachine for Order {
+    type State = OrderState;
+    type Event = OrderEvent;
+    type Context = OrderData;
+    type Effect = OrderEffect;
+
+    const DEFINITION: &'static Definition = &Definition {
+        name: "Order",
+        doc: "The conformance suite's order.",
+        context: "OrderData",
+        effect: Some("OrderEffect"),
+        states: STATES,
+        events: EVENTS,
+        edges: EDGES,
+    };
+    const INITIAL: OrderState = OrderState::Created;
+
+    fn state_name(state: OrderState) -> &'static str {
+        state.as_str()
+    }
+
+    fn parse_state(name: &str) -> Option<OrderState> {
+        name.parse().ok()
+    }
+
+    fn event_name(event: &OrderEvent) -> &'static str {
+        match event {
+            OrderEvent::Pay(_) => "Pay",
+            OrderEvent::Cancel => "Cancel",
+            OrderEvent::Ship => "Ship",
+            OrderEvent::Deliver => "Deliver",
+            OrderEvent::Annotate(_) => "Annotate",
+        }
+    }
+
+    fn edges(state: OrderState, event: &OrderEvent) -> &'static [EdgeIndex] {
+        use OrderEvent as E;
+        use OrderState as S;
+        match (state, event) {
+            (S::Created, E::Pay(_)) => &[0],
+            (S::Created, E::Cancel) => &[1],
+            (S::Paid, E::Cancel) => &[2],
+            (S::Paid, E::Ship) => &[3],
+            (S::Shipped, E::Deliver) => &[4],
+            (S::Created, E::Annotate(_)) => &[5],
+            (S::Paid, E::Annotate(_)) => &[6],
+            _ => &[],
+        }
+    }
+
+    fn timer_edges(state: OrderState) -> &'static [EdgeIndex] {
+        match state {
+            OrderState::Created => &[EXPIRY_EDGE],
+            _ => &[],
+        }
+    }
+
+    fn target(edge: EdgeIndex) -> OrderState {
+        TARGETS[usize::from(edge)]
+    }
+
+    fn guard(edge: EdgeIndex, context: &OrderData, event: Option<&OrderEvent>) -> bool {
+        match (edge, event) {
+            (0, Some(OrderEvent::Pay(payment))) => payment.amount_cents == context.total_cents,
+            (0, _) => false,
+            _ => true,
+        }
+    }
+
+    fn act(
+        edge: EdgeIndex,
+        context: &mut OrderData,
+        event: Option<&OrderEvent>,
+        effects: &mut Effects<OrderEffect>,
+    ) {
+        match (edge, event) {
+            (0, Some(OrderEvent::Pay(payment))) => {
+                context.paid_cents += payment.amount_cents;
+                effects.emit(OrderEffect::Charge { cents: payment.amount_cents });
+            }
+            (2, _) => {
+                effects.emit(OrderEffect::Refund { cents: context.paid_cents });
+                context.paid_cents = 0;
+            }
+            (5 | 6, Some(OrderEvent::Annotate(Note(note)))) => {
+                context.notes.push(note.clone());
+                effects.emit(OrderEffect::Noted(note.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The cases.
+
+const ID: &str = "order-1";
+
+fn order(total_cents: u64) -> OrderData {
+    OrderData { total_cents, ..OrderData::default() }
+}
+
+fn pay(amount_cents: u64) -> Command<Order> {
+    Command::new(OrderEvent::Pay(Payment { amount_cents }))
+}
+
+fn annotate(note: impl Into<String>) -> Command<Order> {
+    Command::new(OrderEvent::Annotate(Note(note.into())))
+}
+
+async fn created<S: Store>(store: &S, total_cents: u64) -> Snapshot<Order> {
+    store
+        .create::<Order>(ID, order(total_cents))
+        .await
+        .expect("create order-1")
+}
+
+/// Create, pay, ship, deliver: each applied once, versions 1..=3.
+pub async fn legal_path_applies_each_event_once<S: Store>(store: Arc<S>) {
+    let snapshot = created(&*store, 500).await;
+    assert_eq!((snapshot.state, snapshot.version), (OrderState::Created, 0));
+
+    let steps = [
+        (pay(500), OrderState::Paid),
+        (Command::new(OrderEvent::Ship), OrderState::Shipped),
+        (Command::new(OrderEvent::Deliver), OrderState::Delivered),
+    ];
+    for (version, (command, to)) in (1..).zip(steps) {
+        let outcome = store.fire(ID, command).await.expect("legal event");
+        assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
+        assert_eq!(outcome.transition().version, version);
+        assert_eq!(outcome.transition().to, to);
+    }
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.state, loaded.version), (OrderState::Delivered, 3));
+    assert_eq!(loaded.context.paid_cents, 500);
+}
+
+/// An event with no edge from the current state is `IllegalTransition`, naming all four.
+pub async fn illegal_event_names_machine_state_and_event<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let err = store.fire(ID, Command::new(OrderEvent::Ship)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::IllegalTransition { machine: "Order", id, state, event, repeat: false }
+            if id == ID && state == "Created" && event == "Ship"),
+        "{err:?}"
+    );
+    assert!(!err.is_repeat());
+    let message = err.to_string();
+    for part in ["Order", ID, "Created", "Ship"] {
+        assert!(message.contains(part), "{message:?} lacks {part}");
+    }
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 0);
+}
+
+/// Firing an event whose target is the current state is an illegal repeat.
+pub async fn repeated_event_is_an_illegal_repeat<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    store.fire(ID, pay(500)).await.unwrap();
+    let err = store.fire(ID, pay(500)).await.unwrap_err();
+    assert!(err.is_repeat(), "{err:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 1);
+}
+
+/// When every guard fails the error lists them, and nothing is written.
+pub async fn guard_rejection_lists_guards_and_changes_nothing<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let err = store.fire(ID, pay(499).with_key("k")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::GuardRejected { state, event, guards, .. }
+            if state == "Created" && event == "Pay" && guards == &["amount_matches"]),
+        "{err:?}"
+    );
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.state, loaded.version, loaded.context.paid_cents), (OrderState::Created, 0, 0));
+    assert!(store.history::<Order>(ID).await.unwrap().is_empty());
+    // A rejected command records no key: the corrected request may reuse it.
+    let outcome = store.fire(ID, pay(500).with_key("k")).await.unwrap();
+    assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
+}
+
+/// The same key and request again returns the first transition; nothing changes.
+pub async fn duplicate_key_returns_original_outcome<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let first = store.fire(ID, pay(500).with_key("pay-1")).await.unwrap();
+    let Outcome::Applied(original) = first else { panic!("first fire: {first:?}") };
+    let again = store.fire(ID, pay(500).with_key("pay-1")).await.unwrap();
+    let Outcome::Duplicate(replayed) = again else { panic!("retry: {again:?}") };
+    assert_eq!(
+        (replayed.version, replayed.from, replayed.to, replayed.key.as_deref(), replayed.at_ms),
+        (original.version, original.from, original.to, Some("pay-1"), original.at_ms)
+    );
+    assert_eq!(replayed.event, original.event);
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.version, loaded.context.paid_cents), (1, 500));
+    assert_eq!(store.history::<Order>(ID).await.unwrap().len(), 1);
+}
+
+/// The same key with another request is `KeyReused`, naming the key and first version.
+pub async fn same_key_with_another_payload_is_key_reused<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    store.fire(ID, annotate("gift wrap").with_key("note")).await.unwrap();
+    let err = store.fire(ID, annotate("no gift wrap").with_key("note")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::KeyReused { key, version: 1, .. } if key == "note"),
+        "{err:?}"
+    );
+    // Another event kind under the same key is reuse too.
+    let err = store.fire(ID, pay(500).with_key("note")).await.unwrap_err();
+    assert!(matches!(err, Error::KeyReused { .. }), "{err:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 1);
+}
+
+/// Empty and 256-byte keys are rejected before any write; 255 bytes is fine.
+pub async fn keys_outside_1_to_255_bytes_are_invalid<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    for key in [String::new(), "k".repeat(256), "é".repeat(128)] {
+        let err = store.fire(ID, annotate("x").with_key(key.clone())).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { len, .. } if len == key.len()), "{err:?}");
+    }
+    let outcome = store.fire(ID, annotate("x").with_key("k".repeat(255))).await.unwrap();
+    assert_eq!(outcome.transition().key.as_deref().map(str::len), Some(255));
+}
+
+/// A `source` + `seq` pair is a key like any other.
+pub async fn source_and_sequence_keys_deduplicate<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let first = store.fire(ID, annotate("a").from_source("crm", 7)).await.unwrap();
+    let again = store.fire(ID, annotate("a").from_source("crm", 7)).await.unwrap();
+    let next = store.fire(ID, annotate("a").from_source("crm", 8)).await.unwrap();
+    assert!(!first.is_duplicate() && again.is_duplicate() && !next.is_duplicate());
+    assert_eq!(again.transition().version, 1);
+    assert_eq!(next.transition().version, 2);
+}
+
+/// 64 tasks racing with one key: exactly one `Applied`, 63 `Duplicate` of it.
+pub async fn one_key_fired_by_64_tasks_applies_once<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.fire(ID, pay(500).with_key("double-click")).await })
+        })
+        .collect();
+    let mut applied = 0;
+    let mut versions = BTreeSet::new();
+    for task in tasks {
+        let outcome = task.await.expect("task").expect("fire");
+        applied += usize::from(!outcome.is_duplicate());
+        versions.insert(outcome.transition().version);
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(versions, BTreeSet::from([1]));
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.state, loaded.version, loaded.context.paid_cents), (OrderState::Paid, 1, 500));
+}
+
+/// 32 tasks with distinct keys: all applied, versions exactly 1..=32.
+pub async fn distinct_keys_from_32_tasks_give_gapless_versions<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store.fire(ID, annotate(format!("note {i}")).with_key(format!("k{i}"))).await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        let outcome = task.await.expect("task").expect("fire");
+        assert!(!outcome.is_duplicate());
+        versions.push(outcome.transition().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=32).collect::<Vec<_>>());
+    let history = store.history::<Order>(ID).await.unwrap();
+    assert_eq!(history.iter().map(|t| t.version).collect::<Vec<_>>(), versions);
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.version, loaded.context.notes.len()), (32, 32));
+}
+
+/// `create` again with the same context returns the instance; another is `AlreadyExists`.
+pub async fn create_is_idempotent_on_the_business_id<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    store.fire(ID, pay(500)).await.unwrap();
+    let again = store.create::<Order>(ID, order(500)).await.unwrap();
+    assert_eq!((again.state, again.version), (OrderState::Paid, 1));
+    let err = store.create::<Order>(ID, order(700)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::AlreadyExists { id, state, version: 1, .. } if id == ID && state == "Paid"),
+        "{err:?}"
+    );
+}
+
+/// Empty and over-long ids are `InvalidId` everywhere.
+pub async fn ids_outside_1_to_255_bytes_are_invalid<S: Store>(store: Arc<S>) {
+    for id in [String::new(), "i".repeat(256)] {
+        let err = store.create::<Order>(&id, order(1)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { len, .. } if len == id.len()), "{err:?}");
+        let err = store.fire(&id, pay(1)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
+    }
+    store.create::<Order>(&"i".repeat(255), order(1)).await.unwrap();
+}
+
+/// Reading or firing an id that was never created is `NotFound`.
+pub async fn unknown_instance_is_not_found<S: Store>(store: Arc<S>) {
+    let err = store.load::<Order>("nope").await.unwrap_err();
+    assert!(matches!(&err, Error::NotFound { machine: "Order", id } if id == "nope"), "{err:?}");
+    let err = store.fire("nope", pay(1)).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let err = store.fire("nope", pay(1).with_key("k")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let err = store.history::<Order>("nope").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+/// History lists transitions 1..=n with their events, keys and states chained.
+pub async fn history_is_in_version_order<S: Store>(store: Arc<S>) {
+    created(&*store, 500).await;
+    store.fire(ID, annotate("a").with_key("a")).await.unwrap();
+    store.fire(ID, pay(500).with_key("p")).await.unwrap();
+    store.fire(ID, annotate("b")).await.unwrap();
+    store.fire(ID, Command::new(OrderEvent::Cancel)).await.unwrap();
+    let history = store.history::<Order>(ID).await.unwrap();
+    let rows: Vec<_> = history
+        .iter()
+        .map(|t| (t.version, t.from, t.to, t.key.as_deref(), t.event.event().map(Order::event_name)))
+        .collect();
+    use OrderState::*;
+    assert_eq!(
+        rows,
+        [
+            (1, Created, Created, Some("a"), Some("Annotate")),
+            (2, Created, Paid, Some("p"), Some("Pay")),
+            (3, Paid, Paid, None, Some("Annotate")),
+            (4, Paid, Cancelled, None, Some("Cancel")),
+        ]
+    );
+    assert!(history.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+}
+
+/// `fire_with` from the current snapshot applies and advances it, context included.
+pub async fn fire_with_a_current_snapshot_advances_it<S: Store>(store: Arc<S>) {
+    let mut snapshot = created(&*store, 500).await;
+    let outcome = store.fire_with(&mut snapshot, pay(500).with_key("p")).await.unwrap();
+    assert!(!outcome.is_duplicate());
+    assert_eq!((snapshot.state, snapshot.version, snapshot.context.paid_cents), (OrderState::Paid, 1, 500));
+    let outcome = store.fire_with(&mut snapshot, Command::new(OrderEvent::Ship)).await.unwrap();
+    assert_eq!(outcome.transition().version, 2);
+    let loaded = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((loaded.state, loaded.version), (snapshot.state, snapshot.version));
+    // A duplicate refreshes the snapshot without changing anything.
+    let outcome = store.fire_with(&mut snapshot, pay(500).with_key("p")).await.unwrap();
+    assert!(outcome.is_duplicate());
+    assert_eq!(snapshot.version, 2);
+}
+
+/// `fire_with` from an old snapshot loses the compare-and-set, re-reads, and decides from
+/// the stored version: a racing change is never overwritten.
+pub async fn fire_with_a_stale_snapshot_decides_from_the_stored_version<S: Store>(store: Arc<S>) {
+    let mut stale = created(&*store, 500).await;
+    store.fire(ID, annotate("first")).await.unwrap();
+    store.fire(ID, annotate("second")).await.unwrap();
+    let outcome = store.fire_with(&mut stale, annotate("third")).await.unwrap();
+    assert_eq!(outcome.transition().version, 3);
+    assert_eq!(stale.version, 3);
+    assert_eq!(stale.context.notes, ["first", "second", "third"]);
+    // A stale snapshot cannot bring back a transition the current state forbids.
+    let mut stale = store.load::<Order>(ID).await.unwrap();
+    store.fire(ID, Command::new(OrderEvent::Cancel)).await.unwrap();
+    let err = store.fire_with(&mut stale, pay(500)).await.unwrap_err();
+    assert!(matches!(&err, Error::IllegalTransition { state, .. } if state == "Cancelled"), "{err:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 4);
+}

@@ -1,0 +1,2 @@
+//! stub
+extern crate proc_macro;
