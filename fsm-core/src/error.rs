@@ -101,7 +101,9 @@ pub enum Error {
         id: String,
     },
     /// Compare-and-set kept failing under the retry policy: other writers won each race.
-    #[error("{machine} {id}: concurrent update; gave up after {attempts} attempts at version {version}")]
+    #[error(
+        "{machine} {id}: concurrent update; gave up after {attempts} attempts at version {version}"
+    )]
     Conflict {
         /// Machine type.
         machine: &'static str,
@@ -121,7 +123,9 @@ pub enum Error {
         id: String,
     },
     /// `create` with an id that exists with another initial context.
-    #[error("{machine} {id}: already exists (state {state}, version {version}) with another context")]
+    #[error(
+        "{machine} {id}: already exists (state {state}, version {version}) with another context"
+    )]
     AlreadyExists {
         /// Machine type.
         machine: &'static str,

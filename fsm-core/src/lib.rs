@@ -24,6 +24,8 @@ pub mod testing;
 pub use command::{Command, Fingerprint, IdempotencyKey};
 pub use definition::Definition;
 pub use error::{Error, Result, UnknownName};
-pub use machine::{EdgeIndex, Effects, MachineEvent, Rejection, StateMachine, Step, Trigger, step, step_timer};
+pub use machine::{
+    EdgeIndex, Effects, MachineEvent, Rejection, StateMachine, Step, Trigger, step, step_timer,
+};
 pub use memory::MemoryStore;
-pub use store::{Attempt, Outcome, RetryPolicy, Snapshot, Store, Transition};
+pub use store::{Applied, Outcome, Prepared, RetryPolicy, Snapshot, Store, Transition};

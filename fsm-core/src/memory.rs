@@ -50,7 +50,9 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Instances> {
         // A panic in another thread cannot leave an instance half-written: every
         // mutation below happens after all fallible steps.
-        self.instances.lock().unwrap_or_else(PoisonError::into_inner)
+        self.instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn with_instance<M: StateMachine, T>(
@@ -85,11 +87,16 @@ impl MemoryStore {
             }
             // Under the lock the stored version is the one decided from; a caller's stale
             // snapshot is superseded, as after a lost database race.
-            let (transition, _effects) =
-                prepared.apply_in_place(id, instance.state, &mut instance.context, instance.version)?;
+            let (transition, _effects) = prepared.apply_in_place(
+                id,
+                instance.state,
+                &mut instance.context,
+                instance.version,
+            )?;
             instance.state = transition.to;
             instance.version = transition.version;
-            if let (Some(key), Some(fingerprint)) = (prepared.stored_key(), prepared.fingerprint()) {
+            if let (Some(key), Some(fingerprint)) = (prepared.stored_key(), prepared.fingerprint())
+            {
                 instance
                     .keys
                     .insert(key.to_owned(), (instance.history.len(), *fingerprint));
@@ -111,7 +118,10 @@ impl<M: StateMachine> Instance<M> {
     }
 }
 
-fn downcast<'a, M: StateMachine>(instance: &'a mut (dyn Any + Send), id: &str) -> Result<&'a mut Instance<M>> {
+fn downcast<'a, M: StateMachine>(
+    instance: &'a mut (dyn Any + Send),
+    id: &str,
+) -> Result<&'a mut Instance<M>> {
     instance
         .downcast_mut::<Instance<M>>()
         .ok_or_else(|| Error::Corrupt {
@@ -191,6 +201,8 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let instances = self.lock();
         let count: usize = instances.values().map(HashMap::len).sum();
-        f.debug_struct("MemoryStore").field("instances", &count).finish()
+        f.debug_struct("MemoryStore")
+            .field("instances", &count)
+            .finish()
     }
 }

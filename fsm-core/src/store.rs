@@ -187,14 +187,16 @@ impl<M: StateMachine> Prepared<M> {
         };
         let fingerprint = match stored_key {
             None => None,
-            Some(_) => Some(fingerprint(&command.event).map_err(|source| {
-                Error::Serialization {
-                    machine: M::DEFINITION.name,
-                    id: id.to_owned(),
-                    what: "event",
-                    source,
-                }
-            })?),
+            Some(_) => {
+                Some(
+                    fingerprint(&command.event).map_err(|source| Error::Serialization {
+                        machine: M::DEFINITION.name,
+                        id: id.to_owned(),
+                        what: "event",
+                        source,
+                    })?,
+                )
+            }
         };
         Ok(Prepared {
             trigger: Trigger::Event(command.event),
@@ -383,18 +385,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One try at a compare-and-set.
-#[derive(Debug)]
-pub enum Attempt<T> {
-    /// The write went through (or nothing needed writing).
-    Done(T),
-    /// Another writer changed the row since it was read at `version`.
-    Conflict {
-        /// The version the attempt read.
-        version: u64,
-    },
-}
-
 /// How often and how patiently a store retries a lost compare-and-set.
 ///
 /// Delays grow exponentially from `base_delay` up to `max_delay`, with full jitter so
@@ -452,39 +442,32 @@ impl RetryPolicy {
         Duration::from_nanos(random % nanos)
     }
 
-    /// Runs `attempt` until it is [`Attempt::Done`], sleeping between lost races.
+    /// Called after losing compare-and-set attempt number `attempt` (from 1) at
+    /// `version`: sleeps a jittered delay, or gives up once `max_attempts` are spent.
     ///
     /// # Errors
     ///
-    /// The first error `attempt` returns, or [`Error::Conflict`] naming `machine` and
-    /// `id` once `max_attempts` races are lost.
-    pub async fn run<T, F, Fut>(&self, machine: &'static str, id: &str, mut attempt: F) -> Result<T>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<Attempt<T>>>,
-    {
-        let max = self.max_attempts.max(1);
-        let mut n = 1;
-        loop {
-            match attempt(n).await? {
-                Attempt::Done(value) => return Ok(value),
-                Attempt::Conflict { version } if n >= max => {
-                    return Err(Error::Conflict {
-                        machine,
-                        id: id.to_owned(),
-                        version,
-                        attempts: n,
-                    });
-                }
-                Attempt::Conflict { .. } => {
-                    let delay = self.delay(n);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    n += 1;
-                }
-            }
+    /// [`Error::Conflict`] naming `machine` and `id` when no attempt is left.
+    pub async fn pause(
+        &self,
+        attempt: u32,
+        machine: &'static str,
+        id: &str,
+        version: u64,
+    ) -> Result<()> {
+        if attempt >= self.max_attempts.max(1) {
+            return Err(Error::Conflict {
+                machine,
+                id: id.to_owned(),
+                version,
+                attempts: attempt,
+            });
         }
+        let delay = self.delay(attempt);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
     }
 }
 
@@ -563,6 +546,41 @@ impl<M: StateMachine> fmt::Display for Transition<M> {
                 format!("after({})", crate::definition::format_duration(*after))
             }
         };
-        write!(f, "v{} {} --{}--> {}", self.version, self.from, event, self.to)
+        write!(
+            f,
+            "v{} {} --{}--> {}",
+            self.version, self.from, event, self.to
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn retry_policy_gives_up_with_a_conflict_naming_the_instance() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        assert!(policy.pause(1, "Order", "o-1", 4).await.is_ok());
+        assert!(policy.pause(2, "Order", "o-1", 4).await.is_ok());
+        let err = policy.pause(3, "Order", "o-1", 5).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Conflict { machine: "Order", id, version: 5, attempts: 3 } if id == "o-1"),
+            "{err:?}"
+        );
+        assert!(RetryPolicy::NONE.pause(1, "Order", "o-1", 0).await.is_err());
+    }
+
+    #[test]
+    fn retry_delays_stay_under_the_exponential_ceiling() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..40 {
+            let ceiling =
+                (policy.base_delay * 2u32.pow((attempt - 1).min(16))).min(policy.max_delay);
+            assert!(policy.delay(attempt) <= ceiling);
+        }
     }
 }

@@ -203,20 +203,70 @@ impl FromStr for OrderState {
 }
 
 const STATES: &[StateInfo] = &[
-    StateInfo { name: "Created", doc: "", initial: true, terminal: false },
-    StateInfo { name: "Paid", doc: "", initial: false, terminal: false },
-    StateInfo { name: "Shipped", doc: "", initial: false, terminal: false },
-    StateInfo { name: "Delivered", doc: "", initial: false, terminal: true },
-    StateInfo { name: "Cancelled", doc: "", initial: false, terminal: true },
-    StateInfo { name: "Expired", doc: "", initial: false, terminal: true },
+    StateInfo {
+        name: "Created",
+        doc: "",
+        initial: true,
+        terminal: false,
+    },
+    StateInfo {
+        name: "Paid",
+        doc: "",
+        initial: false,
+        terminal: false,
+    },
+    StateInfo {
+        name: "Shipped",
+        doc: "",
+        initial: false,
+        terminal: false,
+    },
+    StateInfo {
+        name: "Delivered",
+        doc: "",
+        initial: false,
+        terminal: true,
+    },
+    StateInfo {
+        name: "Cancelled",
+        doc: "",
+        initial: false,
+        terminal: true,
+    },
+    StateInfo {
+        name: "Expired",
+        doc: "",
+        initial: false,
+        terminal: true,
+    },
 ];
 
 const EVENTS: &[EventInfo] = &[
-    EventInfo { name: "Pay", doc: "", payload: Some("Payment") },
-    EventInfo { name: "Cancel", doc: "", payload: None },
-    EventInfo { name: "Ship", doc: "", payload: None },
-    EventInfo { name: "Deliver", doc: "", payload: None },
-    EventInfo { name: "Annotate", doc: "", payload: Some("Note") },
+    EventInfo {
+        name: "Pay",
+        doc: "",
+        payload: Some("Payment"),
+    },
+    EventInfo {
+        name: "Cancel",
+        doc: "",
+        payload: None,
+    },
+    EventInfo {
+        name: "Ship",
+        doc: "",
+        payload: None,
+    },
+    EventInfo {
+        name: "Deliver",
+        doc: "",
+        payload: None,
+    },
+    EventInfo {
+        name: "Annotate",
+        doc: "",
+        payload: Some("Note"),
+    },
 ];
 
 /// How long an unpaid order waits before it expires.
@@ -226,14 +276,62 @@ pub const EXPIRY: Duration = Duration::from_secs(30 * 60);
 pub const EXPIRY_EDGE: EdgeIndex = 7;
 
 const EDGES: &[Edge] = &[
-    Edge { from: "Created", on: On::Event("Pay"), guard: Some("amount_matches"), action: Some("record_payment"), to: "Paid" },
-    Edge { from: "Created", on: On::Event("Cancel"), guard: None, action: None, to: "Cancelled" },
-    Edge { from: "Paid", on: On::Event("Cancel"), guard: None, action: Some("refund"), to: "Cancelled" },
-    Edge { from: "Paid", on: On::Event("Ship"), guard: None, action: None, to: "Shipped" },
-    Edge { from: "Shipped", on: On::Event("Deliver"), guard: None, action: None, to: "Delivered" },
-    Edge { from: "Created", on: On::Event("Annotate"), guard: None, action: Some("annotate"), to: "Created" },
-    Edge { from: "Paid", on: On::Event("Annotate"), guard: None, action: Some("annotate"), to: "Paid" },
-    Edge { from: "Created", on: On::After(EXPIRY), guard: None, action: None, to: "Expired" },
+    Edge {
+        from: "Created",
+        on: On::Event("Pay"),
+        guard: Some("amount_matches"),
+        action: Some("record_payment"),
+        to: "Paid",
+    },
+    Edge {
+        from: "Created",
+        on: On::Event("Cancel"),
+        guard: None,
+        action: None,
+        to: "Cancelled",
+    },
+    Edge {
+        from: "Paid",
+        on: On::Event("Cancel"),
+        guard: None,
+        action: Some("refund"),
+        to: "Cancelled",
+    },
+    Edge {
+        from: "Paid",
+        on: On::Event("Ship"),
+        guard: None,
+        action: None,
+        to: "Shipped",
+    },
+    Edge {
+        from: "Shipped",
+        on: On::Event("Deliver"),
+        guard: None,
+        action: None,
+        to: "Delivered",
+    },
+    Edge {
+        from: "Created",
+        on: On::Event("Annotate"),
+        guard: None,
+        action: Some("annotate"),
+        to: "Created",
+    },
+    Edge {
+        from: "Paid",
+        on: On::Event("Annotate"),
+        guard: None,
+        action: Some("annotate"),
+        to: "Paid",
+    },
+    Edge {
+        from: "Created",
+        on: On::After(EXPIRY),
+        guard: None,
+        action: None,
+        to: "Expired",
+    },
 ];
 
 const TARGETS: [OrderState; 8] = [
@@ -329,10 +427,14 @@ impl StateMachine for Order {
         match (edge, event) {
             (0, Some(OrderEvent::Pay(payment))) => {
                 context.paid_cents += payment.amount_cents;
-                effects.emit(OrderEffect::Charge { cents: payment.amount_cents });
+                effects.emit(OrderEffect::Charge {
+                    cents: payment.amount_cents,
+                });
             }
             (2, _) => {
-                effects.emit(OrderEffect::Refund { cents: context.paid_cents });
+                effects.emit(OrderEffect::Refund {
+                    cents: context.paid_cents,
+                });
                 context.paid_cents = 0;
             }
             (5 | 6, Some(OrderEvent::Annotate(Note(note)))) => {
@@ -350,7 +452,10 @@ impl StateMachine for Order {
 const ID: &str = "order-1";
 
 fn order(total_cents: u64) -> OrderData {
-    OrderData { total_cents, ..OrderData::default() }
+    OrderData {
+        total_cents,
+        ..OrderData::default()
+    }
 }
 
 fn pay(amount_cents: u64) -> Command<Order> {
@@ -392,7 +497,10 @@ pub async fn legal_path_applies_each_event_once<S: Store>(store: Arc<S>) {
 /// An event with no edge from the current state is `IllegalTransition`, naming all four.
 pub async fn illegal_event_names_machine_state_and_event<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
-    let err = store.fire(ID, Command::new(OrderEvent::Ship)).await.unwrap_err();
+    let err = store
+        .fire(ID, Command::new(OrderEvent::Ship))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::IllegalTransition { machine: "Order", id, state, event, repeat: false }
             if id == ID && state == "Created" && event == "Ship"),
@@ -425,7 +533,10 @@ pub async fn guard_rejection_lists_guards_and_changes_nothing<S: Store>(store: A
         "{err:?}"
     );
     let loaded = store.load::<Order>(ID).await.unwrap();
-    assert_eq!((loaded.state, loaded.version, loaded.context.paid_cents), (OrderState::Created, 0, 0));
+    assert_eq!(
+        (loaded.state, loaded.version, loaded.context.paid_cents),
+        (OrderState::Created, 0, 0)
+    );
     assert!(store.history::<Order>(ID).await.unwrap().is_empty());
     // A rejected command records no key: the corrected request may reuse it.
     let outcome = store.fire(ID, pay(500).with_key("k")).await.unwrap();
@@ -436,12 +547,28 @@ pub async fn guard_rejection_lists_guards_and_changes_nothing<S: Store>(store: A
 pub async fn duplicate_key_returns_original_outcome<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
     let first = store.fire(ID, pay(500).with_key("pay-1")).await.unwrap();
-    let Outcome::Applied(original) = first else { panic!("first fire: {first:?}") };
+    let Outcome::Applied(original) = first else {
+        panic!("first fire: {first:?}")
+    };
     let again = store.fire(ID, pay(500).with_key("pay-1")).await.unwrap();
-    let Outcome::Duplicate(replayed) = again else { panic!("retry: {again:?}") };
+    let Outcome::Duplicate(replayed) = again else {
+        panic!("retry: {again:?}")
+    };
     assert_eq!(
-        (replayed.version, replayed.from, replayed.to, replayed.key.as_deref(), replayed.at_ms),
-        (original.version, original.from, original.to, Some("pay-1"), original.at_ms)
+        (
+            replayed.version,
+            replayed.from,
+            replayed.to,
+            replayed.key.as_deref(),
+            replayed.at_ms
+        ),
+        (
+            original.version,
+            original.from,
+            original.to,
+            Some("pay-1"),
+            original.at_ms
+        )
     );
     assert_eq!(replayed.event, original.event);
     let loaded = store.load::<Order>(ID).await.unwrap();
@@ -452,8 +579,14 @@ pub async fn duplicate_key_returns_original_outcome<S: Store>(store: Arc<S>) {
 /// The same key with another request is `KeyReused`, naming the key and first version.
 pub async fn same_key_with_another_payload_is_key_reused<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
-    store.fire(ID, annotate("gift wrap").with_key("note")).await.unwrap();
-    let err = store.fire(ID, annotate("no gift wrap").with_key("note")).await.unwrap_err();
+    store
+        .fire(ID, annotate("gift wrap").with_key("note"))
+        .await
+        .unwrap();
+    let err = store
+        .fire(ID, annotate("no gift wrap").with_key("note"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::KeyReused { key, version: 1, .. } if key == "note"),
         "{err:?}"
@@ -468,19 +601,37 @@ pub async fn same_key_with_another_payload_is_key_reused<S: Store>(store: Arc<S>
 pub async fn keys_outside_1_to_255_bytes_are_invalid<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
     for key in [String::new(), "k".repeat(256), "é".repeat(128)] {
-        let err = store.fire(ID, annotate("x").with_key(key.clone())).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidKey { len, .. } if len == key.len()), "{err:?}");
+        let err = store
+            .fire(ID, annotate("x").with_key(key.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidKey { len, .. } if len == key.len()),
+            "{err:?}"
+        );
     }
-    let outcome = store.fire(ID, annotate("x").with_key("k".repeat(255))).await.unwrap();
+    let outcome = store
+        .fire(ID, annotate("x").with_key("k".repeat(255)))
+        .await
+        .unwrap();
     assert_eq!(outcome.transition().key.as_deref().map(str::len), Some(255));
 }
 
 /// A `source` + `seq` pair is a key like any other.
 pub async fn source_and_sequence_keys_deduplicate<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
-    let first = store.fire(ID, annotate("a").from_source("crm", 7)).await.unwrap();
-    let again = store.fire(ID, annotate("a").from_source("crm", 7)).await.unwrap();
-    let next = store.fire(ID, annotate("a").from_source("crm", 8)).await.unwrap();
+    let first = store
+        .fire(ID, annotate("a").from_source("crm", 7))
+        .await
+        .unwrap();
+    let again = store
+        .fire(ID, annotate("a").from_source("crm", 7))
+        .await
+        .unwrap();
+    let next = store
+        .fire(ID, annotate("a").from_source("crm", 8))
+        .await
+        .unwrap();
     assert!(!first.is_duplicate() && again.is_duplicate() && !next.is_duplicate());
     assert_eq!(again.transition().version, 1);
     assert_eq!(next.transition().version, 2);
@@ -505,7 +656,10 @@ pub async fn one_key_fired_by_64_tasks_applies_once<S: Store>(store: Arc<S>) {
     assert_eq!(applied, 1);
     assert_eq!(versions, BTreeSet::from([1]));
     let loaded = store.load::<Order>(ID).await.unwrap();
-    assert_eq!((loaded.state, loaded.version, loaded.context.paid_cents), (OrderState::Paid, 1, 500));
+    assert_eq!(
+        (loaded.state, loaded.version, loaded.context.paid_cents),
+        (OrderState::Paid, 1, 500)
+    );
 }
 
 /// 32 tasks with distinct keys: all applied, versions exactly 1..=32.
@@ -515,7 +669,9 @@ pub async fn distinct_keys_from_32_tasks_give_gapless_versions<S: Store>(store: 
         .map(|i| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                store.fire(ID, annotate(format!("note {i}")).with_key(format!("k{i}"))).await
+                store
+                    .fire(ID, annotate(format!("note {i}")).with_key(format!("k{i}")))
+                    .await
             })
         })
         .collect();
@@ -528,7 +684,10 @@ pub async fn distinct_keys_from_32_tasks_give_gapless_versions<S: Store>(store: 
     versions.sort_unstable();
     assert_eq!(versions, (1..=32).collect::<Vec<_>>());
     let history = store.history::<Order>(ID).await.unwrap();
-    assert_eq!(history.iter().map(|t| t.version).collect::<Vec<_>>(), versions);
+    assert_eq!(
+        history.iter().map(|t| t.version).collect::<Vec<_>>(),
+        versions
+    );
     let loaded = store.load::<Order>(ID).await.unwrap();
     assert_eq!((loaded.version, loaded.context.notes.len()), (32, 32));
 }
@@ -550,17 +709,26 @@ pub async fn create_is_idempotent_on_the_business_id<S: Store>(store: Arc<S>) {
 pub async fn ids_outside_1_to_255_bytes_are_invalid<S: Store>(store: Arc<S>) {
     for id in [String::new(), "i".repeat(256)] {
         let err = store.create::<Order>(&id, order(1)).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidId { len, .. } if len == id.len()), "{err:?}");
+        assert!(
+            matches!(err, Error::InvalidId { len, .. } if len == id.len()),
+            "{err:?}"
+        );
         let err = store.fire(&id, pay(1)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
     }
-    store.create::<Order>(&"i".repeat(255), order(1)).await.unwrap();
+    store
+        .create::<Order>(&"i".repeat(255), order(1))
+        .await
+        .unwrap();
 }
 
 /// Reading or firing an id that was never created is `NotFound`.
 pub async fn unknown_instance_is_not_found<S: Store>(store: Arc<S>) {
     let err = store.load::<Order>("nope").await.unwrap_err();
-    assert!(matches!(&err, Error::NotFound { machine: "Order", id } if id == "nope"), "{err:?}");
+    assert!(
+        matches!(&err, Error::NotFound { machine: "Order", id } if id == "nope"),
+        "{err:?}"
+    );
     let err = store.fire("nope", pay(1)).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     let err = store.fire("nope", pay(1).with_key("k")).await.unwrap_err();
@@ -575,11 +743,22 @@ pub async fn history_is_in_version_order<S: Store>(store: Arc<S>) {
     store.fire(ID, annotate("a").with_key("a")).await.unwrap();
     store.fire(ID, pay(500).with_key("p")).await.unwrap();
     store.fire(ID, annotate("b")).await.unwrap();
-    store.fire(ID, Command::new(OrderEvent::Cancel)).await.unwrap();
+    store
+        .fire(ID, Command::new(OrderEvent::Cancel))
+        .await
+        .unwrap();
     let history = store.history::<Order>(ID).await.unwrap();
     let rows: Vec<_> = history
         .iter()
-        .map(|t| (t.version, t.from, t.to, t.key.as_deref(), t.event.event().map(Order::event_name)))
+        .map(|t| {
+            (
+                t.version,
+                t.from,
+                t.to,
+                t.key.as_deref(),
+                t.event.event().map(Order::event_name),
+            )
+        })
         .collect();
     use OrderState::*;
     assert_eq!(
@@ -597,15 +776,34 @@ pub async fn history_is_in_version_order<S: Store>(store: Arc<S>) {
 /// `fire_with` from the current snapshot applies and advances it, context included.
 pub async fn fire_with_a_current_snapshot_advances_it<S: Store>(store: Arc<S>) {
     let mut snapshot = created(&*store, 500).await;
-    let outcome = store.fire_with(&mut snapshot, pay(500).with_key("p")).await.unwrap();
+    let outcome = store
+        .fire_with(&mut snapshot, pay(500).with_key("p"))
+        .await
+        .unwrap();
     assert!(!outcome.is_duplicate());
-    assert_eq!((snapshot.state, snapshot.version, snapshot.context.paid_cents), (OrderState::Paid, 1, 500));
-    let outcome = store.fire_with(&mut snapshot, Command::new(OrderEvent::Ship)).await.unwrap();
+    assert_eq!(
+        (
+            snapshot.state,
+            snapshot.version,
+            snapshot.context.paid_cents
+        ),
+        (OrderState::Paid, 1, 500)
+    );
+    let outcome = store
+        .fire_with(&mut snapshot, Command::new(OrderEvent::Ship))
+        .await
+        .unwrap();
     assert_eq!(outcome.transition().version, 2);
     let loaded = store.load::<Order>(ID).await.unwrap();
-    assert_eq!((loaded.state, loaded.version), (snapshot.state, snapshot.version));
+    assert_eq!(
+        (loaded.state, loaded.version),
+        (snapshot.state, snapshot.version)
+    );
     // A duplicate refreshes the snapshot without changing anything.
-    let outcome = store.fire_with(&mut snapshot, pay(500).with_key("p")).await.unwrap();
+    let outcome = store
+        .fire_with(&mut snapshot, pay(500).with_key("p"))
+        .await
+        .unwrap();
     assert!(outcome.is_duplicate());
     assert_eq!(snapshot.version, 2);
 }
@@ -616,14 +814,23 @@ pub async fn fire_with_a_stale_snapshot_decides_from_the_stored_version<S: Store
     let mut stale = created(&*store, 500).await;
     store.fire(ID, annotate("first")).await.unwrap();
     store.fire(ID, annotate("second")).await.unwrap();
-    let outcome = store.fire_with(&mut stale, annotate("third")).await.unwrap();
+    let outcome = store
+        .fire_with(&mut stale, annotate("third"))
+        .await
+        .unwrap();
     assert_eq!(outcome.transition().version, 3);
     assert_eq!(stale.version, 3);
     assert_eq!(stale.context.notes, ["first", "second", "third"]);
     // A stale snapshot cannot bring back a transition the current state forbids.
     let mut stale = store.load::<Order>(ID).await.unwrap();
-    store.fire(ID, Command::new(OrderEvent::Cancel)).await.unwrap();
+    store
+        .fire(ID, Command::new(OrderEvent::Cancel))
+        .await
+        .unwrap();
     let err = store.fire_with(&mut stale, pay(500)).await.unwrap_err();
-    assert!(matches!(&err, Error::IllegalTransition { state, .. } if state == "Cancelled"), "{err:?}");
+    assert!(
+        matches!(&err, Error::IllegalTransition { state, .. } if state == "Cancelled"),
+        "{err:?}"
+    );
     assert_eq!(store.load::<Order>(ID).await.unwrap().version, 4);
 }

@@ -1,0 +1,608 @@
+//! The machine as a graph: states, events, edges and rules, indexed and in order of
+//! first appearance.
+//!
+//! Building the model never fails: where the input contradicts itself (two payload types
+//! for one event, two initial states) the first occurrence wins and every occurrence is
+//! kept, so [`validate`](crate::validate) can point at the offending one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fsm_core::definition::{Definition, Edge as EdgeInfo, EventInfo, On, StateInfo};
+use proc_macro2::{Spacing, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
+
+use crate::parse::{self, Block, Item, KeyValue, MachineInput, Timer};
+
+pub(crate) struct Machine {
+    pub(crate) docs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) name: Ident,
+    /// Every `context:` key, in order; the first one counts.
+    pub(crate) contexts: Vec<KeyValue>,
+    /// Every `effect:` key, in order; the first one counts.
+    pub(crate) effects: Vec<KeyValue>,
+    /// The keyword of every `states { }` / `events { }` block, in order.
+    pub(crate) blocks: Vec<Ident>,
+    pub(crate) states: Vec<State>,
+    pub(crate) events: Vec<Event>,
+    pub(crate) edges: Vec<Edge>,
+    /// Every `*` with the state it marks, in order; the first one counts.
+    pub(crate) initial_marks: Vec<(Token![*], Ident)>,
+    /// Guards and actions in order of first use, one per name.
+    pub(crate) rules: Vec<Rule>,
+    /// Whether every item parsed (see [`MachineInput::complete`]).
+    pub(crate) complete: bool,
+}
+
+pub(crate) struct State {
+    /// The first occurrence anywhere; the generated variant.
+    pub(crate) name: Ident,
+    /// The first occurrence in a transition.
+    pub(crate) used_at: Option<Ident>,
+    /// Every entry in `states { }`.
+    pub(crate) declared: Vec<Ident>,
+    pub(crate) docs: Vec<Attribute>,
+    pub(crate) terminal_attr: Option<Attribute>,
+}
+
+pub(crate) struct Event {
+    pub(crate) name: Ident,
+    pub(crate) used_at: Option<Ident>,
+    pub(crate) declared: Vec<Ident>,
+    pub(crate) docs: Vec<Attribute>,
+    /// Every payload type written for this event, in order; the first one counts.
+    pub(crate) payloads: Vec<Type>,
+}
+
+impl Event {
+    pub(crate) fn payload(&self) -> Option<&Type> {
+        self.payloads.first()
+    }
+}
+
+/// One edge; an `A | B + E` line contributes one per source.
+pub(crate) struct Edge {
+    /// Index of the transition line the edge comes from.
+    pub(crate) line: usize,
+    pub(crate) from: usize,
+    /// The source state as written on this line.
+    pub(crate) source: Ident,
+    pub(crate) on: Trigger,
+    pub(crate) guard: Option<Ident>,
+    pub(crate) action: Option<Ident>,
+    pub(crate) to: usize,
+}
+
+/// What fires an edge, resolved to indices.
+#[derive(Clone)]
+pub(crate) enum Trigger {
+    Event { event: usize, name: Ident },
+    After(Timer),
+}
+
+impl Trigger {
+    /// The token an error about this edge's trigger underlines.
+    pub(crate) fn token(&self) -> &Ident {
+        match self {
+            Trigger::Event { name, .. } => name,
+            Trigger::After(timer) => &timer.keyword,
+        }
+    }
+
+    /// Whether two edges fire on the same thing.
+    pub(crate) fn same(&self, other: &Trigger) -> bool {
+        match (self, other) {
+            (Trigger::Event { event: a, .. }, Trigger::Event { event: b, .. }) => a == b,
+            (Trigger::After(a), Trigger::After(b)) => a.millis == b.millis,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleKind {
+    Guard,
+    Action,
+}
+
+impl RuleKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Guard => "guard",
+            RuleKind::Action => "action",
+        }
+    }
+}
+
+/// A named guard or action: one method of the generated rules trait.
+pub(crate) struct Rule {
+    /// The first use; the method's name.
+    pub(crate) name: Ident,
+    pub(crate) kind: RuleKind,
+    /// Every use, in edge order; the first one fixes the kind and the payload.
+    pub(crate) uses: Vec<RuleUse>,
+}
+
+pub(crate) struct RuleUse {
+    pub(crate) edge: usize,
+    pub(crate) name: Ident,
+    pub(crate) kind: RuleKind,
+}
+
+impl Machine {
+    pub(crate) fn from_input(input: &MachineInput) -> Machine {
+        let mut machine = Machine {
+            docs: input.docs.clone(),
+            vis: input.vis.clone(),
+            name: input.name.clone(),
+            contexts: Vec::new(),
+            effects: Vec::new(),
+            blocks: Vec::new(),
+            states: Vec::new(),
+            events: Vec::new(),
+            edges: Vec::new(),
+            initial_marks: Vec::new(),
+            rules: Vec::new(),
+            complete: input.complete,
+        };
+        let mut line = 0;
+        for item in &input.items {
+            match item {
+                Item::Context(kv) => machine.contexts.push(kv.clone()),
+                Item::Effect(kv) => machine.effects.push(kv.clone()),
+                Item::States(block) => machine.declare_states(block),
+                Item::Events(block) => machine.declare_events(block),
+                Item::Transition(t) => {
+                    let sources: Vec<usize> = t.sources.iter().map(|s| machine.use_state(s)).collect();
+                    if let Some(star) = t.initial {
+                        machine.initial_marks.push((star, t.sources[0].clone()));
+                    }
+                    let on = match &t.trigger {
+                        parse::Trigger::Event { name, payload } => {
+                            let event = machine.use_event(name);
+                            machine.events[event].payloads.extend(payload.clone());
+                            Trigger::Event { event, name: name.clone() }
+                        }
+                        parse::Trigger::After(timer) => Trigger::After(timer.clone()),
+                    };
+                    let to = machine.use_state(&t.target);
+                    for (source, from) in t.sources.iter().zip(sources) {
+                        machine.edges.push(Edge {
+                            line,
+                            from,
+                            source: source.clone(),
+                            on: on.clone(),
+                            guard: t.guard.clone(),
+                            action: t.action.clone(),
+                            to,
+                        });
+                    }
+                    line += 1;
+                }
+            }
+        }
+        machine.collect_rules();
+        machine
+    }
+
+    fn state_index(&mut self, name: &Ident) -> usize {
+        if let Some(i) = self.states.iter().position(|s| s.name == *name) {
+            return i;
+        }
+        self.states.push(State {
+            name: name.clone(),
+            used_at: None,
+            declared: Vec::new(),
+            docs: Vec::new(),
+            terminal_attr: None,
+        });
+        self.states.len() - 1
+    }
+
+    fn use_state(&mut self, name: &Ident) -> usize {
+        let i = self.state_index(name);
+        self.states[i].used_at.get_or_insert_with(|| name.clone());
+        i
+    }
+
+    fn event_index(&mut self, name: &Ident) -> usize {
+        if let Some(i) = self.events.iter().position(|e| e.name == *name) {
+            return i;
+        }
+        self.events.push(Event {
+            name: name.clone(),
+            used_at: None,
+            declared: Vec::new(),
+            docs: Vec::new(),
+            payloads: Vec::new(),
+        });
+        self.events.len() - 1
+    }
+
+    fn use_event(&mut self, name: &Ident) -> usize {
+        let i = self.event_index(name);
+        self.events[i].used_at.get_or_insert_with(|| name.clone());
+        i
+    }
+
+    fn declare_states(&mut self, block: &Block) {
+        self.blocks.push(block.keyword.clone());
+        for entry in &block.entries {
+            let i = self.state_index(&entry.name);
+            let state = &mut self.states[i];
+            if state.declared.is_empty() {
+                state.docs = entry.docs.clone();
+                state.terminal_attr = entry.terminal.clone();
+            }
+            state.declared.push(entry.name.clone());
+        }
+    }
+
+    fn declare_events(&mut self, block: &Block) {
+        self.blocks.push(block.keyword.clone());
+        for entry in &block.entries {
+            let i = self.event_index(&entry.name);
+            let event = &mut self.events[i];
+            if event.declared.is_empty() {
+                event.docs = entry.docs.clone();
+            }
+            event.declared.push(entry.name.clone());
+        }
+    }
+
+    fn collect_rules(&mut self) {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (edge, e) in self.edges.iter().enumerate() {
+            let named = [(&e.guard, RuleKind::Guard), (&e.action, RuleKind::Action)];
+            for (name, kind) in named {
+                let Some(name) = name else { continue };
+                let used = RuleUse { edge, name: name.clone(), kind };
+                match by_name.get(&name.to_string()) {
+                    Some(&i) => self.rules[i].uses.push(used),
+                    None => {
+                        by_name.insert(name.to_string(), self.rules.len());
+                        self.rules.push(Rule { name: name.clone(), kind, uses: vec![used] });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The payload an edge's guard and action receive: its event's, none for a timer.
+    pub(crate) fn payload_of(&self, edge: usize) -> Option<&Type> {
+        match &self.edges[edge].on {
+            Trigger::Event { event, .. } => self.events[*event].payload(),
+            Trigger::After(_) => None,
+        }
+    }
+
+    /// The payload of a rule's first use, which fixes its method's signature.
+    pub(crate) fn rule_payload(&self, rule: &Rule) -> Option<&Type> {
+        self.payload_of(rule.uses[0].edge)
+    }
+
+    /// The context type (`()` when not declared).
+    pub(crate) fn context(&self) -> TokenStream {
+        match self.contexts.first() {
+            Some(kv) => kv.ty.to_token_stream(),
+            None => quote::quote!(()),
+        }
+    }
+
+    /// The effect type (`()` when not declared).
+    pub(crate) fn effect(&self) -> TokenStream {
+        match self.effects.first() {
+            Some(kv) => kv.ty.to_token_stream(),
+            None => quote::quote!(()),
+        }
+    }
+
+    /// The initial state: the first one marked `*`.
+    pub(crate) fn initial(&self) -> Option<usize> {
+        let (_, name) = self.initial_marks.first()?;
+        self.states.iter().position(|s| s.name == *name)
+    }
+
+    /// Whether some edge leaves state `state`.
+    pub(crate) fn has_outgoing(&self, state: usize) -> bool {
+        self.edges.iter().any(|e| e.from == state)
+    }
+
+    /// How an edge reads in the DSL, for docs and messages: `Created + Pay => Paid`.
+    pub(crate) fn describe(&self, edge: usize) -> String {
+        let e = &self.edges[edge];
+        let on = match &e.on {
+            Trigger::Event { event, .. } => name(&self.events[*event].name),
+            Trigger::After(timer) => {
+                format!("after({})", fsm_core::definition::format_duration(timer_duration(timer)))
+            }
+        };
+        let mut text = format!("{} + {on}", name(&self.states[e.from].name));
+        if let Some(guard) = &e.guard {
+            text.push_str(&format!(" [{guard}]"));
+        }
+        if let Some(action) = &e.action {
+            text.push_str(&format!(" / {action}"));
+        }
+        text.push_str(&format!(" => {}", name(&self.states[e.to].name)));
+        text
+    }
+
+    /// The machine as the runtime's [`Definition`], for rendering its diagram here and
+    /// as the source of the generated `DEFINITION` constant.
+    pub(crate) fn definition(&self) -> Definition {
+        let initial = self.initial();
+        let states: Vec<StateInfo> = self
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StateInfo {
+                name: leak(name(&s.name)),
+                doc: leak(doc_string(&s.docs)),
+                initial: initial == Some(i),
+                terminal: !self.has_outgoing(i),
+            })
+            .collect();
+        let events: Vec<EventInfo> = self
+            .events
+            .iter()
+            .map(|e| EventInfo {
+                name: leak(name(&e.name)),
+                doc: leak(doc_string(&e.docs)),
+                payload: e.payload().map(|ty| leak(type_string(ty))),
+            })
+            .collect();
+        let edges: Vec<EdgeInfo> = self
+            .edges
+            .iter()
+            .map(|e| EdgeInfo {
+                from: states[e.from].name,
+                on: match &e.on {
+                    Trigger::Event { event, .. } => On::Event(events[*event].name),
+                    Trigger::After(timer) => On::After(timer_duration(timer)),
+                },
+                guard: e.guard.as_ref().map(|g| leak(name(g))),
+                action: e.action.as_ref().map(|a| leak(name(a))),
+                to: states[e.to].name,
+            })
+            .collect();
+        Definition {
+            name: leak(name(&self.name)),
+            doc: leak(doc_string(&self.docs)),
+            context: leak(self.contexts.first().map_or_else(|| "()".to_owned(), |kv| type_string(&kv.ty))),
+            effect: self.effects.first().map(|kv| leak(type_string(&kv.ty))),
+            states: Box::leak(states.into_boxed_slice()),
+            events: Box::leak(events.into_boxed_slice()),
+            edges: Box::leak(edges.into_boxed_slice()),
+        }
+    }
+}
+
+pub(crate) fn timer_duration(timer: &Timer) -> Duration {
+    Duration::from_millis(timer.millis)
+}
+
+/// A `'static` string for the runtime's `Definition`; the macro's process is short-lived.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The stable name of a state, event or rule: the identifier without `r#`.
+pub(crate) fn name(ident: &Ident) -> String {
+    ident.unraw().to_string()
+}
+
+/// The text of doc attributes: one line per attribute, the leading space `///` leaves
+/// removed, blank lines around trimmed.
+pub(crate) fn doc_string(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter_map(|attr| match &attr.meta {
+            Meta::NameValue(nv) if nv.path.is_ident("doc") => match &nv.value {
+                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
+    lines.join("\n").trim_matches('\n').trim_end().to_owned()
+}
+
+/// A type as the user would write it: `Vec<u8>`, `std::string::String`, `(u32, bool)`.
+pub(crate) fn type_string(ty: &Type) -> String {
+    let mut out = String::new();
+    write_tokens(ty.to_token_stream(), &mut out);
+    out
+}
+
+fn write_tokens(tokens: TokenStream, out: &mut String) {
+    let mut previous_word = false;
+    for tree in tokens {
+        match tree {
+            TokenTree::Ident(ident) => {
+                if previous_word {
+                    out.push(' ');
+                }
+                out.push_str(&ident.to_string());
+                previous_word = true;
+            }
+            TokenTree::Literal(lit) => {
+                if previous_word {
+                    out.push(' ');
+                }
+                out.push_str(&lit.to_string());
+                previous_word = true;
+            }
+            TokenTree::Punct(p) => {
+                let c = p.as_char();
+                if matches!(c, '+' | '=') || (c == '-' && p.spacing() == Spacing::Joint) {
+                    out.push(' ');
+                }
+                out.push(c);
+                let spaced = matches!(c, ',' | ';' | '+' | '=')
+                    || (c == '>' && out.ends_with("->"));
+                if spaced {
+                    out.push(' ');
+                }
+                previous_word = false;
+            }
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    proc_macro2::Delimiter::Parenthesis => ("(", ")"),
+                    proc_macro2::Delimiter::Bracket => ("[", "]"),
+                    proc_macro2::Delimiter::Brace => ("{", "}"),
+                    proc_macro2::Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                write_tokens(group.stream(), out);
+                out.push_str(close);
+                previous_word = false;
+            }
+        }
+    }
+}
+
+/// The name of a payload parameter: the snake_case last segment of its type
+/// (`&Payment` -> `payment`), or `payload` where that is not an identifier.
+pub(crate) fn parameter_name(ty: &Type) -> String {
+    let segment = match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last().map(|s| s.ident.unraw().to_string()),
+        _ => None,
+    };
+    let Some(segment) = segment else { return "payload".to_owned() };
+    let mut snake = String::new();
+    for (i, c) in segment.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 && !snake.ends_with('_') {
+                snake.push('_');
+            }
+            snake.extend(c.to_lowercase());
+        } else {
+            snake.push(c);
+        }
+    }
+    let usable = syn::parse_str::<Ident>(&snake).is_ok() && !matches!(snake.as_str(), "effects" | "self");
+    if usable { snake } else { "payload".to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+    use crate::ctxt::Ctxt;
+
+    pub(crate) fn model(tokens: TokenStream) -> Machine {
+        let mut cx = Ctxt::new();
+        let input = crate::parse::machine(tokens, &mut cx).expect("header parses");
+        Machine::from_input(&input)
+    }
+
+    fn order() -> Machine {
+        model(quote! {
+            /// An order.
+            pub machine Order {
+                context: OrderData,
+                states { /// Waiting for payment.
+                    Created }
+                *Created + Pay(Payment) [amount_matches] / record_payment => Paid,
+                Created | Paid + Cancel(Reason) / refund_if_paid => Cancelled,
+                Paid + Ship(Tracking) => Shipped,
+                Shipped + Deliver => Delivered,
+                Created + after(30 min) => Expired,
+                Paid + Cancel => Cancelled,
+            }
+        })
+    }
+
+    #[test]
+    fn states_and_events_keep_first_appearance_order() {
+        let m = order();
+        let states: Vec<String> = m.states.iter().map(|s| name(&s.name)).collect();
+        assert_eq!(states, ["Created", "Paid", "Cancelled", "Shipped", "Delivered", "Expired"]);
+        let events: Vec<String> = m.events.iter().map(|e| name(&e.name)).collect();
+        assert_eq!(events, ["Pay", "Cancel", "Ship", "Deliver"]);
+    }
+
+    #[test]
+    fn a_line_with_several_sources_is_one_edge_per_source() {
+        let m = order();
+        assert_eq!(m.edges.len(), 8);
+        assert_eq!((m.edges[1].from, m.edges[2].from), (0, 1));
+        assert_eq!(m.edges[1].line, m.edges[2].line);
+        assert_eq!(m.describe(2), "Paid + Cancel / refund_if_paid => Cancelled");
+        assert_eq!(m.describe(6), "Created + after(30 min) => Expired");
+    }
+
+    #[test]
+    fn a_payload_written_once_applies_to_every_line() {
+        let m = order();
+        assert_eq!(m.events[1].payloads.len(), 2);
+        assert_eq!(type_string(m.payload_of(7).unwrap()), "Reason");
+    }
+
+    #[test]
+    fn rules_are_one_per_name_in_order_of_first_use() {
+        let m = order();
+        let rules: Vec<(String, RuleKind, usize)> =
+            m.rules.iter().map(|r| (name(&r.name), r.kind, r.uses.len())).collect();
+        assert!(matches!(&rules[..], [(a, RuleKind::Guard, 1), (b, RuleKind::Action, 1), (c, RuleKind::Action, 2)]
+            if a == "amount_matches" && b == "record_payment" && c == "refund_if_paid"));
+    }
+
+    #[test]
+    fn definition_flags_initial_and_terminal_states() {
+        let d = order().definition();
+        assert_eq!(d.name, "Order");
+        assert_eq!(d.doc, "An order.");
+        assert_eq!(d.context, "OrderData");
+        assert_eq!(d.effect, None);
+        assert_eq!(d.initial().name, "Created");
+        assert_eq!(d.states[0].doc, "Waiting for payment.");
+        let terminal: Vec<&str> = d.states.iter().filter(|s| s.terminal).map(|s| s.name).collect();
+        assert_eq!(terminal, ["Cancelled", "Delivered", "Expired"]);
+        assert_eq!(d.events[0].payload, Some("Payment"));
+        assert_eq!(d.events[3].payload, None);
+        assert_eq!(d.edges[6].on, On::After(Duration::from_secs(1800)));
+        assert_eq!(d.edges[0].guard, Some("amount_matches"));
+    }
+
+    #[test]
+    fn types_print_as_written() {
+        let cases = [
+            (quote!(Payment), "Payment"),
+            (quote!(Vec<u8>), "Vec<u8>"),
+            (quote!(std::collections::HashMap<String, Vec<u8> >), "std::collections::HashMap<String, Vec<u8>>"),
+            (quote!((u32, bool)), "(u32, bool)"),
+            (quote!([u8; 4]), "[u8; 4]"),
+            (quote!(&'static str), "&'static str"),
+            (quote!(Box<dyn Fn(u8) -> u8 + Send>), "Box<dyn Fn(u8) -> u8 + Send>"),
+            (quote!(()), "()"),
+        ];
+        for (tokens, expected) in cases {
+            let ty: Type = syn::parse2(tokens).unwrap();
+            assert_eq!(type_string(&ty), expected);
+        }
+    }
+
+    #[test]
+    fn payload_parameters_are_snake_case_type_names() {
+        let cases = [
+            (quote!(Payment), "payment"),
+            (quote!(crate::ShippingLabel), "shipping_label"),
+            (quote!(Vec<u8>), "vec"),
+            (quote!(u64), "u64"),
+            (quote!((u32, u32)), "payload"),
+            (quote!(Type), "payload"),
+            (quote!(Effects), "payload"),
+        ];
+        for (tokens, expected) in cases {
+            let ty: Type = syn::parse2(tokens).unwrap();
+            assert_eq!(parameter_name(&ty), expected);
+        }
+    }
+}

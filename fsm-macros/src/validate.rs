@@ -1,0 +1,453 @@
+//! Checks over the model. Every check records into the error context and goes on, so a
+//! user sees every mistake in one compile, each at the token that causes it.
+
+use std::collections::VecDeque;
+
+use quote::quote;
+
+use crate::ctxt::Ctxt;
+use crate::model::{Machine, Trigger, name, type_string};
+
+pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
+    check_keys(m, cx);
+    check_declarations(m, cx);
+    check_initial(m, cx);
+    check_payloads(m, cx);
+    check_rules(m, cx);
+    check_edges(m, cx);
+    check_terminal(m, cx);
+    check_reachable(m, cx);
+    check_size(m, cx);
+}
+
+/// `context:`, `effect:`, `states { }` and `events { }` appear at most once.
+fn check_keys(m: &Machine, cx: &mut Ctxt) {
+    for kv in m.contexts.iter().skip(1).chain(m.effects.iter().skip(1)) {
+        let key = &kv.key;
+        cx.error_spanned_by(key, format!("`{key}` is declared twice; keep one"));
+    }
+    for (i, keyword) in m.blocks.iter().enumerate() {
+        if m.blocks[..i].iter().any(|k| k == keyword) {
+            cx.error_spanned_by(
+                keyword,
+                format!("`{keyword} {{ }}` is declared twice; list everything in the first one"),
+            );
+        }
+    }
+}
+
+/// Entries of `states { }` / `events { }` are listed once and used by some transition.
+fn check_declarations(m: &Machine, cx: &mut Ctxt) {
+    let states = m.states.iter().map(|s| ("state", "states", &s.declared, &s.used_at));
+    let events = m.events.iter().map(|e| ("event", "events", &e.declared, &e.used_at));
+    for (kind, block, declared, used_at) in states.chain(events) {
+        for again in declared.iter().skip(1) {
+            cx.error_spanned_by(
+                again,
+                format!("{kind} `{again}` is listed twice in `{block} {{ }}`; remove one"),
+            );
+        }
+        if let (Some(first), None, true) = (declared.first(), used_at, m.complete) {
+            cx.error_spanned_by(
+                first,
+                format!(
+                    "{kind} `{first}` is declared in `{block} {{ }}` but no transition uses it; \
+                     add a transition or remove it"
+                ),
+            );
+        }
+    }
+}
+
+/// Exactly one state is marked `*`.
+fn check_initial(m: &Machine, cx: &mut Ctxt) {
+    let Some((_, initial)) = m.initial_marks.first() else {
+        if m.complete {
+            cx.error_spanned_by(
+                &m.name,
+                format!(
+                    "machine `{}` has no initial state; mark the first source state of one \
+                     transition with `*`, as in `*Created + Pay => Paid`",
+                    m.name
+                ),
+            );
+        }
+        return;
+    };
+    for (star, state) in m.initial_marks.iter().skip(1) {
+        let message = if state == initial {
+            format!("`{state}` is already marked as the initial state; remove this `*`")
+        } else {
+            format!(
+                "several initial states: `{initial}` is already marked `*`; a machine starts in \
+                 one state, remove this `*`"
+            )
+        };
+        cx.error_spanned_by(quote!(#star #state), message);
+    }
+}
+
+/// An event has one payload type, however many lines write it.
+fn check_payloads(m: &Machine, cx: &mut Ctxt) {
+    for event in &m.events {
+        let Some(first) = event.payload() else { continue };
+        let expected = type_string(first);
+        for ty in &event.payloads[1..] {
+            let written = type_string(ty);
+            if written != expected {
+                let name = &event.name;
+                cx.error_spanned_by(
+                    ty,
+                    format!(
+                        "event `{name}` already carries `{expected}`, not `{written}`; write \
+                         `{name}` or `{name}({expected})` here, or use another event"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A guard or action name is one method: one kind, one payload type.
+fn check_rules(m: &Machine, cx: &mut Ctxt) {
+    for rule in &m.rules {
+        let first = &rule.uses[0];
+        let payload = m.rule_payload(rule).map(type_string);
+        for used in &rule.uses[1..] {
+            let name = &used.name;
+            if used.kind != rule.kind {
+                cx.error_spanned_by(
+                    name,
+                    format!(
+                        "`{name}` is already the {} of `{}`; a guard and an action need \
+                         different names",
+                        rule.kind.as_str(),
+                        m.describe(first.edge),
+                    ),
+                );
+                continue;
+            }
+            let here = m.payload_of(used.edge).map(type_string);
+            if here != payload {
+                let takes = |p: &Option<String>| match p {
+                    Some(ty) => format!("`&{ty}`"),
+                    None => "no payload".to_owned(),
+                };
+                cx.error_spanned_by(
+                    name,
+                    format!(
+                        "{} `{name}` takes {} on `{}` but would take {} here; use another {} name",
+                        used.kind.as_str(),
+                        takes(&payload),
+                        m.describe(first.edge),
+                        takes(&here),
+                        used.kind.as_str(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// For one state and trigger, guarded edges come first and at most one is unguarded;
+/// otherwise an edge can never be taken.
+fn check_edges(m: &Machine, cx: &mut Ctxt) {
+    for (i, edge) in m.edges.iter().enumerate() {
+        let earlier = m.edges[..i]
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.from == edge.from && e.on.same(&edge.on));
+        for (j, other) in earlier {
+            // Within one `A | A + E` line the repeated source is the mistake.
+            let at = if other.line == edge.line { &edge.source } else { edge.on.token() };
+            let same_guard = other.guard.as_ref().map(ToString::to_string)
+                == edge.guard.as_ref().map(ToString::to_string);
+            if same_guard {
+                let identical = other.to == edge.to
+                    && other.action.as_ref().map(ToString::to_string)
+                        == edge.action.as_ref().map(ToString::to_string);
+                let message = match (&edge.guard, identical) {
+                    (_, true) => format!(
+                        "duplicate edge: `{}` is already declared; remove this one",
+                        m.describe(j)
+                    ),
+                    (None, false) => format!(
+                        "nondeterministic transition: `{}` already leaves `{}` on the same \
+                         trigger without a guard; add a guard to one of them or remove one",
+                        m.describe(j),
+                        name(&m.states[edge.from].name),
+                    ),
+                    (Some(guard), false) => format!(
+                        "duplicate edge: `{}` already checks guard `{guard}`, so this edge can \
+                         never be taken; give it another guard",
+                        m.describe(j)
+                    ),
+                };
+                cx.error_spanned_by(at, message);
+                break;
+            }
+            if let (None, Some(guard)) = (&other.guard, &edge.guard) {
+                cx.error_spanned_by(
+                    guard,
+                    format!(
+                        "unreachable edge: the unguarded `{}` is declared first and always \
+                         wins, so guard `{guard}` is never checked; move this edge above it",
+                        m.describe(j)
+                    ),
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// A state marked `#[terminal]` has no outgoing edge, not even a timer.
+fn check_terminal(m: &Machine, cx: &mut Ctxt) {
+    for (i, state) in m.states.iter().enumerate() {
+        if state.terminal_attr.is_none() {
+            continue;
+        }
+        let state = &state.name;
+        for edge in m.edges.iter().filter(|e| e.from == i) {
+            match &edge.on {
+                Trigger::After(timer) => cx.error_spanned_by(
+                    &timer.keyword,
+                    format!(
+                        "`{state}` is marked `#[terminal]`, so it cannot have a timer; remove \
+                         `#[terminal]` or this edge"
+                    ),
+                ),
+                Trigger::Event { .. } => cx.error_spanned_by(
+                    &edge.source,
+                    format!(
+                        "`{state}` is marked `#[terminal]`, so no edge may leave it; remove \
+                         `#[terminal]` or this edge"
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Every state is reachable from the initial state, over event and timer edges.
+fn check_reachable(m: &Machine, cx: &mut Ctxt) {
+    if !m.complete {
+        return;
+    }
+    let Some(initial) = m.initial() else { return };
+    let mut reached = vec![false; m.states.len()];
+    reached[initial] = true;
+    let mut queue = VecDeque::from([initial]);
+    while let Some(state) = queue.pop_front() {
+        for edge in m.edges.iter().filter(|e| e.from == state) {
+            if !reached[edge.to] {
+                reached[edge.to] = true;
+                queue.push_back(edge.to);
+            }
+        }
+    }
+    let initial = &m.states[initial].name;
+    for (state, _) in m.states.iter().zip(reached).filter(|(_, r)| !r) {
+        // A state no transition mentions is reported by `check_declarations`.
+        let Some(at) = &state.used_at else { continue };
+        cx.error_spanned_by(
+            at,
+            format!(
+                "state `{at}` is unreachable: no path leads to it from the initial state \
+                 `{initial}`; add a transition into it or remove its edges"
+            ),
+        );
+    }
+}
+
+/// Edge indices are `u16`.
+fn check_size(m: &Machine, cx: &mut Ctxt) {
+    if m.edges.len() > usize::from(u16::MAX) + 1 {
+        cx.error_spanned_by(
+            &m.name,
+            format!("machine `{}` has more than 65536 edges; split it", m.name),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    use super::*;
+
+    /// Every error of the whole front end (parse, then validate), as messages.
+    fn errors(tokens: TokenStream) -> Vec<String> {
+        let mut cx = Ctxt::new();
+        let input = crate::parse::machine(tokens, &mut cx).expect("header parses");
+        check(&Machine::from_input(&input), &mut cx);
+        match cx.check() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn assert_one(tokens: TokenStream, starts_with: &str) {
+        let errors = errors(tokens);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].starts_with(starts_with), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_well_formed_machine_has_no_errors() {
+        let errors = errors(quote! {
+            machine Order {
+                context: OrderData,
+                states { Created, #[terminal] Delivered }
+                events { Pay }
+                *Created + Pay(Payment) [amount_matches] / record_payment => Paid,
+                Created + Pay [other] => Paid,
+                Created + Pay => Cancelled,
+                Created | Paid + Cancel(Reason) / refund_if_paid => Cancelled,
+                Paid + Deliver => Delivered,
+                Created + after(30 min) => Cancelled,
+                Created + after(1 h) => Cancelled,
+            }
+        });
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn no_initial_state() {
+        assert_one(quote!(machine M { A + E => B }), "machine `M` has no initial state");
+    }
+
+    #[test]
+    fn several_initial_states() {
+        assert_one(
+            quote!(machine M { *A + E => B, *B + E => A }),
+            "several initial states: `A` is already marked `*`",
+        );
+        assert_one(
+            quote!(machine M { *A + E => B, *A + F => B }),
+            "`A` is already marked as the initial state",
+        );
+    }
+
+    #[test]
+    fn duplicate_edge() {
+        assert_one(quote!(machine M { *A + E => B, A + E => B }), "duplicate edge: `A + E => B`");
+        assert_one(quote!(machine M { *A | A + E => B }), "duplicate edge");
+        assert_one(
+            quote!(machine M { *A + E [g] => B, A + E [g] => C }),
+            "duplicate edge: `A + E [g] => B` already checks guard `g`",
+        );
+        assert_one(
+            quote!(machine M { *A + after(60 s) => B, A + after(1 min) => B }),
+            "duplicate edge",
+        );
+    }
+
+    #[test]
+    fn nondeterministic_unguarded_edges() {
+        assert_one(
+            quote!(machine M { *A + E => B, A + E => C }),
+            "nondeterministic transition: `A + E => B` already leaves `A`",
+        );
+    }
+
+    #[test]
+    fn unguarded_before_guarded() {
+        assert_one(
+            quote!(machine M { *A + E => B, A + E [g] => C }),
+            "unreachable edge: the unguarded `A + E => B` is declared first",
+        );
+    }
+
+    #[test]
+    fn unreachable_state() {
+        assert_one(
+            quote!(machine M { *A + E => B, C + E => A }),
+            "state `C` is unreachable",
+        );
+    }
+
+    #[test]
+    fn timers_count_for_reachability() {
+        assert!(errors(quote!(machine M { *A + after(1 s) => B, B + E => C })).is_empty());
+    }
+
+    #[test]
+    fn conflicting_payload_types() {
+        assert_one(
+            quote!(machine M { *A + E(X) => B, B + E(Y) => A, B + E => A, A + E(X) => A }),
+            "event `E` already carries `X`, not `Y`",
+        );
+    }
+
+    #[test]
+    fn terminal_states_have_no_edges() {
+        assert_one(
+            quote!(machine M { states { #[terminal] B } *A + E => B, B + after(1 s) => A }),
+            "`B` is marked `#[terminal]`, so it cannot have a timer",
+        );
+        assert_one(
+            quote!(machine M { states { #[terminal] B } *A + E => B, B + F => A }),
+            "`B` is marked `#[terminal]`, so no edge may leave it",
+        );
+    }
+
+    #[test]
+    fn rules_have_one_kind_and_one_payload() {
+        assert_one(
+            quote!(machine M { *A + E(X) [g] => B, B + F(Y) [g] => A }),
+            "guard `g` takes `&X` on `A + E [g] => B` but would take `&Y` here",
+        );
+        assert_one(
+            quote!(machine M { *A + E [g] => B, B + after(1 s) / g => A }),
+            "`g` is already the guard of `A + E [g] => B`",
+        );
+        assert!(errors(quote!(machine M { *A + E(X) / a => B, B + E / a => A })).is_empty());
+    }
+
+    #[test]
+    fn declarations_are_used_and_unique() {
+        let errors = errors(quote! {
+            machine M {
+                context: A, context: B,
+                states { A, A, Lost }
+                events { Gone }
+                states { B }
+                *A + E => B,
+            }
+        });
+        assert_eq!(
+            errors,
+            [
+                "`context` is declared twice; keep one",
+                "`states { }` is declared twice; list everything in the first one",
+                "state `A` is listed twice in `states { }`; remove one",
+                "state `Lost` is declared in `states { }` but no transition uses it; add a transition or remove it",
+                "event `Gone` is declared in `events { }` but no transition uses it; add a transition or remove it",
+            ]
+        );
+    }
+
+    #[test]
+    fn graph_checks_wait_for_a_complete_parse() {
+        // The broken line might have been the initial state or the edge into `C`.
+        let errors = errors(quote!(machine M { A + E => B, B + E => C, contxt: X }));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].starts_with("unknown keyword `contxt`"));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errors = errors(quote! {
+            machine M {
+                *A + E(X) => B,
+                *B + E(Y) => C,
+                A + E => B,
+                A + F => D,
+                Z + F => A,
+            }
+        });
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+    }
+}

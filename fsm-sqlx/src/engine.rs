@@ -1,0 +1,429 @@
+//! What every backend shares: the fire loop, row decoding and error mapping.
+//!
+//! A backend only moves rows ([`Backend`]); deciding stays in fsm-core's
+//! [`Prepared::apply`], and the read, decide, compare-and-set, retry loop is written
+//! once, here.
+
+use std::future::Future;
+
+use fsm_core::command::{Fingerprint, fingerprint};
+use fsm_core::store::{Applied, Prepared, check_id, now_ms};
+use fsm_core::{Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition, Trigger};
+
+/// A machine row as stored, before parsing.
+#[derive(Debug)]
+pub(crate) struct RawMachine {
+    pub(crate) state: String,
+    pub(crate) version: i64,
+    pub(crate) context: String,
+    pub(crate) init_fingerprint: Vec<u8>,
+}
+
+/// A history row as stored, before parsing.
+#[derive(Debug)]
+pub(crate) struct RawTransition {
+    pub(crate) version: i64,
+    pub(crate) from_state: String,
+    pub(crate) payload: String,
+    pub(crate) to_state: String,
+    pub(crate) idem_key: Option<String>,
+    pub(crate) fingerprint: Option<Vec<u8>>,
+    pub(crate) at_ms: i64,
+}
+
+/// A new instance to insert.
+#[derive(Debug)]
+pub(crate) struct NewMachine<'a> {
+    pub(crate) machine: &'static str,
+    pub(crate) id: &'a str,
+    pub(crate) state: &'static str,
+    pub(crate) context: String,
+    pub(crate) init_fingerprint: [u8; 32],
+    pub(crate) at_ms: i64,
+}
+
+/// One transition to write with a compare-and-set on `expected`.
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    pub(crate) machine: &'static str,
+    pub(crate) id: &'a str,
+    pub(crate) expected: i64,
+    pub(crate) version: i64,
+    pub(crate) from_state: &'static str,
+    pub(crate) to_state: &'static str,
+    pub(crate) context: String,
+    pub(crate) event: String,
+    pub(crate) payload: String,
+    pub(crate) idem_key: Option<&'a str>,
+    pub(crate) fingerprint: Option<[u8; 32]>,
+    pub(crate) at_ms: i64,
+    /// Effects as JSON, written to the outbox as (version, index).
+    pub(crate) effects: Vec<String>,
+}
+
+/// How a compare-and-set write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Committed.
+    Applied,
+    /// The version moved (or the row vanished) since the read.
+    VersionMoved,
+    /// Another writer recorded the same idempotency key first.
+    KeyTaken,
+}
+
+/// The SQL of one database: reads and writes rows, decides nothing.
+pub(crate) trait Backend: Send + Sync {
+    /// The instance and, if `key` is given, the transition recorded under it; one read.
+    fn read(
+        &self,
+        machine: &'static str,
+        id: &str,
+        key: Option<&str>,
+    ) -> impl Future<Output = Result<Option<(RawMachine, Option<RawTransition>)>>> + Send;
+
+    /// Inserts unless the id exists; `true` when inserted.
+    fn insert(&self, new: &NewMachine<'_>) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Applies one transition atomically: compare-and-set, history row, outbox rows.
+    fn write(&self, write: &Write<'_>) -> impl Future<Output = Result<Written>> + Send;
+
+    /// The history in version order, or `None` when the instance does not exist.
+    fn history(
+        &self,
+        machine: &'static str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<RawTransition>>>> + Send;
+}
+
+/// Maps a sqlx error to fsm's, keeping it as the source.
+pub(crate) fn database(operation: impl Fn() -> String) -> impl Fn(sqlx::Error) -> Error {
+    move |source| Error::database(operation(), source)
+}
+
+/// Whether a write lost to a unique index (another writer's key or version).
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+/// A row whose columns do not have the expected types.
+pub(crate) fn undecodable(
+    machine: &'static str,
+    id: &str,
+    table: &'static str,
+    err: &dyn std::fmt::Display,
+) -> Error {
+    Error::Corrupt {
+        table,
+        machine,
+        id: id.to_owned(),
+        detail: format!("row does not decode: {err}"),
+    }
+}
+
+fn corrupt<M: StateMachine>(table: &'static str, id: &str, detail: String) -> Error {
+    Error::Corrupt {
+        table,
+        machine: M::DEFINITION.name,
+        id: id.to_owned(),
+        detail,
+    }
+}
+
+fn parse_state<M: StateMachine>(table: &'static str, id: &str, name: &str) -> Result<M::State> {
+    M::parse_state(name)
+        .ok_or_else(|| corrupt::<M>(table, id, format!("unknown state name {name:?}")))
+}
+
+fn version(table: &'static str, id: &str, machine: &'static str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt {
+        table,
+        machine,
+        id: id.to_owned(),
+        detail: format!("negative version {v}"),
+    })
+}
+
+/// Parses a machine row; anything unexpected is [`Error::Corrupt`].
+pub(crate) fn decode_machine<M: StateMachine>(id: &str, raw: RawMachine) -> Result<Snapshot<M>> {
+    const TABLE: &str = "fsm_machines";
+    let state = parse_state::<M>(TABLE, id, &raw.state)?;
+    let context = serde_json::from_str(&raw.context)
+        .map_err(|e| corrupt::<M>(TABLE, id, format!("context is not a valid {}: {e}", M::DEFINITION.context)))?;
+    Ok(Snapshot {
+        id: id.to_owned(),
+        state,
+        version: version(TABLE, id, M::DEFINITION.name, raw.version)?,
+        context,
+    })
+}
+
+/// Parses a history row, with the fingerprint its key was recorded with.
+pub(crate) fn decode_transition<M: StateMachine>(
+    id: &str,
+    raw: RawTransition,
+) -> Result<(Transition<M>, Option<Fingerprint>)> {
+    const TABLE: &str = "fsm_transitions";
+    let event: Trigger<M::Event> = serde_json::from_str(&raw.payload)
+        .map_err(|e| corrupt::<M>(TABLE, id, format!("payload of version {} does not parse: {e}", raw.version)))?;
+    let fingerprint = match raw.fingerprint {
+        None => None,
+        Some(bytes) => Some(Fingerprint::from_slice(&bytes).ok_or_else(|| {
+            corrupt::<M>(TABLE, id, format!("fingerprint of {} bytes, expected 32", bytes.len()))
+        })?),
+    };
+    let transition = Transition {
+        version: version(TABLE, id, M::DEFINITION.name, raw.version)?,
+        from: parse_state::<M>(TABLE, id, &raw.from_state)?,
+        event,
+        to: parse_state::<M>(TABLE, id, &raw.to_state)?,
+        key: raw.idem_key,
+        at_ms: u64::try_from(raw.at_ms).unwrap_or(0),
+    };
+    Ok((transition, fingerprint))
+}
+
+fn json<M: StateMachine, T: serde::Serialize + ?Sized>(
+    id: &str,
+    what: &'static str,
+    value: &T,
+) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Serialization {
+        machine: M::DEFINITION.name,
+        id: id.to_owned(),
+        what,
+        source,
+    })
+}
+
+fn write_of<'a, M: StateMachine>(
+    id: &'a str,
+    prepared: &'a Prepared<M>,
+    expected: u64,
+    applied: &Applied<M>,
+) -> Result<Write<'a>> {
+    let t = &applied.transition;
+    let event = match &t.event {
+        Trigger::Event(e) => M::event_name(e).to_owned(),
+        Trigger::Timer { after, .. } => {
+            format!("after({})", fsm_core::definition::format_duration(*after))
+        }
+    };
+    Ok(Write {
+        machine: M::DEFINITION.name,
+        id,
+        expected: expected as i64,
+        version: t.version as i64,
+        from_state: M::state_name(t.from),
+        to_state: M::state_name(t.to),
+        context: json::<M, _>(id, "context", &applied.snapshot.context)?,
+        event,
+        payload: json::<M, _>(id, "event", &t.event)?,
+        idem_key: prepared.stored_key(),
+        fingerprint: prepared.fingerprint().map(|f| f.0),
+        at_ms: t.at_ms as i64,
+        effects: applied
+            .effects
+            .iter()
+            .map(|e| json::<M, _>(id, "effect", e))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn not_found<M: StateMachine>(id: &str) -> Error {
+    Error::NotFound {
+        machine: M::DEFINITION.name,
+        id: id.to_owned(),
+    }
+}
+
+/// `create`: insert, or return the existing instance when its initial context matches.
+pub(crate) async fn create<B: Backend, M: StateMachine>(
+    backend: &B,
+    id: &str,
+    context: M::Context,
+) -> Result<Snapshot<M>> {
+    check_id::<M>(id)?;
+    let serialization = |source| Error::Serialization {
+        machine: M::DEFINITION.name,
+        id: id.to_owned(),
+        what: "context",
+        source,
+    };
+    let init = fingerprint(&context).map_err(serialization)?;
+    let new = NewMachine {
+        machine: M::DEFINITION.name,
+        id,
+        state: M::state_name(M::INITIAL),
+        context: serde_json::to_string(&context).map_err(serialization)?,
+        init_fingerprint: init.0,
+        at_ms: now_ms() as i64,
+    };
+    if backend.insert(&new).await? {
+        return Ok(Snapshot {
+            id: id.to_owned(),
+            state: M::INITIAL,
+            version: 0,
+            context,
+        });
+    }
+    let (raw, _) = backend
+        .read(M::DEFINITION.name, id, None)
+        .await?
+        .ok_or_else(|| not_found::<M>(id))?;
+    let same_origin = raw.init_fingerprint == init.0;
+    let existing = decode_machine::<M>(id, raw)?;
+    if same_origin {
+        Ok(existing)
+    } else {
+        Err(Error::AlreadyExists {
+            machine: M::DEFINITION.name,
+            id: id.to_owned(),
+            state: M::state_name(existing.state).to_owned(),
+            version: existing.version,
+        })
+    }
+}
+
+/// `load`.
+pub(crate) async fn load<B: Backend, M: StateMachine>(backend: &B, id: &str) -> Result<Snapshot<M>> {
+    check_id::<M>(id)?;
+    let (raw, _) = backend
+        .read(M::DEFINITION.name, id, None)
+        .await?
+        .ok_or_else(|| not_found::<M>(id))?;
+    decode_machine(id, raw)
+}
+
+/// `history`.
+pub(crate) async fn history<B: Backend, M: StateMachine>(
+    backend: &B,
+    id: &str,
+) -> Result<Vec<Transition<M>>> {
+    check_id::<M>(id)?;
+    let rows = backend
+        .history(M::DEFINITION.name, id)
+        .await?
+        .ok_or_else(|| not_found::<M>(id))?;
+    let mut history = Vec::with_capacity(rows.len());
+    for (expected, raw) in (1..).zip(rows) {
+        let (transition, _) = decode_transition::<M>(id, raw)?;
+        if transition.version != expected {
+            return Err(corrupt::<M>(
+                "fsm_transitions",
+                id,
+                format!("version {} where {expected} was expected", transition.version),
+            ));
+        }
+        history.push(transition);
+    }
+    Ok(history)
+}
+
+/// `fire` and `fire_with`: read (unless the caller's snapshot is given), decide with
+/// fsm-core, write with a compare-and-set, and on a lost race read and decide again.
+///
+/// Returns the outcome and the instance as stored afterwards.
+pub(crate) async fn fire<B: Backend, M: StateMachine>(
+    backend: &B,
+    policy: &RetryPolicy,
+    id: &str,
+    prepared: Prepared<M>,
+    mut known: Option<Snapshot<M>>,
+) -> Result<(Outcome<M>, Snapshot<M>)> {
+    let machine = M::DEFINITION.name;
+    let mut attempt = 1;
+    loop {
+        // A caller's snapshot saves the read; it is trusted only once the write succeeds.
+        let (snapshot, recorded, verified) = match known.take() {
+            Some(snapshot) => (snapshot, None, false),
+            None => {
+                let (raw, recorded) = backend
+                    .read(machine, id, prepared.stored_key())
+                    .await?
+                    .ok_or_else(|| not_found::<M>(id))?;
+                (decode_machine::<M>(id, raw)?, recorded, true)
+            }
+        };
+        if let Some(raw) = recorded {
+            let (original, recorded_fingerprint) = decode_transition::<M>(id, raw)?;
+            let recorded_fingerprint = recorded_fingerprint.ok_or_else(|| {
+                corrupt::<M>("fsm_transitions", id, "keyed row without fingerprint".into())
+            })?;
+            let outcome = prepared.replay(id, original, &recorded_fingerprint)?;
+            return Ok((outcome, snapshot));
+        }
+        let applied = match prepared.apply(&snapshot) {
+            Ok(applied) => applied,
+            // A rejection decided on an unverified snapshot may be stale: read and decide again.
+            Err(_) if !verified => continue,
+            Err(err) => return Err(err),
+        };
+        let write = write_of(id, &prepared, snapshot.version, &applied)?;
+        match backend.write(&write).await? {
+            Written::Applied => return Ok((Outcome::Applied(applied.transition), applied.snapshot)),
+            // The next read finds the key and replays it.
+            Written::KeyTaken => {}
+            Written::VersionMoved if verified => {
+                policy.pause(attempt, machine, id, snapshot.version).await?;
+            }
+            Written::VersionMoved => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// Implements [`fsm_core::Store`] for a backend through this module's functions, so every
+/// backend behaves the same by construction.
+macro_rules! impl_store {
+    ($store:ty) => {
+        impl ::fsm_core::Store for $store {
+            async fn create<M: ::fsm_core::StateMachine>(
+                &self,
+                id: &str,
+                context: M::Context,
+            ) -> ::fsm_core::Result<::fsm_core::Snapshot<M>> {
+                $crate::engine::create(self, id, context).await
+            }
+
+            async fn load<M: ::fsm_core::StateMachine>(
+                &self,
+                id: &str,
+            ) -> ::fsm_core::Result<::fsm_core::Snapshot<M>> {
+                $crate::engine::load(self, id).await
+            }
+
+            async fn fire<M: ::fsm_core::StateMachine>(
+                &self,
+                id: &str,
+                command: ::fsm_core::Command<M>,
+            ) -> ::fsm_core::Result<::fsm_core::Outcome<M>> {
+                let prepared = ::fsm_core::Prepared::new(id, command)?;
+                let (outcome, _) = $crate::engine::fire(self, &self.retry, id, prepared, None).await?;
+                Ok(outcome)
+            }
+
+            async fn fire_with<M: ::fsm_core::StateMachine>(
+                &self,
+                snapshot: &mut ::fsm_core::Snapshot<M>,
+                command: ::fsm_core::Command<M>,
+            ) -> ::fsm_core::Result<::fsm_core::Outcome<M>> {
+                let prepared = ::fsm_core::Prepared::new(&snapshot.id, command)?;
+                let id = snapshot.id.clone();
+                let known = Some(snapshot.clone());
+                let (outcome, current) = $crate::engine::fire(self, &self.retry, &id, prepared, known).await?;
+                *snapshot = current;
+                Ok(outcome)
+            }
+
+            async fn history<M: ::fsm_core::StateMachine>(
+                &self,
+                id: &str,
+            ) -> ::fsm_core::Result<::std::vec::Vec<::fsm_core::Transition<M>>> {
+                $crate::engine::history(self, id).await
+            }
+        }
+    };
+}
+pub(crate) use impl_store;

@@ -1,0 +1,63 @@
+//! The store conformance suite on SQLite, in a file and in memory.
+#![cfg(feature = "sqlite")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use fsm_core::testing::Fixture;
+use fsm_sqlx::SqliteStore;
+
+/// A database file of its own, removed afterwards.
+struct SqliteFile {
+    store: Arc<SqliteStore>,
+    path: PathBuf,
+}
+
+impl SqliteFile {
+    async fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "fsm-test-{}-{}.db",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let store = SqliteStore::open(&path).await.expect("open SQLite file");
+        store.migrate().await.expect("migrate");
+        SqliteFile {
+            store: Arc::new(store),
+            path,
+        }
+    }
+}
+
+impl Fixture for SqliteFile {
+    type Store = SqliteStore;
+
+    fn store(&self) -> Arc<SqliteStore> {
+        Arc::clone(&self.store)
+    }
+
+    async fn cleanup(self) {
+        self.store.pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+mod file {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::new());
+}
+
+mod memory {
+    use super::*;
+    fsm_core::store_conformance_tests!(async {
+        let store = SqliteStore::memory().await.expect("in-memory SQLite");
+        store.migrate().await.expect("migrate");
+        Arc::new(store)
+    });
+}
