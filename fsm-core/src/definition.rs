@@ -154,7 +154,7 @@ pub fn format_duration(d: Duration) -> String {
         (1, "ms"),
     ];
     for (size, unit) in units {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{} {unit}", ms / size);
         }
     }

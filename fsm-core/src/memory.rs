@@ -78,12 +78,12 @@ impl MemoryStore {
         prepared: &Prepared<M>,
     ) -> Result<(Outcome<M>, Snapshot<M>)> {
         self.with_instance::<M, _>(id, |instance| {
-            if let Some(key) = prepared.stored_key() {
-                if let Some((index, recorded)) = instance.keys.get(key) {
-                    let original = instance.history[*index].clone();
-                    let outcome = prepared.replay(id, original, recorded)?;
-                    return Ok((outcome, instance.snapshot(id)));
-                }
+            if let Some((index, recorded)) =
+                prepared.stored_key().and_then(|key| instance.keys.get(key))
+            {
+                let original = instance.history[*index].clone();
+                let outcome = prepared.replay(id, original, recorded)?;
+                return Ok((outcome, instance.snapshot(id)));
             }
             // Under the lock the stored version is the one decided from; a caller's stale
             // snapshot is superseded, as after a lost database race.

@@ -149,8 +149,13 @@ fn version(table: &'static str, id: &str, machine: &'static str, v: i64) -> Resu
 pub(crate) fn decode_machine<M: StateMachine>(id: &str, raw: RawMachine) -> Result<Snapshot<M>> {
     const TABLE: &str = "fsm_machines";
     let state = parse_state::<M>(TABLE, id, &raw.state)?;
-    let context = serde_json::from_str(&raw.context)
-        .map_err(|e| corrupt::<M>(TABLE, id, format!("context is not a valid {}: {e}", M::DEFINITION.context)))?;
+    let context = serde_json::from_str(&raw.context).map_err(|e| {
+        corrupt::<M>(
+            TABLE,
+            id,
+            format!("context is not a valid {}: {e}", M::DEFINITION.context),
+        )
+    })?;
     Ok(Snapshot {
         id: id.to_owned(),
         state,
@@ -165,12 +170,21 @@ pub(crate) fn decode_transition<M: StateMachine>(
     raw: RawTransition,
 ) -> Result<(Transition<M>, Option<Fingerprint>)> {
     const TABLE: &str = "fsm_transitions";
-    let event: Trigger<M::Event> = serde_json::from_str(&raw.payload)
-        .map_err(|e| corrupt::<M>(TABLE, id, format!("payload of version {} does not parse: {e}", raw.version)))?;
+    let event: Trigger<M::Event> = serde_json::from_str(&raw.payload).map_err(|e| {
+        corrupt::<M>(
+            TABLE,
+            id,
+            format!("payload of version {} does not parse: {e}", raw.version),
+        )
+    })?;
     let fingerprint = match raw.fingerprint {
         None => None,
         Some(bytes) => Some(Fingerprint::from_slice(&bytes).ok_or_else(|| {
-            corrupt::<M>(TABLE, id, format!("fingerprint of {} bytes, expected 32", bytes.len()))
+            corrupt::<M>(
+                TABLE,
+                id,
+                format!("fingerprint of {} bytes, expected 32", bytes.len()),
+            )
         })?),
     };
     let transition = Transition {
@@ -287,7 +301,10 @@ pub(crate) async fn create<B: Backend, M: StateMachine>(
 }
 
 /// `load`.
-pub(crate) async fn load<B: Backend, M: StateMachine>(backend: &B, id: &str) -> Result<Snapshot<M>> {
+pub(crate) async fn load<B: Backend, M: StateMachine>(
+    backend: &B,
+    id: &str,
+) -> Result<Snapshot<M>> {
     check_id::<M>(id)?;
     let (raw, _) = backend
         .read(M::DEFINITION.name, id, None)
@@ -313,7 +330,10 @@ pub(crate) async fn history<B: Backend, M: StateMachine>(
             return Err(corrupt::<M>(
                 "fsm_transitions",
                 id,
-                format!("version {} where {expected} was expected", transition.version),
+                format!(
+                    "version {} where {expected} was expected",
+                    transition.version
+                ),
             ));
         }
         history.push(transition);
@@ -349,7 +369,11 @@ pub(crate) async fn fire<B: Backend, M: StateMachine>(
         if let Some(raw) = recorded {
             let (original, recorded_fingerprint) = decode_transition::<M>(id, raw)?;
             let recorded_fingerprint = recorded_fingerprint.ok_or_else(|| {
-                corrupt::<M>("fsm_transitions", id, "keyed row without fingerprint".into())
+                corrupt::<M>(
+                    "fsm_transitions",
+                    id,
+                    "keyed row without fingerprint".into(),
+                )
             })?;
             let outcome = prepared.replay(id, original, &recorded_fingerprint)?;
             return Ok((outcome, snapshot));
@@ -362,7 +386,9 @@ pub(crate) async fn fire<B: Backend, M: StateMachine>(
         };
         let write = write_of(id, &prepared, snapshot.version, &applied)?;
         match backend.write(&write).await? {
-            Written::Applied => return Ok((Outcome::Applied(applied.transition), applied.snapshot)),
+            Written::Applied => {
+                return Ok((Outcome::Applied(applied.transition), applied.snapshot));
+            }
             // The next read finds the key and replays it.
             Written::KeyTaken => {}
             Written::VersionMoved if verified => {
@@ -400,7 +426,8 @@ macro_rules! impl_store {
                 command: ::fsm_core::Command<M>,
             ) -> ::fsm_core::Result<::fsm_core::Outcome<M>> {
                 let prepared = ::fsm_core::Prepared::new(id, command)?;
-                let (outcome, _) = $crate::engine::fire(self, &self.retry, id, prepared, None).await?;
+                let (outcome, _) =
+                    $crate::engine::fire(self, &self.retry, id, prepared, None).await?;
                 Ok(outcome)
             }
 
@@ -412,7 +439,8 @@ macro_rules! impl_store {
                 let prepared = ::fsm_core::Prepared::new(&snapshot.id, command)?;
                 let id = snapshot.id.clone();
                 let known = Some(snapshot.clone());
-                let (outcome, current) = $crate::engine::fire(self, &self.retry, &id, prepared, known).await?;
+                let (outcome, current) =
+                    $crate::engine::fire(self, &self.retry, &id, prepared, known).await?;
                 *snapshot = current;
                 Ok(outcome)
             }

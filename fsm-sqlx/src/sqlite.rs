@@ -16,12 +16,17 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use fsm_core::{Result, RetryPolicy};
 
-use crate::engine::{self, Backend, NewMachine, RawMachine, RawTransition, Write, Written, database, is_unique_violation};
+use crate::engine::{
+    self, Backend, NewMachine, RawMachine, RawTransition, Write, Written, database,
+    is_unique_violation,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -219,7 +224,11 @@ impl Backend for SqliteStore {
 
     async fn write(&self, w: &Write<'_>) -> Result<Written> {
         let failed = database(|| format!("fire {} {}", w.machine, w.id));
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&failed)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(&failed)?;
         let updated = sqlx::query(CAS)
             .bind(w.to_state)
             .bind(w.version)
@@ -288,7 +297,9 @@ impl Backend for SqliteStore {
         for row in &rows {
             let raw = raw_transition(row, 0)
                 .map_err(|e| engine::undecodable(machine, id, "fsm_transitions", &e))?
-                .ok_or_else(|| engine::undecodable(machine, id, "fsm_transitions", &"NULL version"))?;
+                .ok_or_else(|| {
+                    engine::undecodable(machine, id, "fsm_transitions", &"NULL version")
+                })?;
             history.push(raw);
         }
         Ok(Some(history))
