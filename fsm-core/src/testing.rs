@@ -77,6 +77,7 @@ macro_rules! store_conformance_tests {
             history_is_in_version_order,
             fire_with_a_current_snapshot_advances_it,
             fire_with_a_stale_snapshot_decides_from_the_stored_version,
+            ids_and_keys_compare_byte_for_byte,
         }
     };
 }
@@ -833,4 +834,27 @@ pub async fn fire_with_a_stale_snapshot_decides_from_the_stored_version<S: Store
         "{err:?}"
     );
     assert_eq!(store.load::<Order>(ID).await.unwrap().version, 4);
+}
+
+/// Ids and keys that differ only in trailing spaces or case are distinct on every store
+/// (a case-insensitive or PAD SPACE collation would merge them).
+pub async fn ids_and_keys_compare_byte_for_byte<S: Store>(store: Arc<S>) {
+    store.create::<Order>("o", order(500)).await.unwrap();
+    for id in ["o ", "O"] {
+        let other = store.create::<Order>(id, order(700)).await.unwrap();
+        assert_eq!(other.context.total_cents, 700, "{id:?} is not \"o\"");
+    }
+    for key in ["k", "k ", "K"] {
+        let outcome = store.fire("o", annotate(key).with_key(key)).await.unwrap();
+        assert!(!outcome.is_duplicate(), "{key:?}: {outcome:?}");
+        assert_eq!(outcome.transition().key.as_deref(), Some(key));
+    }
+    let again = store
+        .fire("o", annotate("k ").with_key("k "))
+        .await
+        .unwrap();
+    assert!(again.is_duplicate());
+    assert_eq!(again.transition().key.as_deref(), Some("k "));
+    assert_eq!(store.history::<Order>("o").await.unwrap().len(), 3);
+    assert!(store.history::<Order>("o ").await.unwrap().is_empty());
 }

@@ -30,7 +30,7 @@ use crate::engine::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// A [`Store`] on SQLite.
+/// A [`Store`](fsm_core::Store) on SQLite.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,

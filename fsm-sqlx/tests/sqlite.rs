@@ -1,6 +1,8 @@
 //! The store conformance suite on SQLite, in a file and in memory.
 #![cfg(feature = "sqlite")]
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,4 +62,19 @@ mod memory {
         store.migrate().await.expect("migrate");
         Arc::new(store)
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn effects_are_queued_once_with_their_transition() {
+    let fixture = SqliteFile::new().await;
+    let store = fixture.store();
+    let pool = store.pool().clone();
+    common::effects_are_queued_once_with_their_transition(store, || async move {
+        sqlx::query_as("SELECT version, seq, effect FROM fsm_outbox ORDER BY version, seq")
+            .fetch_all(&pool)
+            .await
+            .expect("read the outbox")
+    })
+    .await;
+    fixture.cleanup().await;
 }

@@ -1,0 +1,131 @@
+//! The store conformance suite on MySQL or MariaDB, each test in a database of its own.
+//!
+//! Reads the server from `FSM_MYSQL_URL`, e.g.
+//! `mysql://root@127.0.0.1:3306/test`; without it the tests are skipped, or fail
+//! when `CI` is set.
+#![cfg(feature = "mysql")]
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use fsm_core::testing::Fixture;
+use fsm_sqlx::MySqlStore;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{Connection, Executor, MySqlConnection};
+
+const URL_VAR: &str = "FSM_MYSQL_URL";
+
+/// A store on a fresh database, dropped afterwards.
+struct MySqlDatabase {
+    store: Arc<MySqlStore>,
+    database: Database,
+}
+
+impl MySqlDatabase {
+    async fn new(url: String) -> Self {
+        let database = Database::create(url).await;
+        let options = MySqlConnectOptions::from_str(&database.url)
+            .expect("parse FSM_MYSQL_URL")
+            .database(&database.name);
+        // Small pools: tests run in parallel against one server (max_connections 151).
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .expect("connect to FSM_MYSQL_URL");
+        let store = MySqlStore::from_pool(pool);
+        store.migrate().await.expect("migrate");
+        MySqlDatabase {
+            store: Arc::new(store),
+            database,
+        }
+    }
+}
+
+impl Fixture for MySqlDatabase {
+    type Store = MySqlStore;
+
+    fn store(&self) -> Arc<MySqlStore> {
+        Arc::clone(&self.store)
+    }
+
+    async fn cleanup(mut self) {
+        self.store.pool().close().await;
+        self.database.drop_now().await;
+    }
+}
+
+/// A database, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
+struct Database {
+    url: String,
+    name: String,
+    dropped: bool,
+}
+
+impl Database {
+    async fn create(url: String) -> Self {
+        let name = common::unique_name();
+        // An identifier cannot be bound; this one is generated, never a caller's value.
+        admin(&url, format!("CREATE DATABASE {name}")).await;
+        Database {
+            url,
+            name,
+            dropped: false,
+        }
+    }
+
+    async fn drop_now(&mut self) {
+        admin(&self.url, self.drop_sql()).await;
+        self.dropped = true;
+    }
+
+    fn drop_sql(&self) -> String {
+        format!("DROP DATABASE IF EXISTS {}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if !self.dropped {
+            let (url, sql) = (self.url.clone(), self.drop_sql());
+            common::block_on_own_thread(async move { admin(&url, sql).await });
+        }
+    }
+}
+
+async fn admin(url: &str, sql: String) {
+    let mut conn = MySqlConnection::connect(url)
+        .await
+        .expect("connect to FSM_MYSQL_URL");
+    conn.execute(sql.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+fsm_core::store_conformance_tests!({
+    let Some(url) = common::server_url(URL_VAR) else {
+        return;
+    };
+    MySqlDatabase::new(url)
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn effects_are_queued_once_with_their_transition() {
+    let Some(url) = common::server_url(URL_VAR) else {
+        return;
+    };
+    let fixture = MySqlDatabase::new(url).await;
+    let store = fixture.store();
+    let pool = store.pool().clone();
+    common::effects_are_queued_once_with_their_transition(store, || async move {
+        sqlx::query_as("SELECT version, seq, effect FROM fsm_outbox ORDER BY version, seq")
+            .fetch_all(&pool)
+            .await
+            .expect("read the outbox")
+    })
+    .await;
+    fixture.cleanup().await;
+}
