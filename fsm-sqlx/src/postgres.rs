@@ -1,21 +1,25 @@
 //! [`PgStore`]: PostgreSQL, for services that share one database server.
 //!
 //! A transition is written by one statement: data-modifying CTEs chain the
-//! compare-and-set `UPDATE`, the history row and the outbox rows, so the history and
-//! outbox rows exist only if the compare-and-set hit, and a unique violation on the
-//! idempotency key aborts the whole statement. `fire` costs two round trips (read,
-//! write); `fire_with` with a current snapshot costs one.
+//! compare-and-set `UPDATE`, the history row, the outbox rows and the timers of the new
+//! state, so those rows exist only if the compare-and-set hit, and a unique violation on
+//! the idempotency key aborts the whole statement. `fire` costs two round trips (read,
+//! write); `fire_with` with a current snapshot costs one. A command carrying a token
+//! adds a transaction around its `DELETE ... RETURNING` and the write.
 
 use std::str::FromStr;
 
+use sqlx::postgres::PgArguments;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use fsm_core::{Result, RetryPolicy};
 
+use crate::Concurrency;
 use crate::engine::{
-    self, Backend, NewMachine, RawMachine, RawTransition, Write, Written, database,
-    is_unique_violation,
+    self, Arm, Backend, NewMachine, RawEffect, RawMachine, RawTimer, RawTransition, Settlement,
+    Write, Written, database, is_unique_violation,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -34,6 +38,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub struct PgStore {
     pool: PgPool,
     retry: RetryPolicy,
+    concurrency: Concurrency,
 }
 
 impl PgStore {
@@ -42,6 +47,7 @@ impl PgStore {
         PgStore {
             pool,
             retry: RetryPolicy::default(),
+            concurrency: Concurrency::Optimistic,
         }
     }
 
@@ -65,6 +71,14 @@ impl PgStore {
     #[must_use]
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Chooses optimistic compare-and-set (the default) or row locking
+    /// (`SELECT ... FOR UPDATE` before deciding).
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.concurrency = concurrency;
         self
     }
 
@@ -95,11 +109,34 @@ LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $3
 WHERE m.machine_type = $1 AND m.machine_id = $2";
 
+const READ_FOR_UPDATE: &str = "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
+FROM fsm_machines m
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $3
+WHERE m.machine_type = $1 AND m.machine_id = $2
+FOR UPDATE OF m";
+
+// The timers of the initial state are armed only if the row was inserted.
 const INSERT: &str = "\
-INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-VALUES ($1, $2, $3, 0, $4, $5, $6, $6)
-ON CONFLICT (machine_type, machine_id) DO NOTHING";
+WITH inserted AS (
+    INSERT INTO fsm_machines
+      (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
+    VALUES ($1, $2, $3, 0, $4, $5, $6, $6)
+    ON CONFLICT (machine_type, machine_id) DO NOTHING
+    RETURNING machine_type, machine_id
+), armed AS (
+    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
+    SELECT i.machine_type, i.machine_id, 0, t.edge, t.due_at
+    FROM inserted i, unnest($7::int4[], $8::int8[]) AS t(edge, due_at)
+)
+SELECT count(*) FROM inserted";
+
+const CONSUME_TOKEN: &str = "\
+DELETE FROM fsm_tokens
+WHERE machine_type = $1 AND machine_id = $2 AND token = $3 AND expires_at > $4
+RETURNING token";
 
 // Every sub-statement runs exactly once; the INSERTs read `updated`, so they write
 // nothing when the compare-and-set missed. The result is the number of rows updated.
@@ -117,6 +154,10 @@ WITH updated AS (
     INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
     SELECT u.machine_type, u.machine_id, u.version, e.seq - 1, e.effect, u.updated_at
     FROM updated u, unnest($13::text[]) WITH ORDINALITY AS e(effect, seq)
+), armed AS (
+    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, t.edge, t.due_at
+    FROM updated u, unnest($14::int4[], $15::int8[]) AS t(edge, due_at)
 )
 SELECT count(*) FROM updated";
 
@@ -125,6 +166,58 @@ SELECT version, from_state, payload, to_state, idem_key, fingerprint, at
 FROM fsm_transitions WHERE machine_type = $1 AND machine_id = $2 ORDER BY version";
 
 const EXISTS: &str = "SELECT 1 FROM fsm_machines WHERE machine_type = $1 AND machine_id = $2";
+
+const ISSUE_TOKEN: &str = "\
+INSERT INTO fsm_tokens (machine_type, machine_id, token, expires_at)
+SELECT $1, $2, $3, $4 WHERE EXISTS
+  (SELECT 1 FROM fsm_machines WHERE machine_type = $1 AND machine_id = $2)";
+
+// SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
+const CLAIM_EFFECTS: &str = "\
+UPDATE fsm_outbox o SET lease_until = $3, attempts = o.attempts + 1
+FROM (
+  SELECT machine_type, machine_id, version, seq FROM fsm_outbox
+  WHERE machine_type = $1 AND done_at IS NULL AND NOT dead AND available_at <= $2
+    AND (lease_until IS NULL OR lease_until <= $2)
+  ORDER BY available_at, machine_id, version, seq LIMIT $4
+  FOR UPDATE SKIP LOCKED) due
+WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
+  AND o.version = due.version AND o.seq = due.seq
+RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error";
+
+const EFFECT_DONE: &str = "\
+UPDATE fsm_outbox SET done_at = $5, lease_until = NULL
+WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4";
+
+const EFFECT_RETRY: &str = "\
+UPDATE fsm_outbox SET available_at = $5, lease_until = NULL, last_error = $6
+WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4";
+
+const EFFECT_DEAD: &str = "\
+UPDATE fsm_outbox SET dead = TRUE, lease_until = NULL, last_error = $5
+WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4";
+
+const DEAD_EFFECTS: &str = "\
+SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+WHERE machine_type = $1 AND dead ORDER BY available_at, machine_id, version, seq";
+
+const REQUEUE: &str = "\
+UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = $5, last_error = NULL
+WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4 AND dead";
+
+const CLAIM_TIMERS: &str = "\
+UPDATE fsm_timers o SET lease_until = $3
+FROM (
+  SELECT machine_type, machine_id, version, edge FROM fsm_timers
+  WHERE machine_type = $1 AND due_at <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+  ORDER BY due_at LIMIT $4
+  FOR UPDATE SKIP LOCKED) due
+WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
+  AND o.version = due.version AND o.edge = due.edge
+RETURNING o.machine_id, o.version, o.edge";
+
+const DELETE_TIMER: &str = "\
+DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND edge = $4";
 
 fn raw_machine(row: &PgRow) -> sqlx::Result<RawMachine> {
     Ok(RawMachine {
@@ -150,73 +243,170 @@ fn raw_transition(row: &PgRow, at: usize) -> sqlx::Result<Option<RawTransition>>
     }))
 }
 
+fn raw_effect(row: &PgRow) -> sqlx::Result<RawEffect> {
+    Ok(RawEffect {
+        machine_id: row.try_get(0)?,
+        version: row.try_get(1)?,
+        seq: row.try_get(2)?,
+        effect: row.try_get(3)?,
+        attempts: row.try_get(4)?,
+        last_error: row.try_get(5)?,
+    })
+}
+
+fn timer_columns(timers: &[Arm]) -> (Vec<i32>, Vec<i64>) {
+    timers.iter().map(|t| (t.edge, t.due_at)).unzip()
+}
+
+type Read = Option<(RawMachine, Option<RawTransition>)>;
+
+async fn read_on(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    machine: &'static str,
+    id: &str,
+    key: Option<&str>,
+) -> Result<Read> {
+    let row = sqlx::query(sql)
+        .bind(machine)
+        .bind(id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+        .map_err(database(|| format!("read {machine} {id}")))?;
+    let Some(row) = row else { return Ok(None) };
+    raw_machine(&row)
+        .and_then(|m| Ok((m, raw_transition(&row, 4)?)))
+        .map(Some)
+        .map_err(|e| engine::undecodable(machine, id, "fsm_machines", &e))
+}
+
+fn write_query<'q>(
+    w: &'q Write<'q>,
+    timers: &'q (Vec<i32>, Vec<i64>),
+) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(WRITE)
+        .bind(w.machine)
+        .bind(w.id)
+        .bind(w.expected)
+        .bind(w.to_state)
+        .bind(w.version)
+        .bind(&w.context)
+        .bind(w.at_ms)
+        .bind(w.from_state)
+        .bind(&w.event)
+        .bind(&w.payload)
+        .bind(w.idem_key)
+        .bind(w.fingerprint.as_ref().map(|f| &f[..]))
+        .bind(&w.effects)
+        .bind(&timers.0)
+        .bind(&timers.1)
+}
+
+/// Runs the write statement on `conn`: the compare-and-set and everything it implies.
+async fn write_on(conn: &mut PgConnection, w: &Write<'_>) -> Result<Written> {
+    let timers = timer_columns(&w.timers);
+    match write_query(w, &timers).fetch_one(conn).await {
+        Ok(row) => {
+            let updated: i64 = row
+                .try_get(0)
+                .map_err(|e| engine::undecodable(w.machine, w.id, "fsm_machines", &e))?;
+            Ok(if updated == 0 {
+                Written::VersionMoved
+            } else {
+                Written::Applied
+            })
+        }
+        // The statement is atomic: a taken key left nothing behind.
+        Err(e) if is_unique_violation(&e) => Ok(Written::KeyTaken),
+        Err(e) => Err(database(|| format!("fire {} {}", w.machine, w.id))(e)),
+    }
+}
+
 impl Backend for PgStore {
-    async fn read(
+    type Locked = Transaction<'static, Postgres>;
+
+    async fn read(&self, machine: &'static str, id: &str, key: Option<&str>) -> Result<Read> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(database(|| format!("read {machine} {id}")))?;
+        read_on(&mut conn, READ, machine, id, key).await
+    }
+
+    async fn lock(
         &self,
         machine: &'static str,
         id: &str,
         key: Option<&str>,
-    ) -> Result<Option<(RawMachine, Option<RawTransition>)>> {
-        let row = sqlx::query(READ)
-            .bind(machine)
-            .bind(id)
-            .bind(key)
-            .fetch_optional(&self.pool)
+    ) -> Result<Option<(Self::Locked, RawMachine, Option<RawTransition>)>> {
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map_err(database(|| format!("read {machine} {id}")))?;
-        let Some(row) = row else { return Ok(None) };
-        let decoded = raw_machine(&row).and_then(|m| Ok((m, raw_transition(&row, 4)?)));
-        decoded
-            .map(Some)
-            .map_err(|e| engine::undecodable(machine, id, "fsm_machines", &e))
+            .map_err(database(|| format!("lock {machine} {id}")))?;
+        let read = read_on(&mut tx, READ_FOR_UPDATE, machine, id, key).await?;
+        Ok(read.map(|(m, t)| (tx, m, t)))
     }
 
     async fn insert(&self, new: &NewMachine<'_>) -> Result<bool> {
-        let done = sqlx::query(INSERT)
+        let (edges, due) = timer_columns(&new.timers);
+        let row = sqlx::query(INSERT)
             .bind(new.machine)
             .bind(new.id)
             .bind(new.state)
             .bind(&new.context)
             .bind(&new.init_fingerprint[..])
             .bind(new.at_ms)
-            .execute(&self.pool)
+            .bind(&edges)
+            .bind(&due)
+            .fetch_one(&self.pool)
             .await
             .map_err(database(|| format!("create {} {}", new.machine, new.id)))?;
-        Ok(done.rows_affected() == 1)
+        let inserted: i64 = row
+            .try_get(0)
+            .map_err(|e| engine::undecodable(new.machine, new.id, "fsm_machines", &e))?;
+        Ok(inserted == 1)
     }
 
     async fn write(&self, w: &Write<'_>) -> Result<Written> {
-        let updated = sqlx::query(WRITE)
-            .bind(w.machine)
-            .bind(w.id)
-            .bind(w.expected)
-            .bind(w.to_state)
-            .bind(w.version)
-            .bind(&w.context)
-            .bind(w.at_ms)
-            .bind(w.from_state)
-            .bind(&w.event)
-            .bind(&w.payload)
-            .bind(w.idem_key)
-            .bind(w.fingerprint.as_ref().map(|f| &f[..]))
-            .bind(&w.effects)
-            .fetch_one(&self.pool)
-            .await;
-        match updated {
-            Ok(row) => {
-                let updated: i64 = row
-                    .try_get(0)
-                    .map_err(|e| engine::undecodable(w.machine, w.id, "fsm_machines", &e))?;
-                Ok(if updated == 0 {
-                    Written::VersionMoved
-                } else {
-                    Written::Applied
-                })
-            }
-            // The statement is atomic: a taken key left nothing behind.
-            Err(e) if is_unique_violation(&e) => Ok(Written::KeyTaken),
-            Err(e) => Err(database(|| format!("fire {} {}", w.machine, w.id))(e)),
+        if w.token.is_some() {
+            let tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(database(|| format!("fire {} {}", w.machine, w.id)))?;
+            return self.write_locked(tx, w).await;
         }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(database(|| format!("fire {} {}", w.machine, w.id)))?;
+        write_on(&mut conn, w).await
+    }
+
+    async fn write_locked(&self, mut tx: Self::Locked, w: &Write<'_>) -> Result<Written> {
+        let failed = database(|| format!("fire {} {}", w.machine, w.id));
+        if let Some(token) = w.token {
+            let consumed = sqlx::query(CONSUME_TOKEN)
+                .bind(w.machine)
+                .bind(w.id)
+                .bind(token)
+                .bind(w.at_ms)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(&failed)?;
+            if consumed.is_none() {
+                return Ok(Written::TokenRejected);
+            }
+        }
+        let written = write_on(&mut tx, w).await?;
+        if written == Written::Applied {
+            tx.commit().await.map_err(&failed)?;
+        }
+        Ok(written)
     }
 
     async fn history(&self, machine: &'static str, id: &str) -> Result<Option<Vec<RawTransition>>> {
@@ -246,6 +436,157 @@ impl Backend for PgStore {
             history.push(raw);
         }
         Ok(Some(history))
+    }
+
+    async fn insert_token(
+        &self,
+        machine: &'static str,
+        id: &str,
+        token: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(ISSUE_TOKEN)
+            .bind(machine)
+            .bind(id)
+            .bind(token)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(database(|| format!("issue token for {machine} {id}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_effects(
+        &self,
+        machine: &'static str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<RawEffect>> {
+        let rows = sqlx::query(CLAIM_EFFECTS)
+            .bind(machine)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database(|| format!("claim {machine} effects")))?;
+        let mut effects = rows
+            .iter()
+            .map(raw_effect)
+            .collect::<sqlx::Result<Vec<_>>>()
+            .map_err(|e| engine::undecodable(machine, "-", "fsm_outbox", &e))?;
+        // RETURNING has no order: hand each instance's effects over in emission order.
+        effects.sort_by(|a, b| {
+            (&a.machine_id, a.version, a.seq).cmp(&(&b.machine_id, b.version, b.seq))
+        });
+        Ok(effects)
+    }
+
+    async fn settle_effect(
+        &self,
+        machine: &'static str,
+        effect: &RawEffect,
+        settlement: Settlement<'_>,
+    ) -> Result<()> {
+        let query = match settlement {
+            Settlement::Done { at } => sqlx::query(EFFECT_DONE)
+                .bind(machine)
+                .bind(&effect.machine_id)
+                .bind(effect.version)
+                .bind(effect.seq)
+                .bind(at),
+            Settlement::Retry { at, error } => sqlx::query(EFFECT_RETRY)
+                .bind(machine)
+                .bind(&effect.machine_id)
+                .bind(effect.version)
+                .bind(effect.seq)
+                .bind(at)
+                .bind(error),
+            Settlement::Dead { error } => sqlx::query(EFFECT_DEAD)
+                .bind(machine)
+                .bind(&effect.machine_id)
+                .bind(effect.version)
+                .bind(effect.seq)
+                .bind(error),
+        };
+        query.execute(&self.pool).await.map_err(database(|| {
+            format!("settle {machine} {} effect", effect.machine_id)
+        }))?;
+        Ok(())
+    }
+
+    async fn dead_effects(&self, machine: &'static str) -> Result<Vec<RawEffect>> {
+        let rows = sqlx::query(DEAD_EFFECTS)
+            .bind(machine)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database(|| format!("read {machine} dead letters")))?;
+        rows.iter()
+            .map(raw_effect)
+            .collect::<sqlx::Result<Vec<_>>>()
+            .map_err(|e| engine::undecodable(machine, "-", "fsm_outbox", &e))
+    }
+
+    async fn requeue_effect(
+        &self,
+        machine: &'static str,
+        id: &str,
+        version: i64,
+        seq: i32,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(REQUEUE)
+            .bind(machine)
+            .bind(id)
+            .bind(version)
+            .bind(seq)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(database(|| format!("requeue {machine} {id} effect")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_timers(
+        &self,
+        machine: &'static str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<RawTimer>> {
+        let rows = sqlx::query(CLAIM_TIMERS)
+            .bind(machine)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database(|| format!("claim {machine} timers")))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RawTimer {
+                    machine_id: row.try_get(0)?,
+                    version: row.try_get(1)?,
+                    edge: row.try_get(2)?,
+                })
+            })
+            .collect::<sqlx::Result<Vec<_>>>()
+            .map_err(|e| engine::undecodable(machine, "-", "fsm_timers", &e))
+    }
+
+    async fn delete_timer(&self, machine: &'static str, timer: &RawTimer) -> Result<()> {
+        sqlx::query(DELETE_TIMER)
+            .bind(machine)
+            .bind(&timer.machine_id)
+            .bind(timer.version)
+            .bind(timer.edge)
+            .execute(&self.pool)
+            .await
+            .map_err(database(|| {
+                format!("delete {machine} {} timer", timer.machine_id)
+            }))?;
+        Ok(())
     }
 }
 

@@ -104,3 +104,75 @@ pub(crate) async fn effects_are_queued_once_with_their_transition<S, F, Fut>(
         ]
     );
 }
+
+/// PostgreSQL helpers of the tests beyond the conformance suite: a schema of their own,
+/// and connections into it that `pg_stat_activity` can tell apart.
+#[cfg(feature = "postgres")]
+pub(crate) mod pg {
+    use std::str::FromStr;
+
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{Connection, Executor, PgConnection};
+
+    /// Options connecting to `url` with `schema` as the `search_path`, shown as
+    /// `application_name` in `pg_stat_activity`.
+    pub(crate) fn options(url: &str, schema: &str, application_name: &str) -> PgConnectOptions {
+        PgConnectOptions::from_str(url)
+            .expect("parse the PostgreSQL URL")
+            .options([("search_path", schema)])
+            .application_name(application_name)
+    }
+
+    /// A schema, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
+    pub(crate) struct Schema {
+        pub(crate) url: String,
+        pub(crate) name: String,
+        dropped: bool,
+    }
+
+    impl Schema {
+        pub(crate) async fn create(url: String) -> Self {
+            let name = super::unique_name();
+            // An identifier cannot be bound; this one is generated, never a caller's value.
+            admin(&url, format!("CREATE SCHEMA {name}")).await;
+            Schema {
+                url,
+                name,
+                dropped: false,
+            }
+        }
+
+        /// Options connecting into this schema as `application_name`.
+        pub(crate) fn options(&self, application_name: &str) -> PgConnectOptions {
+            options(&self.url, &self.name, application_name)
+        }
+
+        pub(crate) async fn drop_now(&mut self) {
+            admin(&self.url, self.drop_sql()).await;
+            self.dropped = true;
+        }
+
+        fn drop_sql(&self) -> String {
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)
+        }
+    }
+
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            if !self.dropped {
+                let (url, sql) = (self.url.clone(), self.drop_sql());
+                super::block_on_own_thread(async move { admin(&url, sql).await });
+            }
+        }
+    }
+
+    async fn admin(url: &str, sql: String) {
+        let mut conn = PgConnection::connect(url)
+            .await
+            .expect("connect to the PostgreSQL server");
+        conn.execute(sql.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+    }
+}
