@@ -115,14 +115,10 @@ INSERT INTO fsm_machines
   (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
 VALUES (?, ?, ?, 0, ?, ?, ?, ?)";
 
-const READ_FOR_UPDATE: &str = "\
-SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
-FROM fsm_machines m
-LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?
-WHERE m.machine_type = ? AND m.machine_id = ?
-FOR UPDATE";
+// Locks first, reads after: the key lookup runs once the lock is held, so it sees the
+// transition of the writer we waited for.
+const LOCK: &str = "\
+SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ? FOR UPDATE";
 
 const CONSUME_TOKEN: &str = "\
 DELETE FROM fsm_tokens
@@ -402,7 +398,16 @@ impl Backend for MySqlStore {
             .begin()
             .await
             .map_err(database(|| format!("lock {machine} {id}")))?;
-        let read = read_on(&mut tx, READ_FOR_UPDATE, machine, id, key).await?;
+        let locked = sqlx::query(LOCK)
+            .bind(machine)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database(|| format!("lock {machine} {id}")))?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let read = read_on(&mut tx, READ, machine, id, key).await?;
         Ok(read.map(|(m, t)| (tx, m, t)))
     }
 

@@ -109,14 +109,10 @@ LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $3
 WHERE m.machine_type = $1 AND m.machine_id = $2";
 
-const READ_FOR_UPDATE: &str = "\
-SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
-FROM fsm_machines m
-LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $3
-WHERE m.machine_type = $1 AND m.machine_id = $2
-FOR UPDATE OF m";
+// Locks first, reads after: a statement that waited for the lock sees only the locked
+// row re-checked, so the key lookup must be a fresh statement once the lock is held.
+const LOCK: &str = "\
+SELECT 1 FROM fsm_machines WHERE machine_type = $1 AND machine_id = $2 FOR UPDATE";
 
 // The timers of the initial state are armed only if the row was inserted.
 const INSERT: &str = "\
@@ -346,7 +342,16 @@ impl Backend for PgStore {
             .begin()
             .await
             .map_err(database(|| format!("lock {machine} {id}")))?;
-        let read = read_on(&mut tx, READ_FOR_UPDATE, machine, id, key).await?;
+        let locked = sqlx::query(LOCK)
+            .bind(machine)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database(|| format!("lock {machine} {id}")))?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let read = read_on(&mut tx, READ, machine, id, key).await?;
         Ok(read.map(|(m, t)| (tx, m, t)))
     }
 

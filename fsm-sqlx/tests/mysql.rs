@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use fsm_core::testing::Fixture;
-use fsm_sqlx::MySqlStore;
+use fsm_sqlx::{Concurrency, MySqlStore};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Connection, Executor, MySqlConnection};
 
@@ -24,7 +24,7 @@ struct MySqlDatabase {
 }
 
 impl MySqlDatabase {
-    async fn new(url: String) -> Self {
+    async fn new(url: String, concurrency: Concurrency) -> Self {
         let database = Database::create(url).await;
         let options = MySqlConnectOptions::from_str(&database.url)
             .expect("parse FSM_MYSQL_URL")
@@ -35,7 +35,7 @@ impl MySqlDatabase {
             .connect_with(options)
             .await
             .expect("connect to FSM_MYSQL_URL");
-        let store = MySqlStore::from_pool(pool);
+        let store = MySqlStore::from_pool(pool).with_concurrency(concurrency);
         store.migrate().await.expect("migrate");
         MySqlDatabase {
             store: Arc::new(store),
@@ -105,19 +105,32 @@ async fn admin(url: &str, sql: String) {
     let _ = conn.close().await;
 }
 
-fsm_core::store_conformance_tests!({
-    let Some(url) = common::server_url(URL_VAR) else {
-        return;
-    };
-    MySqlDatabase::new(url)
-});
+mod optimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        MySqlDatabase::new(url, Concurrency::Optimistic)
+    });
+}
+
+mod pessimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        MySqlDatabase::new(url, Concurrency::Pessimistic)
+    });
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn effects_are_queued_once_with_their_transition() {
     let Some(url) = common::server_url(URL_VAR) else {
         return;
     };
-    let fixture = MySqlDatabase::new(url).await;
+    let fixture = MySqlDatabase::new(url, Concurrency::Optimistic).await;
     let store = fixture.store();
     let pool = store.pool().clone();
     common::effects_are_queued_once_with_their_transition(store, || async move {

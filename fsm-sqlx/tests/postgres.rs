@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use fsm_core::testing::Fixture;
-use fsm_sqlx::PgStore;
+use fsm_sqlx::{Concurrency, PgStore};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -24,7 +24,7 @@ struct PgSchema {
 }
 
 impl PgSchema {
-    async fn new(url: String) -> Self {
+    async fn new(url: String, concurrency: Concurrency) -> Self {
         let schema = Schema::create(url).await;
         let options = PgConnectOptions::from_str(&schema.url)
             .expect("parse FSM_POSTGRES_URL")
@@ -35,7 +35,7 @@ impl PgSchema {
             .connect_with(options)
             .await
             .expect("connect to FSM_POSTGRES_URL");
-        let store = PgStore::from_pool(pool);
+        let store = PgStore::from_pool(pool).with_concurrency(concurrency);
         store.migrate().await.expect("migrate");
         PgSchema {
             store: Arc::new(store),
@@ -105,19 +105,32 @@ async fn admin(url: &str, sql: String) {
     let _ = conn.close().await;
 }
 
-fsm_core::store_conformance_tests!({
-    let Some(url) = common::server_url(URL_VAR) else {
-        return;
-    };
-    PgSchema::new(url)
-});
+mod optimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        PgSchema::new(url, Concurrency::Optimistic)
+    });
+}
+
+mod pessimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        PgSchema::new(url, Concurrency::Pessimistic)
+    });
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn effects_are_queued_once_with_their_transition() {
     let Some(url) = common::server_url(URL_VAR) else {
         return;
     };
-    let fixture = PgSchema::new(url).await;
+    let fixture = PgSchema::new(url, Concurrency::Optimistic).await;
     let store = fixture.store();
     let pool = store.pool().clone();
     common::effects_are_queued_once_with_their_transition(store, || async move {

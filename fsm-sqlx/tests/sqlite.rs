@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use fsm_core::testing::Fixture;
-use fsm_sqlx::SqliteStore;
+use fsm_sqlx::{Concurrency, SqliteStore};
 
 /// A database file of its own, removed afterwards.
 struct SqliteFile {
@@ -18,13 +18,20 @@ struct SqliteFile {
 
 impl SqliteFile {
     async fn new() -> Self {
+        Self::with(Concurrency::Optimistic).await
+    }
+
+    async fn with(concurrency: Concurrency) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "fsm-test-{}-{}.db",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let store = SqliteStore::open(&path).await.expect("open SQLite file");
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("open SQLite file")
+            .with_concurrency(concurrency);
         store.migrate().await.expect("migrate");
         SqliteFile {
             store: Arc::new(store),
@@ -53,6 +60,11 @@ impl Fixture for SqliteFile {
 mod file {
     use super::*;
     fsm_core::store_conformance_tests!(SqliteFile::new());
+}
+
+mod file_pessimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::with(Concurrency::Pessimistic));
 }
 
 mod memory {
