@@ -25,10 +25,6 @@ impl Ctxt {
         self.errors.push(error);
     }
 
-    pub(crate) fn has_errors(&self) -> bool {
-        !self.errors.is_empty()
-    }
-
     /// `Ok` when nothing was recorded, else every error, in the order recorded.
     pub(crate) fn check(self) -> syn::Result<()> {
         let mut errors = self.errors.into_iter();
@@ -53,7 +49,12 @@ mod tests {
         let mut cx = Ctxt::new();
         cx.syn_error(syn::Error::new(Span::call_site(), "first"));
         cx.error_spanned_by(quote::quote!(a b), "second");
-        let messages: Vec<String> = cx.check().unwrap_err().into_iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = cx
+            .check()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(messages, ["first", "second"]);
     }
 

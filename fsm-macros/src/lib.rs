@@ -1,2 +1,59 @@
-//! stub
-extern crate proc_macro;
+//! The `state_machine!` macro of [`fsm`](https://docs.rs/fsm); use it through `fsm`.
+//!
+//! The pipeline is [`expand::state_machine`]: `parse` (syntax tree keeping spans) ->
+//! `model` (the graph, indexed) -> `validate` (every check, errors accumulated) ->
+//! `expand` (code), or `fallback` plus the errors.
+#![forbid(unsafe_code)]
+
+mod ctxt;
+mod expand;
+mod fallback;
+mod model;
+mod parse;
+mod validate;
+
+/// Declares a state machine: its states, events, guards, actions and timers.
+///
+/// ```ignore
+/// fsm::state_machine! {
+///     /// An order from checkout to delivery.
+///     pub machine Order {
+///         context: OrderData,    // optional, default `()`
+///         effect: OrderEffect,   // optional, default `()`
+///         states {               // optional: docs, and `#[terminal]` to forbid outgoing edges
+///             /// Waiting for payment.
+///             Created,
+///             #[terminal] Delivered,
+///         }
+///         events {               // optional: docs
+///             /// The customer paid.
+///             Pay,
+///         }
+///         *Created + Pay(Payment) [amount_matches] / record_payment => Paid,
+///         Created | Paid + Cancel(Reason) / refund_if_paid => Cancelled,
+///         Paid + Ship(Tracking) => Shipped,
+///         Shipped + Deliver => Delivered,
+///         Created + after(30 min) => Expired,
+///     }
+/// }
+/// ```
+///
+/// A line is `Source + Event(Payload) [guard] / action => Target`: `*` marks the one
+/// initial state, `A | B + E` is one edge per source, the payload type is written once
+/// per event, guard and action are optional method names, and `after(N unit)` (units
+/// `ms`, `s`, `sec`, `min`, `h`, `d`) is a durable timer instead of an event.
+///
+/// For `machine Order` it generates `OrderState`, `OrderEvent`, `OrderEventKind`, the
+/// marker type `Order` (whose docs show the machine's Mermaid diagram) implementing
+/// `fsm::StateMachine`, `Order::DEFINITION`, and, when there are guards or actions, the
+/// trait `OrderRules` with one method per guard and action, to implement on the context
+/// type.
+///
+/// Every mistake is reported in one compile at the token that causes it: no or several
+/// initial states, duplicate or nondeterministic edges, an edge after an unguarded one
+/// that always wins, unreachable states, conflicting payload types, edges or timers
+/// leaving a `#[terminal]` state, unknown keywords and bad timer units.
+#[proc_macro]
+pub fn state_machine(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    expand::state_machine(input.into()).into()
+}

@@ -14,7 +14,7 @@ use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
 
-use crate::parse::{self, Block, Item, KeyValue, MachineInput, Timer};
+use crate::parse::{self, Block, Item, KeyValue, MachineInput, Timer, Transition};
 
 pub(crate) struct Machine {
     pub(crate) docs: Vec<Attribute>,
@@ -156,36 +156,46 @@ impl Machine {
                 Item::States(block) => machine.declare_states(block),
                 Item::Events(block) => machine.declare_events(block),
                 Item::Transition(t) => {
-                    let sources: Vec<usize> = t.sources.iter().map(|s| machine.use_state(s)).collect();
-                    if let Some(star) = t.initial {
-                        machine.initial_marks.push((star, t.sources[0].clone()));
-                    }
-                    let on = match &t.trigger {
-                        parse::Trigger::Event { name, payload } => {
-                            let event = machine.use_event(name);
-                            machine.events[event].payloads.extend(payload.clone());
-                            Trigger::Event { event, name: name.clone() }
-                        }
-                        parse::Trigger::After(timer) => Trigger::After(timer.clone()),
-                    };
-                    let to = machine.use_state(&t.target);
-                    for (source, from) in t.sources.iter().zip(sources) {
-                        machine.edges.push(Edge {
-                            line,
-                            from,
-                            source: source.clone(),
-                            on: on.clone(),
-                            guard: t.guard.clone(),
-                            action: t.action.clone(),
-                            to,
-                        });
-                    }
+                    machine.add_transition(t, line);
                     line += 1;
                 }
             }
         }
         machine.collect_rules();
         machine
+    }
+
+    /// Adds one edge per source of line number `line`.
+    fn add_transition(&mut self, t: &Transition, line: usize) {
+        let sources: Vec<usize> = t.sources.iter().map(|s| self.use_state(s)).collect();
+        if let Some(star) = t.initial {
+            self.initial_marks.push((star, t.sources[0].clone()));
+        }
+        let on = match &t.trigger {
+            parse::Trigger::Event { name, payload } => {
+                let event = self.use_event(name);
+                self.events[event]
+                    .payloads
+                    .extend(payload.as_deref().cloned());
+                Trigger::Event {
+                    event,
+                    name: name.clone(),
+                }
+            }
+            parse::Trigger::After(timer) => Trigger::After(timer.clone()),
+        };
+        let to = self.use_state(&t.target);
+        for (source, from) in t.sources.iter().zip(sources) {
+            self.edges.push(Edge {
+                line,
+                from,
+                source: source.clone(),
+                on: on.clone(),
+                guard: t.guard.clone(),
+                action: t.action.clone(),
+                to,
+            });
+        }
     }
 
     fn state_index(&mut self, name: &Ident) -> usize {
@@ -259,12 +269,20 @@ impl Machine {
             let named = [(&e.guard, RuleKind::Guard), (&e.action, RuleKind::Action)];
             for (name, kind) in named {
                 let Some(name) = name else { continue };
-                let used = RuleUse { edge, name: name.clone(), kind };
+                let used = RuleUse {
+                    edge,
+                    name: name.clone(),
+                    kind,
+                };
                 match by_name.get(&name.to_string()) {
                     Some(&i) => self.rules[i].uses.push(used),
                     None => {
                         by_name.insert(name.to_string(), self.rules.len());
-                        self.rules.push(Rule { name: name.clone(), kind, uses: vec![used] });
+                        self.rules.push(Rule {
+                            name: name.clone(),
+                            kind,
+                            uses: vec![used],
+                        });
                     }
                 }
             }
@@ -317,7 +335,10 @@ impl Machine {
         let on = match &e.on {
             Trigger::Event { event, .. } => name(&self.events[*event].name),
             Trigger::After(timer) => {
-                format!("after({})", fsm_core::definition::format_duration(timer_duration(timer)))
+                format!(
+                    "after({})",
+                    fsm_core::definition::format_duration(timer_duration(timer))
+                )
             }
         };
         let mut text = format!("{} + {on}", name(&self.states[e.from].name));
@@ -372,7 +393,11 @@ impl Machine {
         Definition {
             name: leak(name(&self.name)),
             doc: leak(doc_string(&self.docs)),
-            context: leak(self.contexts.first().map_or_else(|| "()".to_owned(), |kv| type_string(&kv.ty))),
+            context: leak(
+                self.contexts
+                    .first()
+                    .map_or_else(|| "()".to_owned(), |kv| type_string(&kv.ty)),
+            ),
             effect: self.effects.first().map(|kv| leak(type_string(&kv.ty))),
             states: Box::leak(states.into_boxed_slice()),
             events: Box::leak(events.into_boxed_slice()),
@@ -402,13 +427,18 @@ pub(crate) fn doc_string(attrs: &[Attribute]) -> String {
         .iter()
         .filter_map(|attr| match &attr.meta {
             Meta::NameValue(nv) if nv.path.is_ident("doc") => match &nv.value {
-                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.value()),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => Some(s.value()),
                 _ => None,
             },
             _ => None,
         })
         .collect();
-    let lines: Vec<&str> = lines.iter().map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
     lines.join("\n").trim_matches('\n').trim_end().to_owned()
 }
 
@@ -443,8 +473,8 @@ fn write_tokens(tokens: TokenStream, out: &mut String) {
                     out.push(' ');
                 }
                 out.push(c);
-                let spaced = matches!(c, ',' | ';' | '+' | '=')
-                    || (c == '>' && out.ends_with("->"));
+                let spaced =
+                    matches!(c, ',' | ';' | '+' | '=') || (c == '>' && out.ends_with("->"));
                 if spaced {
                     out.push(' ');
                 }
@@ -470,10 +500,16 @@ fn write_tokens(tokens: TokenStream, out: &mut String) {
 /// (`&Payment` -> `payment`), or `payload` where that is not an identifier.
 pub(crate) fn parameter_name(ty: &Type) -> String {
     let segment = match ty {
-        Type::Path(path) if path.qself.is_none() => path.path.segments.last().map(|s| s.ident.unraw().to_string()),
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.unraw().to_string()),
         _ => None,
     };
-    let Some(segment) = segment else { return "payload".to_owned() };
+    let Some(segment) = segment else {
+        return "payload".to_owned();
+    };
     let mut snake = String::new();
     for (i, c) in segment.chars().enumerate() {
         if c.is_uppercase() {
@@ -485,7 +521,8 @@ pub(crate) fn parameter_name(ty: &Type) -> String {
             snake.push(c);
         }
     }
-    let usable = syn::parse_str::<Ident>(&snake).is_ok() && !matches!(snake.as_str(), "effects" | "self");
+    let usable =
+        syn::parse_str::<Ident>(&snake).is_ok() && !matches!(snake.as_str(), "effects" | "self");
     if usable { snake } else { "payload".to_owned() }
 }
 
@@ -514,7 +551,7 @@ mod tests {
                 Paid + Ship(Tracking) => Shipped,
                 Shipped + Deliver => Delivered,
                 Created + after(30 min) => Expired,
-                Paid + Cancel => Cancelled,
+                Paid + Cancel(Reason) [late] => Cancelled,
             }
         })
     }
@@ -523,7 +560,17 @@ mod tests {
     fn states_and_events_keep_first_appearance_order() {
         let m = order();
         let states: Vec<String> = m.states.iter().map(|s| name(&s.name)).collect();
-        assert_eq!(states, ["Created", "Paid", "Cancelled", "Shipped", "Delivered", "Expired"]);
+        assert_eq!(
+            states,
+            [
+                "Created",
+                "Paid",
+                "Cancelled",
+                "Shipped",
+                "Delivered",
+                "Expired"
+            ]
+        );
         let events: Vec<String> = m.events.iter().map(|e| name(&e.name)).collect();
         assert_eq!(events, ["Pay", "Cancel", "Ship", "Deliver"]);
     }
@@ -531,27 +578,32 @@ mod tests {
     #[test]
     fn a_line_with_several_sources_is_one_edge_per_source() {
         let m = order();
-        assert_eq!(m.edges.len(), 8);
+        assert_eq!(m.edges.len(), 7);
         assert_eq!((m.edges[1].from, m.edges[2].from), (0, 1));
         assert_eq!(m.edges[1].line, m.edges[2].line);
         assert_eq!(m.describe(2), "Paid + Cancel / refund_if_paid => Cancelled");
-        assert_eq!(m.describe(6), "Created + after(30 min) => Expired");
+        assert_eq!(m.describe(5), "Created + after(30 min) => Expired");
     }
 
     #[test]
     fn a_payload_written_once_applies_to_every_line() {
         let m = order();
         assert_eq!(m.events[1].payloads.len(), 2);
-        assert_eq!(type_string(m.payload_of(7).unwrap()), "Reason");
+        assert_eq!(type_string(m.payload_of(6).unwrap()), "Reason");
     }
 
     #[test]
     fn rules_are_one_per_name_in_order_of_first_use() {
         let m = order();
-        let rules: Vec<(String, RuleKind, usize)> =
-            m.rules.iter().map(|r| (name(&r.name), r.kind, r.uses.len())).collect();
-        assert!(matches!(&rules[..], [(a, RuleKind::Guard, 1), (b, RuleKind::Action, 1), (c, RuleKind::Action, 2)]
-            if a == "amount_matches" && b == "record_payment" && c == "refund_if_paid"));
+        let rules: Vec<(String, RuleKind, usize)> = m
+            .rules
+            .iter()
+            .map(|r| (name(&r.name), r.kind, r.uses.len()))
+            .collect();
+        assert!(
+            matches!(&rules[..], [(a, RuleKind::Guard, 1), (b, RuleKind::Action, 1), (c, RuleKind::Action, 2), (d, RuleKind::Guard, 1)]
+            if a == "amount_matches" && b == "record_payment" && c == "refund_if_paid" && d == "late")
+        );
     }
 
     #[test]
@@ -563,11 +615,16 @@ mod tests {
         assert_eq!(d.effect, None);
         assert_eq!(d.initial().name, "Created");
         assert_eq!(d.states[0].doc, "Waiting for payment.");
-        let terminal: Vec<&str> = d.states.iter().filter(|s| s.terminal).map(|s| s.name).collect();
+        let terminal: Vec<&str> = d
+            .states
+            .iter()
+            .filter(|s| s.terminal)
+            .map(|s| s.name)
+            .collect();
         assert_eq!(terminal, ["Cancelled", "Delivered", "Expired"]);
         assert_eq!(d.events[0].payload, Some("Payment"));
         assert_eq!(d.events[3].payload, None);
-        assert_eq!(d.edges[6].on, On::After(Duration::from_secs(1800)));
+        assert_eq!(d.edges[5].on, On::After(Duration::from_secs(1800)));
         assert_eq!(d.edges[0].guard, Some("amount_matches"));
     }
 
@@ -576,11 +633,17 @@ mod tests {
         let cases = [
             (quote!(Payment), "Payment"),
             (quote!(Vec<u8>), "Vec<u8>"),
-            (quote!(std::collections::HashMap<String, Vec<u8> >), "std::collections::HashMap<String, Vec<u8>>"),
+            (
+                quote!(std::collections::HashMap<String, Vec<u8> >),
+                "std::collections::HashMap<String, Vec<u8>>",
+            ),
             (quote!((u32, bool)), "(u32, bool)"),
             (quote!([u8; 4]), "[u8; 4]"),
             (quote!(&'static str), "&'static str"),
-            (quote!(Box<dyn Fn(u8) -> u8 + Send>), "Box<dyn Fn(u8) -> u8 + Send>"),
+            (
+                quote!(Box<dyn Fn(u8) -> u8 + Send>),
+                "Box<dyn Fn(u8) -> u8 + Send>",
+            ),
             (quote!(()), "()"),
         ];
         for (tokens, expected) in cases {

@@ -4,9 +4,11 @@
 //! `events { }` blocks) before parsing, so a mistake in one item is recorded and the
 //! others still parse: a user sees every syntax error of the machine in one compile.
 
-use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Spacing, Span, TokenStream, TokenTree};
 use syn::parse::{ParseStream, Parser};
-use syn::{Attribute, Ident, LitInt, Token, Type, Visibility, braced, bracketed, parenthesized, token};
+use syn::{
+    Attribute, Ident, LitInt, Token, Type, Visibility, braced, bracketed, parenthesized, token,
+};
 
 use crate::ctxt::Ctxt;
 
@@ -69,7 +71,10 @@ pub(crate) struct Transition {
 /// What fires a transition.
 pub(crate) enum Trigger {
     /// `Event` or `Event(Payload)`.
-    Event { name: Ident, payload: Option<Type> },
+    Event {
+        name: Ident,
+        payload: Option<Box<Type>>,
+    },
     /// `after(30 min)`.
     After(Timer),
 }
@@ -96,7 +101,7 @@ pub(crate) fn machine(input: TokenStream, cx: &mut Ctxt) -> Option<MachineInput>
     let mut complete = true;
     let mut items = Vec::new();
     for tokens in split_items(body, cx, &mut complete) {
-        match (|input: ParseStream| item(input, cx)).parse2(tokens) {
+        match (|input: ParseStream| item(input, cx)).parse2(scoped(tokens)) {
             Ok(item) => items.push(item),
             Err(error) => {
                 cx.syn_error(error);
@@ -111,6 +116,19 @@ pub(crate) fn machine(input: TokenStream, cx: &mut Ctxt) -> Option<MachineInput>
         items,
         complete,
     })
+}
+
+/// Wraps an item in a group spanning its last token, so an item that ends too early is
+/// reported there (syn reports the end of a top-level stream at the whole macro call).
+fn scoped(tokens: TokenStream) -> TokenStream {
+    let span = tokens
+        .clone()
+        .into_iter()
+        .last()
+        .map_or_else(Span::call_site, |t| t.span());
+    let mut group = Group::new(Delimiter::Parenthesis, tokens);
+    group.set_span(span);
+    TokenTree::Group(group).into()
 }
 
 fn header(input: ParseStream) -> syn::Result<(Vec<Attribute>, Visibility, Ident, TokenStream)> {
@@ -134,11 +152,20 @@ fn header(input: ParseStream) -> syn::Result<(Vec<Attribute>, Visibility, Ident,
             "expected `machine`, as in `pub machine Order { *Created + Pay => Paid }`",
         ));
     }
-    let name: Ident = input
-        .parse()
-        .map_err(|e| syn::Error::new(e.span(), "expected the machine's name after `machine`"))?;
+    let name: Ident = input.parse().map_err(|e| {
+        let span = if input.is_empty() {
+            keyword.span()
+        } else {
+            e.span()
+        };
+        syn::Error::new(span, "expected the machine's name after `machine`")
+    })?;
     if !input.peek(token::Brace) {
-        return Err(input.error("expected `{` and the machine's transitions after its name"));
+        let message = "expected `{` and the machine's transitions after its name";
+        if input.is_empty() {
+            return Err(syn::Error::new(name.span(), message));
+        }
+        return Err(input.error(message));
     }
     let body;
     braced!(body in input);
@@ -185,7 +212,9 @@ fn split_items(body: TokenStream, cx: &mut Ctxt, complete: &mut bool) -> Vec<Tok
             }
             TokenTree::Punct(p) if p.as_char() == '<' => angle_depth += 1,
             // `=>` and `->` are arrows, not closing angle brackets.
-            TokenTree::Punct(p) if p.as_char() == '>' && !matches!(previous_joint, Some('=' | '-')) => {
+            TokenTree::Punct(p)
+                if p.as_char() == '>' && !matches!(previous_joint, Some('=' | '-')) =>
+            {
                 angle_depth = angle_depth.saturating_sub(1);
             }
             _ => {}
@@ -204,6 +233,9 @@ fn split_items(body: TokenStream, cx: &mut Ctxt, complete: &mut bool) -> Vec<Tok
 }
 
 fn item(input: ParseStream, cx: &mut Ctxt) -> syn::Result<Item> {
+    let content;
+    parenthesized!(content in input);
+    let input = &content;
     if input.peek(Ident) && input.peek2(token::Brace) {
         return block(input, cx);
     }
@@ -233,7 +265,11 @@ fn key_value(input: ParseStream) -> syn::Result<Item> {
         return Err(input.error(format!("expected `,` after the {key} type")));
     }
     let kv = KeyValue { key, ty };
-    Ok(if kv.key == "context" { Item::Context(kv) } else { Item::Effect(kv) })
+    Ok(if kv.key == "context" {
+        Item::Context(kv)
+    } else {
+        Item::Effect(kv)
+    })
 }
 
 fn block(input: ParseStream, cx: &mut Ctxt) -> syn::Result<Item> {
@@ -253,7 +289,11 @@ fn block(input: ParseStream, cx: &mut Ctxt) -> syn::Result<Item> {
         content.parse::<Token![,]>()?;
     }
     let block = Block { keyword, entries };
-    Ok(if states { Item::States(block) } else { Item::Events(block) })
+    Ok(if states {
+        Item::States(block)
+    } else {
+        Item::Events(block)
+    })
 }
 
 fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> {
@@ -274,7 +314,11 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
                 "`#[terminal]` marks states; an event cannot be terminal, remove it",
             );
         } else {
-            let allowed = if states { "doc comments and `#[terminal]`" } else { "doc comments" };
+            let allowed = if states {
+                "doc comments and `#[terminal]`"
+            } else {
+                "doc comments"
+            };
             cx.error_spanned_by(
                 &attr,
                 format!("unsupported attribute; a {kind} in this block takes {allowed}"),
@@ -299,7 +343,10 @@ fn name(input: ParseStream, what: &str) -> syn::Result<Ident> {
 
 fn transition(input: ParseStream) -> syn::Result<Transition> {
     let initial: Option<Token![*]> = input.parse()?;
-    let mut sources = vec![name(input, "a source state, as in `*Created + Pay => Paid`")?];
+    let mut sources = vec![name(
+        input,
+        "a source state, as in `*Created + Pay => Paid`",
+    )?];
     while input.peek(Token![|]) {
         input.parse::<Token![|]>()?;
         if input.peek(Token![*]) {
@@ -339,7 +386,10 @@ fn transition(input: ParseStream) -> syn::Result<Transition> {
     };
     let action = if input.peek(Token![/]) {
         input.parse::<Token![/]>()?;
-        Some(name(input, "an action name after `/`, as in `/ record_payment`")?)
+        Some(name(
+            input,
+            "an action name after `/`, as in `/ record_payment`",
+        )?)
     } else {
         None
     };
@@ -389,7 +439,7 @@ fn trigger(input: ParseStream) -> syn::Result<Trigger> {
         if !content.is_empty() {
             return Err(content.error("expected `)` after the payload type"));
         }
-        Some(ty)
+        Some(Box::new(ty))
     } else {
         None
     };
@@ -407,7 +457,10 @@ fn timer(input: ParseStream, keyword: Ident) -> syn::Result<Timer> {
     })?;
     let unit = if amount.suffix().is_empty() {
         let unit: Ident = content.parse().map_err(|e| {
-            syn::Error::new(e.span(), format!("expected a time unit after the number: {UNITS}"))
+            syn::Error::new(
+                e.span(),
+                format!("expected a time unit after the number: {UNITS}"),
+            )
         })?;
         (unit.to_string(), unit.span())
     } else {
@@ -502,7 +555,9 @@ mod tests {
         assert_eq!(lines[0].action.as_ref().unwrap(), "record_payment");
         assert_eq!(lines[1].sources.len(), 2);
         assert!(matches!(&lines[3].trigger, Trigger::After(t) if t.millis == 30 * 60_000));
-        let Item::States(states) = &machine.items[2] else { panic!("states block") };
+        let Item::States(states) = &machine.items[2] else {
+            panic!("states block")
+        };
         assert_eq!(states.entries.len(), 2);
         assert!(states.entries[1].terminal.is_some());
         assert_eq!(states.entries[0].docs.len(), 1);
@@ -531,14 +586,17 @@ mod tests {
             let (machine, errors) = parse(quote!(machine M { *A + after(#delay) => B }));
             assert!(errors.is_empty(), "{errors:?}");
             let machine = machine.unwrap();
-            let Trigger::After(timer) = &transitions(&machine)[0].trigger else { panic!() };
+            let Trigger::After(timer) = &transitions(&machine)[0].trigger else {
+                panic!()
+            };
             assert_eq!(timer.millis, millis);
         }
     }
 
     #[test]
     fn bad_timers_are_reported() {
-        let (_, errors) = parse(quote!(machine M { *A + after(3 weeks) => B, A + after(0 s) => C }));
+        let (_, errors) =
+            parse(quote!(machine M { *A + after(3 weeks) => B, A + after(0 s) => C }));
         assert_eq!(
             errors,
             [
@@ -603,7 +661,10 @@ mod tests {
     fn header_errors_stop_parsing() {
         let (machine, errors) = parse(quote!(pub Order { *A + E => B }));
         assert!(machine.is_none());
-        assert_eq!(errors, ["expected `machine`, as in `pub machine Order { *Created + Pay => Paid }`"]);
+        assert_eq!(
+            errors,
+            ["expected `machine`, as in `pub machine Order { *Created + Pay => Paid }`"]
+        );
         let (machine, errors) = parse(quote!(#[derive(Debug)] machine M { *A + E => B }));
         assert!(machine.is_none());
         assert_eq!(errors, ["only doc comments are supported on a machine"]);

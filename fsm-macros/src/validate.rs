@@ -38,8 +38,14 @@ fn check_keys(m: &Machine, cx: &mut Ctxt) {
 
 /// Entries of `states { }` / `events { }` are listed once and used by some transition.
 fn check_declarations(m: &Machine, cx: &mut Ctxt) {
-    let states = m.states.iter().map(|s| ("state", "states", &s.declared, &s.used_at));
-    let events = m.events.iter().map(|e| ("event", "events", &e.declared, &e.used_at));
+    let states = m
+        .states
+        .iter()
+        .map(|s| ("state", "states", &s.declared, &s.used_at));
+    let events = m
+        .events
+        .iter()
+        .map(|e| ("event", "events", &e.declared, &e.used_at));
     for (kind, block, declared, used_at) in states.chain(events) {
         for again in declared.iter().skip(1) {
             cx.error_spanned_by(
@@ -90,7 +96,9 @@ fn check_initial(m: &Machine, cx: &mut Ctxt) {
 /// An event has one payload type, however many lines write it.
 fn check_payloads(m: &Machine, cx: &mut Ctxt) {
     for event in &m.events {
-        let Some(first) = event.payload() else { continue };
+        let Some(first) = event.payload() else {
+            continue;
+        };
         let expected = type_string(first);
         for ty in &event.payloads[1..] {
             let written = type_string(ty);
@@ -159,13 +167,13 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
             .filter(|(_, e)| e.from == edge.from && e.on.same(&edge.on));
         for (j, other) in earlier {
             // Within one `A | A + E` line the repeated source is the mistake.
-            let at = if other.line == edge.line { &edge.source } else { edge.on.token() };
-            let same_guard = other.guard.as_ref().map(ToString::to_string)
-                == edge.guard.as_ref().map(ToString::to_string);
-            if same_guard {
-                let identical = other.to == edge.to
-                    && other.action.as_ref().map(ToString::to_string)
-                        == edge.action.as_ref().map(ToString::to_string);
+            let at = if other.line == edge.line {
+                &edge.source
+            } else {
+                edge.on.token()
+            };
+            if other.guard == edge.guard {
+                let identical = other.to == edge.to && other.action == edge.action;
                 let message = match (&edge.guard, identical) {
                     (_, true) => format!(
                         "duplicate edge: `{}` is already declared; remove this one",
@@ -315,7 +323,10 @@ mod tests {
 
     #[test]
     fn no_initial_state() {
-        assert_one(quote!(machine M { A + E => B }), "machine `M` has no initial state");
+        assert_one(
+            quote!(machine M { A + E => B }),
+            "machine `M` has no initial state",
+        );
     }
 
     #[test]
@@ -332,7 +343,10 @@ mod tests {
 
     #[test]
     fn duplicate_edge() {
-        assert_one(quote!(machine M { *A + E => B, A + E => B }), "duplicate edge: `A + E => B`");
+        assert_one(
+            quote!(machine M { *A + E => B, A + E => B }),
+            "duplicate edge: `A + E => B`",
+        );
         assert_one(quote!(machine M { *A | A + E => B }), "duplicate edge");
         assert_one(
             quote!(machine M { *A + E [g] => B, A + E [g] => C }),
@@ -376,7 +390,7 @@ mod tests {
     #[test]
     fn conflicting_payload_types() {
         assert_one(
-            quote!(machine M { *A + E(X) => B, B + E(Y) => A, B + E => A, A + E(X) => A }),
+            quote!(machine M { *A + E(X) => B, B + E(Y) => C, C + E => D, D + E(X) => A }),
             "event `E` already carries `X`, not `Y`",
         );
     }

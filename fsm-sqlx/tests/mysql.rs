@@ -26,21 +26,49 @@ struct MySqlDatabase {
 impl MySqlDatabase {
     async fn new(url: String, concurrency: Concurrency) -> Self {
         let database = Database::create(url).await;
-        let options = MySqlConnectOptions::from_str(&database.url)
-            .expect("parse FSM_MYSQL_URL")
-            .database(&database.name);
-        // Small pools: tests run in parallel against one server (max_connections 151).
-        let pool = MySqlPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .expect("connect to FSM_MYSQL_URL");
+        let pool = connect(&database).await;
         let store = MySqlStore::from_pool(pool).with_concurrency(concurrency);
         store.migrate().await.expect("migrate");
         MySqlDatabase {
             store: Arc::new(store),
             database,
         }
+    }
+}
+
+/// A pool on the test's own database.
+async fn connect(database: &Database) -> sqlx::MySqlPool {
+    let options = MySqlConnectOptions::from_str(&database.url)
+        .expect("parse FSM_MYSQL_URL")
+        .database(&database.name);
+    // Small pools: tests run in parallel against one server.
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("connect to FSM_MYSQL_URL")
+}
+
+impl common::durable::Harness for MySqlDatabase {
+    type Store = MySqlStore;
+
+    fn store(&self) -> MySqlStore {
+        MySqlStore::clone(&self.store)
+    }
+
+    async fn reopen(&self) -> MySqlStore {
+        MySqlStore::from_pool(connect(&self.database).await)
+    }
+
+    async fn expire_timers(&self) {
+        sqlx::query("UPDATE fsm_timers SET due_at = 0")
+            .execute(self.store.pool())
+            .await
+            .expect("expire timers");
+    }
+
+    async fn cleanup(self) {
+        Fixture::cleanup(self).await;
     }
 }
 
@@ -141,4 +169,14 @@ async fn effects_are_queued_once_with_their_transition() {
     })
     .await;
     fixture.cleanup().await;
+}
+
+mod durable {
+    use super::*;
+    common::durable::durable_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        MySqlDatabase::new(url, Concurrency::Optimistic)
+    });
 }

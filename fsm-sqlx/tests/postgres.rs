@@ -26,21 +26,49 @@ struct PgSchema {
 impl PgSchema {
     async fn new(url: String, concurrency: Concurrency) -> Self {
         let schema = Schema::create(url).await;
-        let options = PgConnectOptions::from_str(&schema.url)
-            .expect("parse FSM_POSTGRES_URL")
-            .options([("search_path", &schema.name)]);
-        // Small pools: tests run in parallel against one server (max_connections 100).
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .expect("connect to FSM_POSTGRES_URL");
+        let pool = connect(&schema).await;
         let store = PgStore::from_pool(pool).with_concurrency(concurrency);
         store.migrate().await.expect("migrate");
         PgSchema {
             store: Arc::new(store),
             schema,
         }
+    }
+}
+
+/// A pool on the test's own schema.
+async fn connect(schema: &Schema) -> sqlx::PgPool {
+    let options = PgConnectOptions::from_str(&schema.url)
+        .expect("parse FSM_POSTGRES_URL")
+        .options([("search_path", &schema.name)]);
+    // Small pools: tests run in parallel against one server.
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("connect to FSM_POSTGRES_URL")
+}
+
+impl common::durable::Harness for PgSchema {
+    type Store = PgStore;
+
+    fn store(&self) -> PgStore {
+        PgStore::clone(&self.store)
+    }
+
+    async fn reopen(&self) -> PgStore {
+        PgStore::from_pool(connect(&self.schema).await)
+    }
+
+    async fn expire_timers(&self) {
+        sqlx::query("UPDATE fsm_timers SET due_at = 0")
+            .execute(self.store.pool())
+            .await
+            .expect("expire timers");
+    }
+
+    async fn cleanup(self) {
+        Fixture::cleanup(self).await;
     }
 }
 
@@ -141,4 +169,14 @@ async fn effects_are_queued_once_with_their_transition() {
     })
     .await;
     fixture.cleanup().await;
+}
+
+mod durable {
+    use super::*;
+    common::durable::durable_tests!({
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        PgSchema::new(url, Concurrency::Optimistic)
+    });
 }

@@ -22,15 +22,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Stdio};
+use std::str::FromStr;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::pg::Schema;
 use fsm_core::testing::{Note, Order, OrderData, OrderEvent, OrderState, Payment};
-use fsm_core::{Command, RetryPolicy, Store};
+use fsm_core::{Command, RetryPolicy, StateMachine, Store};
 use fsm_sqlx::PgStore;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection};
 
 const URL_VAR: &str = "FSM_POSTGRES_URL";
 const PROCESSES: usize = 4;
@@ -87,6 +88,8 @@ fn one_key_across_4_processes_applies_once() {
             .collect();
         assert_eq!(rows, [(1, Some("double-click"), original.at_ms)]);
         assert_eq!(outbox_rows(&store).await, 1, "the customer is charged once");
+        let lookups = machine_lookups(&store).await;
+        eprintln!("one key: {lookups} primary-key lookups of fsm_machines");
         store.pool().close().await;
         schema.drop_now().await;
     });
@@ -148,6 +151,15 @@ fn distinct_keys_across_4_processes_give_gapless_versions() {
         let sent: BTreeSet<_> = race.reports.iter().map(|r| note_of(&r.key)).collect();
         assert_eq!((noted.len(), noted), (FIRES, sent));
         assert_eq!(outbox_rows(&store).await, FIRES as i64);
+        let attempts = machine_lookups(&store).await / 2;
+        let switches = history
+            .windows(2)
+            .filter(|w| process_of(w[0].key.as_deref()) != process_of(w[1].key.as_deref()))
+            .count();
+        eprintln!(
+            "distinct keys: about {attempts} compare-and-set attempts for {FIRES} fires; \
+             the writing process changed {switches} times along the history"
+        );
         store.pool().close().await;
         schema.drop_now().await;
     });
@@ -197,7 +209,10 @@ fn worker() {
     let read = std::io::stdin()
         .read_line(&mut go)
         .expect("read the start line");
-    assert!(read > 0, "stdin closed before the start line: the parent is gone");
+    assert!(
+        read > 0,
+        "stdin closed before the start line: the parent is gone"
+    );
     runtime.block_on(async {
         start.wait().await;
         let race = async {
@@ -266,6 +281,11 @@ impl Mode {
     }
 }
 
+/// `p<p>` of a key `p<p>-t<t>`.
+fn process_of(key: Option<&str>) -> Option<&str> {
+    key?.split('-').next()
+}
+
 fn note_of(key: &str) -> String {
     format!("note {key}")
 }
@@ -302,7 +322,7 @@ async fn order_in(schema: &Schema) -> PgStore {
 
 /// A worker's store: four connections, all open before the race, and a patient policy.
 async fn worker_store(url: &str, schema: &str, process: usize) -> PgStore {
-    let options = common::pg::options(url, schema, &format!("{schema}-w{process}"));
+    let options = pg_options(url, schema, &format!("{schema}-w{process}"));
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect_with(options)
@@ -321,6 +341,32 @@ async fn outbox_rows(store: &PgStore) -> i64 {
         .fetch_one(store.pool())
         .await
         .expect("count the outbox")
+}
+
+/// How often `fsm_machines` was looked up by primary key in this schema, as the
+/// statistics collector saw it: every fire attempt is one read and one compare-and-set
+/// (a key found by the read, one read), so this shows the races the retry policy absorbed.
+async fn machine_lookups(store: &PgStore) -> i64 {
+    let lookups = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = 'fsm_machines'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("read pg_stat_user_tables")
+    };
+    // Backends report their statistics when they go idle or exit: wait for them to settle.
+    let mut seen = lookups().await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = lookups().await;
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    seen
 }
 
 /// One fire as a worker reported it.
@@ -590,4 +636,69 @@ impl Drop for Workers {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A schema of its own per test, as in `postgres.rs`.
+
+/// Options connecting to `url` with `schema` as the `search_path`, shown as
+/// `application_name` in `pg_stat_activity`.
+fn pg_options(url: &str, schema: &str, application_name: &str) -> PgConnectOptions {
+    PgConnectOptions::from_str(url)
+        .expect("parse FSM_POSTGRES_URL")
+        .options([("search_path", schema)])
+        .application_name(application_name)
+}
+
+/// A schema, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
+struct Schema {
+    url: String,
+    name: String,
+    dropped: bool,
+}
+
+impl Schema {
+    async fn create(url: String) -> Self {
+        let name = common::unique_name();
+        // An identifier cannot be bound; this one is generated, never a caller's value.
+        admin(&url, format!("CREATE SCHEMA {name}")).await;
+        Schema {
+            url,
+            name,
+            dropped: false,
+        }
+    }
+
+    /// Options connecting into this schema as `application_name`.
+    fn options(&self, application_name: &str) -> PgConnectOptions {
+        pg_options(&self.url, &self.name, application_name)
+    }
+
+    async fn drop_now(&mut self) {
+        admin(&self.url, self.drop_sql()).await;
+        self.dropped = true;
+    }
+
+    fn drop_sql(&self) -> String {
+        format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if !self.dropped {
+            let (url, sql) = (self.url.clone(), self.drop_sql());
+            common::block_on_own_thread(async move { admin(&url, sql).await });
+        }
+    }
+}
+
+async fn admin(url: &str, sql: String) {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .expect("connect to FSM_POSTGRES_URL");
+    conn.execute(sql.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
 }

@@ -40,6 +40,31 @@ impl SqliteFile {
     }
 }
 
+impl common::durable::Harness for SqliteFile {
+    type Store = SqliteStore;
+
+    fn store(&self) -> SqliteStore {
+        SqliteStore::clone(&self.store)
+    }
+
+    async fn reopen(&self) -> SqliteStore {
+        SqliteStore::open(&self.path)
+            .await
+            .expect("reopen SQLite file")
+    }
+
+    async fn expire_timers(&self) {
+        sqlx::query("UPDATE fsm_timers SET due_at = 0")
+            .execute(self.store.pool())
+            .await
+            .expect("expire timers");
+    }
+
+    async fn cleanup(self) {
+        Fixture::cleanup(self).await;
+    }
+}
+
 impl Fixture for SqliteFile {
     type Store = SqliteStore;
 
@@ -89,4 +114,9 @@ async fn effects_are_queued_once_with_their_transition() {
     })
     .await;
     fixture.cleanup().await;
+}
+
+mod durable {
+    use super::*;
+    common::durable::durable_tests!(SqliteFile::new());
 }

@@ -4,6 +4,8 @@
 // Each test crate includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod durable;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,491 @@
+//! Specifications of what the sqlx stores add to `Store`: single-use tokens, durable
+//! timers and the outbox dispatcher. Every backend's test file runs them through
+//! `durable_tests!` with a `Harness` of its own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fsm_core::testing::{
+    EXPIRY_EDGE, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment,
+};
+use fsm_core::{Command, Error, Outcome, Store, Trigger};
+use fsm_sqlx::outbox::DispatchReport;
+use fsm_sqlx::{DispatchOptions, Dispatcher, DurableStore, EffectId};
+use tokio_util::sync::CancellationToken;
+
+/// A fresh database for one test, with the backdoors the specifications need.
+pub(crate) trait Harness: Send + Sync + Sized + 'static {
+    type Store: DurableStore;
+    /// The store under test.
+    fn store(&self) -> Self::Store;
+    /// A second store on the same database, as after a process restart.
+    fn reopen(&self) -> impl Future<Output = Self::Store> + Send;
+    /// Makes every armed timer due now (the suite's timer is 30 minutes).
+    fn expire_timers(&self) -> impl Future<Output = ()> + Send;
+    /// Drops the database.
+    fn cleanup(self) -> impl Future<Output = ()> + Send;
+}
+
+/// One `#[tokio::test]` per specification, each with a fresh harness from `$make`.
+macro_rules! durable_tests {
+    ($make:expr) => {
+        $crate::common::durable::durable_tests!(@cases $make;
+            tokens_are_single_use,
+            unknown_expired_or_foreign_tokens_are_invalid,
+            one_token_raced_by_16_tasks_applies_once,
+            timer_fires_as_a_transition_at_its_version,
+            timer_of_a_machine_that_moved_on_is_a_no_op,
+            timers_survive_a_restart,
+            dispatcher_delivers_each_effect_once_with_a_stable_id,
+            failing_handler_retries_then_dead_letters,
+            expired_lease_is_claimed_again,
+            concurrent_dispatchers_never_overlap,
+            shutdown_lets_in_flight_handlers_finish,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let harness = $make.await;
+                $crate::common::durable::$case(&harness).await;
+                $crate::common::durable::Harness::cleanup(harness).await;
+            }
+        )*
+    };
+}
+pub(crate) use durable_tests;
+
+const ID: &str = "o-1";
+
+fn order() -> OrderData {
+    OrderData {
+        total_cents: 500,
+        ..OrderData::default()
+    }
+}
+
+fn pay() -> Command<Order> {
+    Command::new(OrderEvent::Pay(Payment { amount_cents: 500 }))
+}
+
+fn annotate(note: &str) -> Command<Order> {
+    Command::new(OrderEvent::Annotate(Note(note.to_owned())))
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+pub(crate) async fn tokens_are_single_use<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let token = store.issue_token::<Order>(ID, MINUTE).await.unwrap();
+    assert_eq!(token.len(), 32, "128 bits as hex: {token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(token, store.issue_token::<Order>(ID, MINUTE).await.unwrap());
+
+    let first = store.fire(ID, pay().with_token(&token)).await.unwrap();
+    assert!(matches!(first, Outcome::Applied(_)), "{first:?}");
+    let again = store.fire(ID, pay().with_token(&token)).await.unwrap();
+    assert!(again.is_duplicate(), "{again:?}");
+    assert_eq!(again.transition().version, 1);
+    let other = store
+        .fire(ID, annotate("x").with_token(&token))
+        .await
+        .unwrap_err();
+    assert!(matches!(other, Error::KeyReused { .. }), "{other:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 1);
+}
+
+pub(crate) async fn unknown_expired_or_foreign_tokens_are_invalid<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.create::<Order>("o-2", order()).await.unwrap();
+    let expired = store
+        .issue_token::<Order>(ID, Duration::ZERO)
+        .await
+        .unwrap();
+    let foreign = store.issue_token::<Order>("o-2", MINUTE).await.unwrap();
+    for token in [
+        "00112233445566778899aabbccddeeff",
+        expired.as_str(),
+        foreign.as_str(),
+    ] {
+        let err = store.fire(ID, pay().with_token(token)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidToken { machine: "Order", id } if id == ID),
+            "{token}: {err:?}"
+        );
+    }
+    let err = store
+        .issue_token::<Order>("nobody", MINUTE)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 0);
+    // The foreign token still works where it belongs.
+    store.fire("o-2", pay().with_token(&foreign)).await.unwrap();
+}
+
+pub(crate) async fn one_token_raced_by_16_tasks_applies_once<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let token = store.issue_token::<Order>(ID, MINUTE).await.unwrap();
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, token) = (store.clone(), token.clone());
+            tokio::spawn(async move { store.fire(ID, pay().with_token(token)).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for racer in racers {
+        let outcome = racer.await.unwrap().expect("applied or duplicate");
+        applied += usize::from(!outcome.is_duplicate());
+        assert_eq!(outcome.transition().version, 1);
+    }
+    assert_eq!(applied, 1);
+}
+
+pub(crate) async fn timer_fires_as_a_transition_at_its_version<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let early = store.fire_due_timers::<Order>(10, MINUTE).await.unwrap();
+    assert!(early.is_empty(), "not due for 30 minutes: {early:?}");
+    h.expire_timers().await;
+    let fired = store.fire_due_timers::<Order>(10, MINUTE).await.unwrap();
+    assert_eq!(fired.len(), 1);
+    let (id, transition) = &fired[0];
+    assert_eq!(id, ID);
+    assert_eq!(
+        (transition.version, transition.from, transition.to),
+        (1, OrderState::Created, OrderState::Expired)
+    );
+    assert!(matches!(
+        transition.event,
+        Trigger::Timer {
+            edge: EXPIRY_EDGE,
+            ..
+        }
+    ));
+    let history = store.history::<Order>(ID).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(
+        store
+            .fire_due_timers::<Order>(10, MINUTE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(crate) async fn timer_of_a_machine_that_moved_on_is_a_no_op<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    h.expire_timers().await;
+    assert!(
+        store
+            .fire_due_timers::<Order>(10, MINUTE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let order = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((order.state, order.version), (OrderState::Paid, 1));
+    // A self-loop re-enters Created and re-arms; the old stamp is stale, the new one fires.
+    store.create::<Order>("o-2", self::order()).await.unwrap();
+    store.fire("o-2", annotate("wrap it")).await.unwrap();
+    h.expire_timers().await;
+    let fired = store.fire_due_timers::<Order>(10, MINUTE).await.unwrap();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].1.version, 2);
+}
+
+pub(crate) async fn timers_survive_a_restart<H: Harness>(h: &H) {
+    h.store().create::<Order>(ID, order()).await.unwrap();
+    let restarted = h.reopen().await;
+    h.expire_timers().await;
+    let fired = restarted
+        .fire_due_timers::<Order>(10, MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        restarted.load::<Order>(ID).await.unwrap().state,
+        OrderState::Expired
+    );
+}
+
+type Seen = Arc<Mutex<Vec<(EffectId, OrderEffect, u32)>>>;
+
+fn recorder() -> (
+    Seen,
+    impl Fn(
+        fsm_sqlx::Delivery<OrderEffect>,
+    ) -> std::future::Ready<Result<(), fsm_core::error::BoxError>>
+    + Send
+    + Sync
+    + Clone
+    + 'static,
+) {
+    let seen: Seen = Arc::default();
+    let sink = Arc::clone(&seen);
+    let handler = move |d: fsm_sqlx::Delivery<OrderEffect>| {
+        sink.lock().unwrap().push((d.id, d.effect, d.attempt));
+        std::future::ready(Ok(()))
+    };
+    (seen, handler)
+}
+
+pub(crate) async fn dispatcher_delivers_each_effect_once_with_a_stable_id<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay().with_key("p")).await.unwrap();
+    store.fire(ID, pay().with_key("p")).await.unwrap(); // duplicate: no second Charge
+    store.fire(ID, annotate("gift")).await.unwrap();
+    let dispatcher = Dispatcher::new(store.clone());
+    let (seen, handler) = recorder();
+    let report = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        DispatchReport {
+            claimed: 2,
+            done: 2,
+            retried: 0,
+            dead: 0
+        }
+    );
+    let seen = seen.lock().unwrap().clone();
+    let ids: Vec<String> = seen.iter().map(|(id, _, _)| id.to_string()).collect();
+    assert_eq!(ids, ["Order/o-1/1/0", "Order/o-1/2/0"]);
+    assert_eq!(seen[0].1, OrderEffect::Charge { cents: 500 });
+    assert_eq!(seen[1].1, OrderEffect::Noted("gift".into()));
+    assert!(seen.iter().all(|(_, _, attempt)| *attempt == 1));
+    let again = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(again.claimed, 0);
+}
+
+pub(crate) async fn failing_handler_retries_then_dead_letters<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let options = DispatchOptions {
+        max_attempts: 3,
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(40),
+        ..DispatchOptions::default()
+    };
+    let dispatcher = Dispatcher::new(store.clone()).with_options(options);
+    let attempts: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let failing = {
+        let attempts = Arc::clone(&attempts);
+        move |d: fsm_sqlx::Delivery<OrderEffect>| {
+            attempts.lock().unwrap().push((d.id.to_string(), d.attempt));
+            std::future::ready(Err::<(), fsm_core::error::BoxError>(
+                "card processor down".into(),
+            ))
+        }
+    };
+    let first = dispatcher
+        .dispatch_once::<Order, _, _>(&failing)
+        .await
+        .unwrap();
+    assert_eq!((first.claimed, first.retried), (1, 1));
+    // Backing off: not claimable at once.
+    assert_eq!(
+        dispatcher
+            .dispatch_once::<Order, _, _>(&failing)
+            .await
+            .unwrap()
+            .claimed,
+        0
+    );
+    for _ in 0..100 {
+        if attempts.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        dispatcher
+            .dispatch_once::<Order, _, _>(&failing)
+            .await
+            .unwrap();
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts,
+        [
+            ("Order/o-1/1/0".into(), 1),
+            ("Order/o-1/1/0".into(), 2),
+            ("Order/o-1/1/0".into(), 3)
+        ]
+    );
+    let dead = store.dead_letters::<Order>().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].effect, Some(OrderEffect::Charge { cents: 500 }));
+    assert_eq!(
+        (dead[0].attempts, dead[0].last_error.as_deref()),
+        (3, Some("card processor down"))
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        dispatcher
+            .dispatch_once::<Order, _, _>(&failing)
+            .await
+            .unwrap()
+            .claimed,
+        0,
+        "dead stays dead"
+    );
+
+    assert!(store.requeue(&dead[0].id).await.unwrap());
+    assert!(
+        !store.requeue(&dead[0].id).await.unwrap(),
+        "no longer a dead letter"
+    );
+    let (seen, handler) = recorder();
+    let report = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(report.done, 1);
+    assert_eq!(
+        seen.lock().unwrap()[0].2,
+        1,
+        "a requeued effect starts counting again"
+    );
+    assert!(store.dead_letters::<Order>().await.unwrap().is_empty());
+}
+
+pub(crate) async fn expired_lease_is_claimed_again<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let short = DispatchOptions {
+        lease: Duration::from_millis(100),
+        ..DispatchOptions::default()
+    };
+    // A worker claims the effect and dies before settling it.
+    let crashed = Dispatcher::new(store.clone()).with_options(short);
+    let crash = |_: fsm_sqlx::Delivery<OrderEffect>| {
+        std::future::pending::<Result<(), fsm_core::error::BoxError>>()
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_millis(30),
+        crashed.dispatch_once::<Order, _, _>(&crash),
+    )
+    .await;
+    let dispatcher = Dispatcher::new(store.clone());
+    let (seen, handler) = recorder();
+    assert_eq!(
+        dispatcher
+            .dispatch_once::<Order, _, _>(&handler)
+            .await
+            .unwrap()
+            .claimed,
+        0,
+        "still leased"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        dispatcher
+            .dispatch_once::<Order, _, _>(&handler)
+            .await
+            .unwrap()
+            .done,
+        1
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].0.to_string(), "Order/o-1/1/0");
+    assert_eq!(seen[0].2, 2, "second attempt, same id");
+}
+
+pub(crate) async fn concurrent_dispatchers_never_overlap<H: Harness>(h: &H) {
+    let store = h.store();
+    for i in 0..40 {
+        let id = format!("o-{i}");
+        store.create::<Order>(&id, order()).await.unwrap();
+        store.fire(&id, pay()).await.unwrap();
+    }
+    let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let options = DispatchOptions {
+        batch: 4,
+        ..DispatchOptions::default()
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let dispatcher = Dispatcher::new(store.clone()).with_options(options);
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let handler = move |d: fsm_sqlx::Delivery<OrderEffect>| {
+                    let counts = Arc::clone(&counts);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        *counts.lock().unwrap().entry(d.id.to_string()).or_default() += 1;
+                        Ok::<(), fsm_core::error::BoxError>(())
+                    }
+                };
+                while dispatcher
+                    .dispatch_once::<Order, _, _>(&handler)
+                    .await
+                    .unwrap()
+                    .claimed
+                    > 0
+                {}
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let counts = counts.lock().unwrap();
+    assert_eq!(counts.len(), 40);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+pub(crate) async fn shutdown_lets_in_flight_handlers_finish<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finished: Seen = Arc::default();
+    let handler = {
+        let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
+        move |d: fsm_sqlx::Delivery<OrderEffect>| {
+            let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
+            async move {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.lock().unwrap().push((d.id, d.effect, d.attempt));
+                Ok::<(), fsm_core::error::BoxError>(())
+            }
+        }
+    };
+    let run =
+        tokio::spawn(Dispatcher::new(store.clone()).run::<Order, _, _>(handler, shutdown.clone()));
+    started.notified().await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        finished.lock().unwrap().len(),
+        1,
+        "the in-flight handler finished"
+    );
+    let (_, handler) = recorder();
+    let after = Dispatcher::new(store)
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(after.claimed, 0, "and its effect was marked done");
+}

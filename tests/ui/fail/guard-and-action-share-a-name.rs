@@ -1,0 +1,9 @@
+fsm::state_machine! {
+    machine Door {
+        context: u32,
+        *Open + Close [check] => Closed,
+        Closed + Open / check => Open,
+    }
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+fsm::state_machine! {
+    machine Door {
+        *Open + Close => Closed,
+        Closed + Open => Open,
+        Open + after(0 s) => Closed,
+    }
+}
+
+fn main() {}
