@@ -259,10 +259,7 @@ async fn lifecycle<S: Store>(store: S, out: &Path) -> Result<(), Failure> {
     );
 
     println!("\nhistory:");
-    println!(
-        "{:>7}  {:<9} {:<8} {:<9} {}",
-        "version", "from", "event", "to", "key"
-    );
+    println!("version  from      event    to        key");
     for t in store.history::<Order>(&id).await? {
         let event = t.event.event().map_or("timer", Order::event_name);
         println!(

@@ -1,0 +1,552 @@
+//! The HTTP face of the Order machine: the router, its handlers, and how fsm's errors
+//! become status codes and RFC 9457 `application/problem+json` bodies.
+//!
+//! | route | answers |
+//! | --- | --- |
+//! | `POST /orders` `{"id","total_cents"}` | 201 + `Location` (created), 200 (same id and body again), 409 (id taken with another total) |
+//! | `POST /orders/{id}/events` + `Idempotency-Key` | 200 (applied), 200 + `Idempotent-Replayed: true` (retry: the first response again), 400, 404, 409, 422 |
+//! | `GET /orders/{id}` | 200 snapshot `{id, state, version, context}`, 404 |
+//! | `GET /orders/{id}/history` | 200 array of transitions (versions 1..n), 404 |
+//! | `GET /orders/diagram.svg` | 200 `image/svg+xml` |
+//!
+//! Status codes of `POST /orders/{id}/events` follow the IETF httpapi
+//! `Idempotency-Key` draft:
+//!
+//! * no `Idempotency-Key`, or one that is not a valid key (empty, over 255 bytes, not
+//!   visible ASCII): **400**. The key is a Structured Field string (`"abc"`); a bare
+//!   token (`abc`) is accepted too and means the same key;
+//! * the key was used before with the same event: the original response, **same status
+//!   and same body**, plus `Idempotent-Replayed: true`. The body is built from the
+//!   recorded transition only (`{id, state, version, transition}`), never from the
+//!   instance's current state, so a replay is byte-for-byte the first answer;
+//! * the key was used before with another event ([`Error::KeyReused`]): **422**;
+//! * a concurrent writer kept winning the compare-and-set ([`Error::Conflict`]): **409**
+//!   with `Retry-After`;
+//! * the event is not allowed in the current state ([`Error::IllegalTransition`]):
+//!   **409**, the problem names `state`, `event` and `repeat` (true when the state is
+//!   where the event leads, i.e. it most likely happened already);
+//! * a guard refused the event ([`Error::GuardRejected`], e.g. a payment that does not
+//!   match the total): **422**, because the state allows the event and what is wrong
+//!   is the request's content; the problem lists the `guards`;
+//! * unknown order: **404**; a body that is not JSON: **400**; JSON that is not an
+//!   `OrderEvent` (unknown event, missing field): **422**; no JSON content type: **415**;
+//! * stored data that does not parse: **500**; the database unreachable: **503**, with
+//!   the backend's own error logged on stderr and not sent.
+//!
+//! An order whose id is `diagram.svg` can be created and fired at, but
+//! `GET /orders/diagram.svg` is the diagram: a static segment wins over `{id}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use fsm::{Command, Effects, Error, Snapshot, StateMachine, Store, Transition};
+
+/// A card payment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Payment {
+    /// Amount in cents.
+    pub(crate) amount_cents: u64,
+}
+
+/// A carrier's tracking number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Tracking(pub(crate) String);
+
+/// Why an order was cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Reason(pub(crate) String);
+
+/// What the service knows about an order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OrderData {
+    /// What the customer owes, in cents.
+    pub(crate) total_cents: u64,
+    /// What was paid, in cents.
+    pub(crate) paid_cents: u64,
+    /// The parcel's tracking number once shipped.
+    pub(crate) tracking: Option<String>,
+}
+
+/// Side effects, written to the outbox with each transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum OrderEffect {
+    /// Capture the payment at the card processor.
+    Charge {
+        /// Amount in cents.
+        cents: u64,
+    },
+    /// Give money back.
+    Refund {
+        /// Amount in cents.
+        cents: u64,
+    },
+    /// Tell the customer where the parcel is.
+    EmailTracking(String),
+}
+
+// The same machine as examples/order_lifecycle.rs.
+fsm::state_machine! {
+    /// An order from checkout to delivery.
+    pub(crate) machine Order {
+        context: OrderData,
+        effect: OrderEffect,
+
+        states {
+            /// Placed, waiting for payment.
+            Created,
+            /// Paid, waiting for the warehouse.
+            Paid,
+            /// Handed to the carrier.
+            Shipped,
+            /// At the customer.
+            Delivered,
+            /// Cancelled before shipping; any payment is refunded.
+            Cancelled,
+            /// Never paid.
+            Expired,
+        }
+
+        *Created + Pay(Payment) [amount_matches] / record_payment => Paid,
+        Created | Paid + Cancel(Reason) / refund_if_paid => Cancelled,
+        Paid + Ship(Tracking) / email_tracking => Shipped,
+        Shipped + Deliver => Delivered,
+        Created + after(30 min) => Expired,
+    }
+}
+
+impl OrderRules for OrderData {
+    fn amount_matches(&self, payment: &Payment) -> bool {
+        payment.amount_cents == self.total_cents
+    }
+
+    fn record_payment(&mut self, payment: &Payment, effects: &mut Effects<OrderEffect>) {
+        self.paid_cents += payment.amount_cents;
+        effects.emit(OrderEffect::Charge {
+            cents: payment.amount_cents,
+        });
+    }
+
+    fn refund_if_paid(&mut self, _reason: &Reason, effects: &mut Effects<OrderEffect>) {
+        if self.paid_cents > 0 {
+            effects.emit(OrderEffect::Refund {
+                cents: self.paid_cents,
+            });
+            self.paid_cents = 0;
+        }
+    }
+
+    fn email_tracking(&mut self, tracking: &Tracking, effects: &mut Effects<OrderEffect>) {
+        self.tracking = Some(tracking.0.clone());
+        effects.emit(OrderEffect::EmailTracking(tracking.0.clone()));
+    }
+}
+
+/// The request header carrying the idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Set to `true` on a response that replays the first answer to an idempotency key.
+pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The media type of every error body.
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What every handler shares: the store and the diagram, rendered once.
+struct App<S> {
+    store: S,
+    diagram: Bytes,
+}
+
+type Shared<S> = State<Arc<App<S>>>;
+
+/// The service's routes over `store`, which must be migrated already.
+pub(crate) fn router<S: Store>(store: S) -> Router {
+    let diagram = Bytes::from(fsm::diagram::svg(<Order as StateMachine>::DEFINITION));
+    Router::new()
+        .route("/orders", post(create_order::<S>))
+        // A static segment wins over `{id}` in axum 0.8, whatever the order here.
+        .route("/orders/diagram.svg", get(diagram_svg::<S>))
+        .route("/orders/{id}", get(get_order::<S>))
+        .route("/orders/{id}/events", post(fire_event::<S>))
+        .route("/orders/{id}/history", get(get_history::<S>))
+        .fallback(no_route)
+        .with_state(Arc::new(App { store, diagram }))
+}
+
+/// Body of `POST /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    /// The business id; creating it again with the same total is a no-op.
+    id: String,
+    /// What the customer owes, in cents.
+    total_cents: u64,
+}
+
+/// `POST /orders`: 201 the first time, 200 with the current snapshot when the same id and
+/// total come again, 409 when the id exists with another total.
+///
+/// Two racing first requests may both answer 201 (the store's `create` does not say
+/// whether it created); either way the order exists once.
+async fn create_order<S: Store>(
+    State(app): Shared<S>,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(new) = body?;
+    let existed = match app.store.load::<Order>(&new.id).await {
+        Ok(_) => true,
+        Err(Error::NotFound { .. } | Error::InvalidId { .. }) => false,
+        Err(err) => return Err(err.into()),
+    };
+    let context = OrderData {
+        total_cents: new.total_cents,
+        ..OrderData::default()
+    };
+    let snapshot = app.store.create::<Order>(&new.id, context).await?;
+    if existed {
+        return Ok(Json(snapshot).into_response());
+    }
+    let location = HeaderValue::try_from(format!("/orders/{}", encode_segment(&snapshot.id)))
+        .map_err(|_| Problem::internal("the order's location is not a valid header"))?;
+    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(snapshot)).into_response())
+}
+
+/// `GET /orders/{id}`: the snapshot.
+async fn get_order<S: Store>(
+    State(app): Shared<S>,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot<Order>>, Problem> {
+    Ok(Json(app.store.load::<Order>(&id).await?))
+}
+
+/// `GET /orders/{id}/history`: the applied transitions, version 1 first.
+async fn get_history<S: Store>(
+    State(app): Shared<S>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Transition<Order>>>, Problem> {
+    Ok(Json(app.store.history::<Order>(&id).await?))
+}
+
+/// `GET /orders/diagram.svg`: the machine as drawn from its definition.
+async fn diagram_svg<S: Store>(State(app): Shared<S>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))],
+        app.diagram.clone(),
+    )
+}
+
+/// Body of a 200 from `POST /orders/{id}/events`: the recorded transition and where it
+/// left the order. Built from the transition alone, so a replay is identical.
+#[derive(Serialize)]
+struct Fired<'a> {
+    /// The order.
+    id: &'a str,
+    /// The state the transition led to.
+    state: OrderState,
+    /// The version the transition produced.
+    version: u64,
+    /// The history row.
+    transition: &'a Transition<Order>,
+}
+
+/// `POST /orders/{id}/events`: fires the event in the body under the request's
+/// `Idempotency-Key`.
+async fn fire_event<S: Store>(
+    State(app): Shared<S>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<OrderEvent>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
+    let Json(event) = body?;
+    let outcome = app
+        .store
+        .fire::<Order>(&id, Command::new(event).with_key(key))
+        .await?;
+    let transition = outcome.transition();
+    let body = Json(Fired {
+        id: &id,
+        state: transition.to,
+        version: transition.version,
+        transition,
+    });
+    let mut response = (StatusCode::OK, body).into_response();
+    if outcome.is_duplicate() {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Reads `Idempotency-Key`: a Structured Field string (`"k"`), or, leniently, the bare
+/// value. Length is left to the store, which answers [`Error::InvalidKey`].
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "missing-idempotency-key",
+            "Idempotency-Key required",
+            "POST /orders/{id}/events needs exactly one Idempotency-Key header, \
+             e.g. Idempotency-Key: \"8e03978e\"",
+        ));
+    };
+    let invalid = |why: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            format!("Idempotency-Key {why}"),
+        )
+    };
+    let raw = value
+        .to_str()
+        .map_err(|_| invalid("must be visible ASCII"))?;
+    let Some(quoted) = raw.strip_prefix('"') else {
+        return Ok(raw.to_owned());
+    };
+    // sf-string: `"` *( unescaped / `\"` / `\\` ) `"`
+    let mut key = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    loop {
+        match chars.next() {
+            Some('"') if chars.as_str().is_empty() => return Ok(key),
+            Some('\\') => match chars.next() {
+                Some(c @ ('"' | '\\')) => key.push(c),
+                _ => return Err(invalid("has a bad escape in its quoted string")),
+            },
+            Some('"') | None => return Err(invalid("is not a well-formed quoted string")),
+            Some(c) => key.push(c),
+        }
+    }
+}
+
+/// Percent-encodes an id for use as one path segment.
+fn encode_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Any path the router does not know.
+async fn no_route() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "No such route",
+        "see the routes in examples/http_service/app.rs",
+    )
+}
+
+/// An RFC 9457 problem: `type`, `title`, `status`, `detail` and extension members,
+/// sent as `application/problem+json`.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    status: StatusCode,
+    body: ProblemBody,
+    retry_after: Option<u32>,
+}
+
+/// The members of a problem, the standard ones first.
+#[derive(Debug, Serialize)]
+struct ProblemBody {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(flatten)]
+    extensions: Map<String, Value>,
+}
+
+impl Problem {
+    /// A problem whose `type` is `urn:fsm:problem:{kind}`.
+    fn new(status: StatusCode, kind: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            body: ProblemBody {
+                kind: format!("urn:fsm:problem:{kind}"),
+                title,
+                status: status.as_u16(),
+                detail: detail.into(),
+                extensions: Map::new(),
+            },
+            retry_after: None,
+        }
+    }
+
+    /// A 500 whose detail says what went wrong in this service, not in the store.
+    fn internal(detail: &str) -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            detail,
+        )
+    }
+
+    /// Adds an extension member.
+    fn with(mut self, name: &str, value: impl Serialize) -> Self {
+        self.body.extensions.insert(
+            name.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(rejection: JsonRejection) -> Self {
+        let (kind, title) = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => ("malformed-json", "Malformed JSON body"),
+            JsonRejection::JsonDataError(_) => {
+                ("unexpected-body", "Body does not have the expected shape")
+            }
+            JsonRejection::MissingJsonContentType(_) => (
+                "unsupported-media-type",
+                "Expected Content-Type: application/json",
+            ),
+            _ => ("unreadable-body", "Body could not be read"),
+        };
+        Problem::new(rejection.status(), kind, title, rejection.body_text())
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(err: Error) -> Self {
+        let detail = err.to_string();
+        match err {
+            Error::IllegalTransition {
+                state,
+                event,
+                repeat,
+                ..
+            } => Problem::new(
+                StatusCode::CONFLICT,
+                "illegal-transition",
+                "Event not allowed in the current state",
+                detail,
+            )
+            .with("state", state)
+            .with("event", event)
+            .with("repeat", repeat),
+            Error::GuardRejected {
+                state,
+                event,
+                guards,
+                ..
+            } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "guard-rejected",
+                "Event rejected by the order's rules",
+                detail,
+            )
+            .with("state", state)
+            .with("event", event)
+            .with("guards", guards),
+            Error::KeyReused { key, version, .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key already used for another request",
+                detail,
+            )
+            .with("key", key)
+            .with("version", version),
+            Error::InvalidKey { len, .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+                detail,
+            )
+            .with("length", len),
+            Error::InvalidId { len, .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-id",
+                "Invalid order id",
+                detail,
+            )
+            .with("length", len),
+            Error::InvalidToken { .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-token",
+                "Invalid token",
+                detail,
+            ),
+            Error::Conflict { version, .. } => Problem {
+                retry_after: Some(1),
+                ..Problem::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "Concurrent update, retry",
+                    detail,
+                )
+                .with("version", version)
+            },
+            Error::NotFound { id, .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", "No such order", detail)
+                    .with("id", id)
+            }
+            Error::AlreadyExists { state, version, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                "Order exists with another total",
+                detail,
+            )
+            .with("state", state)
+            .with("version", version),
+            Error::Corrupt { .. } | Error::Serialization { .. } => {
+                eprintln!("error: {err}");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt",
+                    "Stored data could not be read",
+                    detail,
+                )
+            }
+            Error::Database { operation, source } => {
+                eprintln!("error: {operation}: database error: {source}");
+                Problem {
+                    retry_after: Some(1),
+                    ..Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database-unavailable",
+                        "Database unavailable",
+                        format!("{operation}: the database did not answer; retry later"),
+                    )
+                }
+            }
+            _ => {
+                eprintln!("error: {err}");
+                Problem::internal("unexpected store error")
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The HTTP service example (`examples/http_service`), driven over real HTTP on
+//! loopback: each test starts the router on an ephemeral port with its own SQLite file
+//! store and talks to it with an HTTP client, as a checkout or a warehouse would.
+
+#[path = "../examples/http_service/app.rs"]
+mod app;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+/// The app on `127.0.0.1:0` over a fresh SQLite file, and a client for it.
+struct Service {
+    base: String,
+    http: reqwest::Client,
+    dir: PathBuf,
+    store: fsm::sqlx::SqliteStore,
+}
+
+/// What came back: status, headers and the body as JSON (or text when not JSON).
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Asserts an RFC 9457 problem with this status and returns its body.
+    fn problem(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status.as_u16(), "{body}");
+        for member in ["type", "title", "detail"] {
+            assert!(body[member].is_string(), "problem without {member}: {body}");
+        }
+        body
+    }
+}
+
+impl Service {
+    async fn start() -> Service {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "http_service-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = fsm::sqlx::SqliteStore::open(dir.join("orders.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = app::router(store.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Service {
+            base,
+            http,
+            dir,
+            store,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.unwrap();
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            text: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn create(&self, id: &str, total_cents: u64) -> Reply {
+        let body = json!({ "id": id, "total_cents": total_cents });
+        self.send(self.http.post(format!("{}/orders", self.base)).json(&body))
+            .await
+    }
+
+    /// `POST /orders/{id}/events` with `event` as JSON and, if given, the key.
+    async fn fire(&self, id: &str, key: Option<&str>, event: Value) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/orders/{id}/events", self.base))
+            .json(&event);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request).await
+    }
+
+    /// An order of 42.00 that is already created.
+    async fn order(&self, id: &str) {
+        assert_eq!(self.create(id, 4_200).await.status, StatusCode::CREATED);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pay(cents: u64) -> Value {
+    json!({ "Pay": { "amount_cents": cents } })
+}
+
+#[tokio::test]
+async fn creating_an_order_is_201_then_200_with_the_same_body_then_409_for_another_total() {
+    let service = Service::start().await;
+
+    let first = service.create("o-1", 4_200).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.header("location"), Some("/orders/o-1"));
+    assert_eq!(
+        first.json(),
+        json!({
+            "id": "o-1",
+            "state": "Created",
+            "version": 0,
+            "context": { "total_cents": 4200, "paid_cents": 0, "tracking": null }
+        })
+    );
+
+    let again = service.create("o-1", 4_200).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.text, first.text);
+
+    let other = service
+        .create("o-1", 9_900)
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(other["type"], "urn:fsm:problem:already-exists");
+    assert_eq!(other["state"], "Created");
+    assert_eq!(service.get("/orders/o-1").await.text, first.text);
+}
+
+#[tokio::test]
+async fn an_event_without_an_idempotency_key_is_400_and_changes_nothing() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+
+    let reply = service.fire("o-1", None, pay(4_200)).await;
+
+    let problem = reply.problem(StatusCode::BAD_REQUEST);
+    assert_eq!(problem["type"], "urn:fsm:problem:missing-idempotency-key");
+    assert_eq!(service.get("/orders/o-1").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_that_is_empty_too_long_or_badly_quoted_is_400() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+
+    let too_long = "k".repeat(256);
+    for key in [
+        "\"\"",
+        too_long.as_str(),
+        "\"unterminated",
+        "\"bad\\escape\"",
+    ] {
+        let reply = service.fire("o-1", Some(key), pay(4_200)).await;
+        let problem = reply.problem(StatusCode::BAD_REQUEST);
+        assert_eq!(
+            problem["type"], "urn:fsm:problem:invalid-idempotency-key",
+            "{key}"
+        );
+    }
+    assert_eq!(service.get("/orders/o-1").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn paying_applies_once_and_a_retry_replays_the_first_response() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+
+    let first = service.fire("o-1", Some("\"pay-1\""), pay(4_200)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let body = first.json();
+    assert_eq!(body["id"], "o-1");
+    assert_eq!(body["state"], "Paid");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["transition"]["from"], "Created");
+    assert_eq!(body["transition"]["to"], "Paid");
+    assert_eq!(body["transition"]["key"], "pay-1");
+    assert_eq!(
+        body["transition"]["event"],
+        json!({ "event": { "Pay": { "amount_cents": 4200 } } })
+    );
+
+    let retry = service.fire("o-1", Some("\"pay-1\""), pay(4_200)).await;
+    assert_eq!(retry.status, first.status);
+    assert_eq!(retry.text, first.text);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+
+    // A bare token is the same key as the quoted string.
+    let bare = service.fire("o-1", Some("pay-1"), pay(4_200)).await;
+    assert_eq!(bare.text, first.text);
+    assert_eq!(bare.header("idempotent-replayed"), Some("true"));
+
+    let order = service.get("/orders/o-1").await.json();
+    assert_eq!(
+        (order["state"].clone(), order["version"].clone()),
+        (json!("Paid"), json!(1))
+    );
+    assert_eq!(order["context"]["paid_cents"], 4200);
+}
+
+#[tokio::test]
+async fn a_replay_still_answers_as_the_first_time_after_the_order_moved_on() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    let first = service.fire("o-1", Some("pay-1"), pay(4_200)).await;
+    let ship = json!({ "Ship": "1Z999" });
+    assert_eq!(
+        service.fire("o-1", Some("ship-1"), ship).await.status,
+        StatusCode::OK
+    );
+
+    let late_retry = service.fire("o-1", Some("pay-1"), pay(4_200)).await;
+
+    assert_eq!(late_retry.status, StatusCode::OK);
+    assert_eq!(late_retry.text, first.text);
+    assert_eq!(late_retry.json()["state"], "Paid");
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_payload_is_422() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    assert_eq!(
+        service.fire("o-1", Some("pay-1"), pay(4_200)).await.status,
+        StatusCode::OK
+    );
+
+    let reply = service.fire("o-1", Some("pay-1"), pay(100)).await;
+
+    let problem = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], "urn:fsm:problem:idempotency-key-reused");
+    assert_eq!(problem["key"], "pay-1");
+    assert_eq!(problem["version"], 1);
+}
+
+#[tokio::test]
+async fn shipping_before_paying_is_409_naming_the_state_and_the_event() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    service.order("o-2").await;
+    assert_eq!(
+        service.fire("o-1", Some("pay-1"), pay(4_200)).await.status,
+        StatusCode::OK
+    );
+
+    let reply = service
+        .fire("o-2", Some("ship-1"), json!({ "Ship": "1Z999" }))
+        .await;
+
+    let problem = reply.problem(StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "urn:fsm:problem:illegal-transition");
+    assert_eq!(problem["state"], "Created");
+    assert_eq!(problem["event"], "Ship");
+    assert_eq!(problem["repeat"], false);
+    assert_eq!(
+        problem["detail"],
+        "Order o-2: event Ship is not allowed in state Created"
+    );
+    assert_eq!(service.get("/orders/o-2").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn paying_again_under_a_new_key_is_409_with_repeat_true() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    assert_eq!(
+        service.fire("o-1", Some("pay-1"), pay(4_200)).await.status,
+        StatusCode::OK
+    );
+
+    let reply = service.fire("o-1", Some("pay-2"), pay(4_200)).await;
+
+    let problem = reply.problem(StatusCode::CONFLICT);
+    assert_eq!(
+        (problem["state"].clone(), problem["event"].clone()),
+        (json!("Paid"), json!("Pay"))
+    );
+    assert_eq!(problem["repeat"], true);
+}
+
+#[tokio::test]
+async fn a_payment_that_does_not_match_the_total_is_422_from_the_guard() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+
+    let reply = service.fire("o-1", Some("pay-1"), pay(100)).await;
+
+    let problem = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], "urn:fsm:problem:guard-rejected");
+    assert_eq!(problem["guards"], json!(["amount_matches"]));
+    assert_eq!(problem["state"], "Created");
+    // Nothing was recorded under the key: the right amount may use it.
+    assert_eq!(
+        service.fire("o-1", Some("pay-1"), pay(4_200)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_404_on_every_route() {
+    let service = Service::start().await;
+
+    for reply in [
+        service.get("/orders/nope").await,
+        service.get("/orders/nope/history").await,
+        service.fire("nope", Some("pay-1"), pay(4_200)).await,
+    ] {
+        let problem = reply.problem(StatusCode::NOT_FOUND);
+        assert_eq!(problem["type"], "urn:fsm:problem:not-found");
+        assert_eq!(problem["id"], "nope");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_400_and_one_that_is_no_event_is_422() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    let url = format!("{}/orders/o-1/events", service.base);
+    let raw = |body: &'static str| {
+        service
+            .http
+            .post(&url)
+            .header("Idempotency-Key", "k-1")
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+    };
+
+    let malformed = service.send(raw("{\"Pay\": {")).await;
+    let problem = malformed.problem(StatusCode::BAD_REQUEST);
+    assert_eq!(problem["type"], "urn:fsm:problem:malformed-json");
+
+    let unknown = service.send(raw("{\"Teleport\": {}}")).await;
+    let problem = unknown.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], "urn:fsm:problem:unexpected-body");
+
+    let untyped = service
+        .send(
+            service
+                .http
+                .post(&url)
+                .header("Idempotency-Key", "k-1")
+                .body("\"Deliver\""),
+        )
+        .await;
+    untyped.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let bad_create = service
+        .send(
+            service
+                .http
+                .post(format!("{}/orders", service.base))
+                .header(CONTENT_TYPE, "application/json")
+                .body("not json"),
+        )
+        .await;
+    bad_create.problem(StatusCode::BAD_REQUEST);
+    assert_eq!(service.get("/orders/o-1").await.json()["version"], 0);
+}
+
+#[tokio::test]
+async fn the_diagram_is_an_svg_drawn_from_the_definition() {
+    let service = Service::start().await;
+
+    let reply = service.get("/orders/diagram.svg").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), Some("image/svg+xml"));
+    assert!(reply.text.contains("<svg"), "{}", reply.text);
+    for state in [
+        "Created",
+        "Paid",
+        "Shipped",
+        "Delivered",
+        "Cancelled",
+        "Expired",
+    ] {
+        assert!(reply.text.contains(state), "diagram lacks {state}");
+    }
+}
+
+#[tokio::test]
+async fn history_lists_every_applied_transition_from_version_1() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    assert!(
+        service
+            .get("/orders/o-1/history")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    for (key, event) in [
+        ("pay-1", pay(4_200)),
+        ("ship-1", json!({ "Ship": "1Z999" })),
+        ("pay-1", pay(4_200)), // a late retry: replayed, not recorded again
+        ("deliver-1", json!("Deliver")),
+    ] {
+        assert_eq!(
+            service.fire("o-1", Some(key), event).await.status,
+            StatusCode::OK
+        );
+    }
+
+    let history = service.get("/orders/o-1/history").await;
+    assert_eq!(history.status, StatusCode::OK);
+    let rows: Vec<(u64, String, String, String)> = history
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["version"].as_u64().unwrap(),
+                t["from"].as_str().unwrap().to_owned(),
+                t["to"].as_str().unwrap().to_owned(),
+                t["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let row = |v, from: &str, to: &str, key: &str| (v, from.into(), to.into(), key.into());
+    assert_eq!(
+        rows,
+        [
+            row(1, "Created", "Paid", "pay-1"),
+            row(2, "Paid", "Shipped", "ship-1"),
+            row(3, "Shipped", "Delivered", "deliver-1"),
+        ]
+    );
+    let order = service.get("/orders/o-1").await.json();
+    assert_eq!(order["state"], "Delivered");
+    assert_eq!(order["context"]["tracking"], "1Z999");
+}
+
+#[tokio::test]
+async fn a_database_that_is_gone_is_503_without_the_backends_message() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+    service.store.pool().close().await;
+
+    for reply in [
+        service.get("/orders/o-1").await,
+        service.fire("o-1", Some("pay-1"), pay(4_200)).await,
+    ] {
+        let problem = reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem["type"], "urn:fsm:problem:database-unavailable");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(!detail.contains("pool"), "backend detail leaked: {detail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_posts_with_one_key_apply_exactly_once() {
+    let service = Arc::new(Service::start().await);
+    service.order("o-1").await;
+
+    // 50 tasks released together: a double click, retries and a resend, all at once.
+    let start = Arc::new(Barrier::new(50));
+    let racers: Vec<_> = (0..50)
+        .map(|_| {
+            let (service, start) = (Arc::clone(&service), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                service
+                    .fire("o-1", Some("\"double-click\""), pay(4_200))
+                    .await
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for racer in racers {
+        replies.push(racer.await.unwrap());
+    }
+
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let applied: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_none())
+        .collect();
+    assert_eq!(applied.len(), 1, "exactly one request applies");
+    for reply in &replies {
+        assert_eq!(
+            reply.text, applied[0].text,
+            "every retry gets the first body"
+        );
+    }
+    let history = service.get("/orders/o-1/history").await.json();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    let order = service.get("/orders/o-1").await.json();
+    assert_eq!(
+        (order["state"].clone(), order["version"].clone()),
+        (json!("Paid"), json!(1))
+    );
+    assert_eq!(order["context"]["paid_cents"], 4200, "charged once");
+}
