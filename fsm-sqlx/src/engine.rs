@@ -183,13 +183,14 @@ pub trait Backend: Send + Sync {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<RawEffect>>> + Send;
 
-    /// Records how a claimed outbox row ended.
+    /// Records how a claimed outbox row ended, unless the claim's lease was lost (the
+    /// row was claimed again since); `false` then.
     fn settle_effect(
         &self,
         machine: &'static str,
         effect: &RawEffect,
         settlement: Settlement<'_>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Dead-lettered outbox rows of a machine type, oldest first.
     fn dead_effects(
@@ -612,6 +613,10 @@ pub async fn fire_timer<B: Backend, M: StateMachine>(
 
 /// Implements [`fsm_core::Store`] for a backend through this module's functions, so every
 /// backend behaves the same by construction.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(unused_macros)
+)]
 macro_rules! impl_store {
     ($store:ty) => {
         impl ::fsm_core::Store for $store {

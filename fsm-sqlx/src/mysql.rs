@@ -148,15 +148,15 @@ WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
 
 const EFFECT_DONE: &str = "\
 UPDATE fsm_outbox SET done_at = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?";
 
 const EFFECT_RETRY: &str = "\
 UPDATE fsm_outbox SET available_at = ?, last_error = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?";
 
 const EFFECT_DEAD: &str = "\
 UPDATE fsm_outbox SET dead = TRUE, last_error = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?";
 
 const DEAD_EFFECTS: &str = "\
 SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
@@ -548,23 +548,26 @@ impl Backend for MySqlStore {
         machine: &'static str,
         effect: &RawEffect,
         settlement: Settlement<'_>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let query = match settlement {
             Settlement::Done { at } => sqlx::query(EFFECT_DONE).bind(at),
             Settlement::Retry { at, error } => sqlx::query(EFFECT_RETRY).bind(at).bind(error),
             Settlement::Dead { error } => sqlx::query(EFFECT_DEAD).bind(error),
         };
-        query
+        let done = query
             .bind(machine)
             .bind(&effect.machine_id)
             .bind(effect.version)
             .bind(effect.seq)
+            // `attempts` is the claim's lease token: a worker whose lease expired and was
+            // claimed again settles nothing.
+            .bind(effect.attempts)
             .execute(&self.pool)
             .await
             .map_err(database(|| {
                 format!("settle {machine} {} effect", effect.machine_id)
             }))?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn dead_effects(&self, machine: &'static str) -> Result<Vec<RawEffect>> {

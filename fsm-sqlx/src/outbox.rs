@@ -258,7 +258,10 @@ impl<S: DurableStore> Dispatcher<S> {
                     }
                 }
             };
-            self.store.settle_effect(machine, &row, settlement).await?;
+            if !self.store.settle_effect(machine, &row, settlement).await? {
+                // Our lease expired and another worker claimed the row: its outcome counts.
+                tracing::warn!(machine, id = %row.machine_id, version = row.version, seq = row.seq, "outbox lease lost before settling");
+            }
         }
         Ok(report)
     }

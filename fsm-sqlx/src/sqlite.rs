@@ -199,15 +199,15 @@ RETURNING machine_id, version, seq, effect, attempts, last_error";
 
 const EFFECT_DONE: &str = "\
 UPDATE fsm_outbox SET done_at = ?5, lease_until = NULL
-WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4";
+WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND attempts = ?6";
 
 const EFFECT_RETRY: &str = "\
-UPDATE fsm_outbox SET available_at = ?5, lease_until = NULL, last_error = ?6
-WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4";
+UPDATE fsm_outbox SET available_at = ?5, lease_until = NULL, last_error = ?7
+WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND attempts = ?6";
 
 const EFFECT_DEAD: &str = "\
-UPDATE fsm_outbox SET dead = 1, lease_until = NULL, last_error = ?5
-WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4";
+UPDATE fsm_outbox SET dead = 1, lease_until = NULL, last_error = ?7
+WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND attempts = ?6";
 
 const DEAD_EFFECTS: &str = "\
 SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
@@ -522,32 +522,28 @@ impl Backend for SqliteStore {
         machine: &'static str,
         effect: &RawEffect,
         settlement: Settlement<'_>,
-    ) -> Result<()> {
-        let query = match settlement {
-            Settlement::Done { at } => sqlx::query(EFFECT_DONE)
-                .bind(machine)
-                .bind(&effect.machine_id)
-                .bind(effect.version)
-                .bind(effect.seq)
-                .bind(at),
-            Settlement::Retry { at, error } => sqlx::query(EFFECT_RETRY)
-                .bind(machine)
-                .bind(&effect.machine_id)
-                .bind(effect.version)
-                .bind(effect.seq)
-                .bind(at)
-                .bind(error),
-            Settlement::Dead { error } => sqlx::query(EFFECT_DEAD)
-                .bind(machine)
-                .bind(&effect.machine_id)
-                .bind(effect.version)
-                .bind(effect.seq)
-                .bind(error),
+    ) -> Result<bool> {
+        let (sql, at, error) = match settlement {
+            Settlement::Done { at } => (EFFECT_DONE, Some(at), None),
+            Settlement::Retry { at, error } => (EFFECT_RETRY, Some(at), Some(error)),
+            Settlement::Dead { error } => (EFFECT_DEAD, None, Some(error)),
         };
-        query.execute(&self.pool).await.map_err(database(|| {
-            format!("settle {machine} {} effect", effect.machine_id)
-        }))?;
-        Ok(())
+        // `attempts` is the claim's lease token: a worker whose lease expired and was
+        // claimed again settles nothing.
+        let done = sqlx::query(sql)
+            .bind(machine)
+            .bind(&effect.machine_id)
+            .bind(effect.version)
+            .bind(effect.seq)
+            .bind(at)
+            .bind(effect.attempts)
+            .bind(error)
+            .execute(&self.pool)
+            .await
+            .map_err(database(|| {
+                format!("settle {machine} {} effect", effect.machine_id)
+            }))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn dead_effects(&self, machine: &'static str) -> Result<Vec<RawEffect>> {

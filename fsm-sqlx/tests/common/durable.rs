@@ -41,6 +41,7 @@ macro_rules! durable_tests {
             dispatcher_delivers_each_effect_once_with_a_stable_id,
             failing_handler_retries_then_dead_letters,
             expired_lease_is_claimed_again,
+            a_worker_that_lost_its_lease_settles_nothing,
             concurrent_dispatchers_never_overlap,
             shutdown_lets_in_flight_handlers_finish,
         );
@@ -488,4 +489,41 @@ pub(crate) async fn shutdown_lets_in_flight_handlers_finish<H: Harness>(h: &H) {
         .await
         .unwrap();
     assert_eq!(after.claimed, 0, "and its effect was marked done");
+}
+
+pub(crate) async fn a_worker_that_lost_its_lease_settles_nothing<H: Harness>(h: &H) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let short = DispatchOptions {
+        lease: Duration::from_millis(50),
+        max_attempts: 1,
+        ..DispatchOptions::default()
+    };
+    // A slow worker whose lease runs out mid-handler, then fails: it would dead-letter.
+    let slow = Dispatcher::new(store.clone()).with_options(short);
+    let slow_handler = |_: fsm_sqlx::Delivery<OrderEffect>| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Err::<(), fsm_core::error::BoxError>("timed out".into())
+    };
+    let stale = tokio::spawn(async move { slow.dispatch_once::<Order, _, _>(&slow_handler).await });
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let (seen, handler) = recorder();
+    let fresh = Dispatcher::new(store.clone())
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(fresh.done, 1, "the expired lease was claimed again");
+    assert_eq!(seen.lock().unwrap()[0].2, 2);
+    stale.await.unwrap().unwrap();
+    assert!(
+        store.dead_letters::<Order>().await.unwrap().is_empty(),
+        "the stale failure was ignored"
+    );
+    let (_, handler) = recorder();
+    let after = Dispatcher::new(store)
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(after.claimed, 0, "the fresh worker's Done stands");
 }
