@@ -42,8 +42,6 @@
 //! `CI` is set.
 #![cfg(all(unix, any(feature = "sqlite", feature = "postgres")))]
 
-// The shared module's `durable_tests!` is for the conformance files, not this one.
-#[allow(unused_macros, unused_imports)]
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

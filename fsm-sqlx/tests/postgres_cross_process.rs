@@ -22,16 +22,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Stdio};
-use std::str::FromStr;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::pg::Schema;
 use fsm_core::testing::{Note, Order, OrderData, OrderEvent, OrderState, Payment};
 use fsm_core::{Command, RetryPolicy, StateMachine, Store};
 use fsm_sqlx::PgStore;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::postgres::PgPoolOptions;
 
 const URL_VAR: &str = "FSM_POSTGRES_URL";
 const PROCESSES: usize = 4;
@@ -322,7 +321,7 @@ async fn order_in(schema: &Schema) -> PgStore {
 
 /// A worker's store: four connections, all open before the race, and a patient policy.
 async fn worker_store(url: &str, schema: &str, process: usize) -> PgStore {
-    let options = pg_options(url, schema, &format!("{schema}-w{process}"));
+    let options = common::pg::options(url, schema, &format!("{schema}-w{process}"));
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect_with(options)
@@ -636,69 +635,4 @@ impl Drop for Workers {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// A schema of its own per test, as in `postgres.rs`.
-
-/// Options connecting to `url` with `schema` as the `search_path`, shown as
-/// `application_name` in `pg_stat_activity`.
-fn pg_options(url: &str, schema: &str, application_name: &str) -> PgConnectOptions {
-    PgConnectOptions::from_str(url)
-        .expect("parse FSM_POSTGRES_URL")
-        .options([("search_path", schema)])
-        .application_name(application_name)
-}
-
-/// A schema, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
-struct Schema {
-    url: String,
-    name: String,
-    dropped: bool,
-}
-
-impl Schema {
-    async fn create(url: String) -> Self {
-        let name = common::unique_name();
-        // An identifier cannot be bound; this one is generated, never a caller's value.
-        admin(&url, format!("CREATE SCHEMA {name}")).await;
-        Schema {
-            url,
-            name,
-            dropped: false,
-        }
-    }
-
-    /// Options connecting into this schema as `application_name`.
-    fn options(&self, application_name: &str) -> PgConnectOptions {
-        pg_options(&self.url, &self.name, application_name)
-    }
-
-    async fn drop_now(&mut self) {
-        admin(&self.url, self.drop_sql()).await;
-        self.dropped = true;
-    }
-
-    fn drop_sql(&self) -> String {
-        format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if !self.dropped {
-            let (url, sql) = (self.url.clone(), self.drop_sql());
-            common::block_on_own_thread(async move { admin(&url, sql).await });
-        }
-    }
-}
-
-async fn admin(url: &str, sql: String) {
-    let mut conn = PgConnection::connect(url)
-        .await
-        .expect("connect to FSM_POSTGRES_URL");
-    conn.execute(sql.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let _ = conn.close().await;
 }

@@ -8,14 +8,14 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use common::pg::Schema;
 use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState, Payment};
 use fsm_core::{Command, Error, Outcome, Store};
 use fsm_sqlx::PgStore;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
 
 const URL_VAR: &str = "FSM_POSTGRES_URL";
 const ID: &str = "o-1";
@@ -367,69 +367,4 @@ async fn wait_until_gone(conn: &mut PgConnection, pid: i32) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// A schema of its own per test, as in `postgres.rs`.
-
-/// Options connecting to `url` with `schema` as the `search_path`, shown as
-/// `application_name` in `pg_stat_activity`.
-fn pg_options(url: &str, schema: &str, application_name: &str) -> PgConnectOptions {
-    PgConnectOptions::from_str(url)
-        .expect("parse FSM_POSTGRES_URL")
-        .options([("search_path", schema)])
-        .application_name(application_name)
-}
-
-/// A schema, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
-struct Schema {
-    url: String,
-    name: String,
-    dropped: bool,
-}
-
-impl Schema {
-    async fn create(url: String) -> Self {
-        let name = common::unique_name();
-        // An identifier cannot be bound; this one is generated, never a caller's value.
-        admin(&url, format!("CREATE SCHEMA {name}")).await;
-        Schema {
-            url,
-            name,
-            dropped: false,
-        }
-    }
-
-    /// Options connecting into this schema as `application_name`.
-    fn options(&self, application_name: &str) -> PgConnectOptions {
-        pg_options(&self.url, &self.name, application_name)
-    }
-
-    async fn drop_now(&mut self) {
-        admin(&self.url, self.drop_sql()).await;
-        self.dropped = true;
-    }
-
-    fn drop_sql(&self) -> String {
-        format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if !self.dropped {
-            let (url, sql) = (self.url.clone(), self.drop_sql());
-            common::block_on_own_thread(async move { admin(&url, sql).await });
-        }
-    }
-}
-
-async fn admin(url: &str, sql: String) {
-    let mut conn = PgConnection::connect(url)
-        .await
-        .expect("connect to FSM_POSTGRES_URL");
-    conn.execute(sql.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let _ = conn.close().await;
 }

@@ -29,6 +29,8 @@ pub(crate) trait Harness: Send + Sync + Sized + 'static {
 }
 
 /// One `#[tokio::test]` per specification, each with a fresh harness from `$make`.
+// Test crates that run no durable suite include this module too.
+#[allow(unused_macros)]
 macro_rules! durable_tests {
     ($make:expr) => {
         $crate::common::durable::durable_tests!(@cases $make;
@@ -57,6 +59,7 @@ macro_rules! durable_tests {
         )*
     };
 }
+#[allow(unused_imports)]
 pub(crate) use durable_tests;
 
 const ID: &str = "o-1";
