@@ -188,22 +188,33 @@ pub fn fingerprint_json(value: &serde_json::Value) -> Fingerprint {
     Fingerprint(hasher.finalize().into())
 }
 
-// Sorts explicitly rather than trusting serde_json's map order, which the
+/// Feeds bytes written by serde_json straight into the hasher.
+struct Hashing<'a>(&'a mut Sha256);
+
+impl std::io::Write for Hashing<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Checks the order rather than trusting serde_json's map type, which the
 // `preserve_order` feature (enabled by any crate in the build) would change.
 fn write_canonical(value: &serde_json::Value, out: &mut Sha256) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.update(b"{");
-            for (i, (key, value)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                out.update(Value::String(key.clone()).to_string().as_bytes());
-                out.update(b":");
-                write_canonical(value, out);
+            if map.keys().is_sorted() {
+                write_entries(map.iter(), out);
+            } else {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_entries(entries.into_iter(), out);
             }
             out.update(b"}");
         }
@@ -217,7 +228,25 @@ fn write_canonical(value: &serde_json::Value, out: &mut Sha256) {
             }
             out.update(b"]");
         }
-        scalar => out.update(scalar.to_string().as_bytes()),
+        // Strings (escaped) and numbers as serde_json prints them; writing to a hasher
+        // cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(Hashing(out), scalar);
+        }
+    }
+}
+
+fn write_entries<'v>(
+    entries: impl Iterator<Item = (&'v String, &'v serde_json::Value)>,
+    out: &mut Sha256,
+) {
+    for (i, (key, value)) in entries.enumerate() {
+        if i > 0 {
+            out.update(b",");
+        }
+        let _ = serde_json::to_writer(Hashing(out), key);
+        out.update(b":");
+        write_canonical(value, out);
     }
 }
 

@@ -19,7 +19,32 @@ use crate::error::{Error, Result};
 use crate::machine::StateMachine;
 use crate::store::{Outcome, Prepared, Snapshot, Store, Transition, check_id};
 
-type Instances = HashMap<&'static str, HashMap<String, Box<dyn Any + Send>>>;
+/// Instances by machine type, then id. Few machine types per store: a scan beats hashing
+/// the type name on every call.
+#[derive(Default)]
+struct Instances {
+    by_type: Vec<(&'static str, HashMap<String, Box<dyn Any + Send>>)>,
+}
+
+impl Instances {
+    fn of_type(&mut self, machine: &'static str) -> Option<&mut HashMap<String, Box<dyn Any + Send>>> {
+        self.by_type
+            .iter_mut()
+            .find(|(name, _)| std::ptr::eq(*name, machine) || *name == machine)
+            .map(|(_, by_id)| by_id)
+    }
+
+    fn of_type_or_new(&mut self, machine: &'static str) -> &mut HashMap<String, Box<dyn Any + Send>> {
+        let index = match self.by_type.iter().position(|(name, _)| *name == machine) {
+            Some(index) => index,
+            None => {
+                self.by_type.push((machine, HashMap::new()));
+                self.by_type.len() - 1
+            }
+        };
+        &mut self.by_type[index].1
+    }
+}
 
 /// Machines held in memory behind one lock.
 ///
@@ -62,7 +87,7 @@ impl MemoryStore {
     ) -> Result<T> {
         let mut instances = self.lock();
         let instance = instances
-            .get_mut(M::DEFINITION.name)
+            .of_type(M::DEFINITION.name)
             .and_then(|by_id| by_id.get_mut(id))
             .ok_or_else(|| Error::NotFound {
                 machine: M::DEFINITION.name,
@@ -72,18 +97,21 @@ impl MemoryStore {
         f(instance)
     }
 
+    /// Reads, decides and writes under the lock; `snapshot` asks for the instance as
+    /// stored afterwards (for `fire_with`), which plain `fire` does not pay for.
     fn fire_from<M: StateMachine>(
         &self,
         id: &str,
         prepared: &Prepared<M>,
-    ) -> Result<(Outcome<M>, Snapshot<M>)> {
+        snapshot: bool,
+    ) -> Result<(Outcome<M>, Option<Snapshot<M>>)> {
         self.with_instance::<M, _>(id, |instance| {
             if let Some((index, recorded)) =
                 prepared.stored_key().and_then(|key| instance.keys.get(key))
             {
                 let original = instance.history[*index].clone();
                 let outcome = prepared.replay(id, original, recorded)?;
-                return Ok((outcome, instance.snapshot(id)));
+                return Ok((outcome, snapshot.then(|| instance.snapshot(id))));
             }
             // Under the lock the stored version is the one decided from; a caller's stale
             // snapshot is superseded, as after a lost database race.
@@ -102,7 +130,7 @@ impl MemoryStore {
                     .insert(key.to_owned(), (instance.history.len(), *fingerprint));
             }
             instance.history.push(transition.clone());
-            Ok((Outcome::Applied(transition), instance.snapshot(id)))
+            Ok((Outcome::Applied(transition), snapshot.then(|| instance.snapshot(id))))
         })
     }
 }
@@ -146,7 +174,7 @@ impl Store for MemoryStore {
         check_id::<M>(id)?;
         let initial = context_fingerprint::<M>(id, &context)?;
         let mut instances = self.lock();
-        let by_id = instances.entry(M::DEFINITION.name).or_default();
+        let by_id = instances.of_type_or_new(M::DEFINITION.name);
         if let Some(existing) = by_id.get_mut(id) {
             let existing = downcast::<M>(existing.as_mut(), id)?;
             if existing.initial != initial {
@@ -178,7 +206,7 @@ impl Store for MemoryStore {
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
         let prepared = Prepared::new(id, command)?;
-        self.fire_from(id, &prepared).map(|(outcome, _)| outcome)
+        self.fire_from(id, &prepared, false).map(|(outcome, _)| outcome)
     }
 
     async fn fire_with<M: StateMachine>(
@@ -187,8 +215,10 @@ impl Store for MemoryStore {
         command: Command<M>,
     ) -> Result<Outcome<M>> {
         let prepared = Prepared::new(&snapshot.id, command)?;
-        let (outcome, current) = self.fire_from(&snapshot.id, &prepared)?;
-        *snapshot = current;
+        let (outcome, current) = self.fire_from(&snapshot.id, &prepared, true)?;
+        if let Some(current) = current {
+            *snapshot = current;
+        }
         Ok(outcome)
     }
 
@@ -200,7 +230,7 @@ impl Store for MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let instances = self.lock();
-        let count: usize = instances.values().map(HashMap::len).sum();
+        let count: usize = instances.by_type.iter().map(|(_, by_id)| by_id.len()).sum();
         f.debug_struct("MemoryStore")
             .field("instances", &count)
             .finish()
