@@ -23,18 +23,21 @@ use crate::store::{Outcome, Prepared, Snapshot, Store, Transition, check_id};
 /// the type name on every call.
 #[derive(Default)]
 struct Instances {
-    by_type: Vec<(&'static str, HashMap<String, Box<dyn Any + Send>>)>,
+    by_type: Vec<(&'static str, ById)>,
 }
 
+/// The instances of one machine type; each is an `Instance<M>` behind `Any`.
+type ById = HashMap<String, Box<dyn Any + Send>>;
+
 impl Instances {
-    fn of_type(&mut self, machine: &'static str) -> Option<&mut HashMap<String, Box<dyn Any + Send>>> {
+    fn of_type(&mut self, machine: &'static str) -> Option<&mut ById> {
         self.by_type
             .iter_mut()
             .find(|(name, _)| std::ptr::eq(*name, machine) || *name == machine)
             .map(|(_, by_id)| by_id)
     }
 
-    fn of_type_or_new(&mut self, machine: &'static str) -> &mut HashMap<String, Box<dyn Any + Send>> {
+    fn of_type_or_new(&mut self, machine: &'static str) -> &mut ById {
         let index = match self.by_type.iter().position(|(name, _)| *name == machine) {
             Some(index) => index,
             None => {
@@ -130,7 +133,10 @@ impl MemoryStore {
                     .insert(key.to_owned(), (instance.history.len(), *fingerprint));
             }
             instance.history.push(transition.clone());
-            Ok((Outcome::Applied(transition), snapshot.then(|| instance.snapshot(id))))
+            Ok((
+                Outcome::Applied(transition),
+                snapshot.then(|| instance.snapshot(id)),
+            ))
         })
     }
 }
@@ -206,7 +212,8 @@ impl Store for MemoryStore {
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
         let prepared = Prepared::new(id, command)?;
-        self.fire_from(id, &prepared, false).map(|(outcome, _)| outcome)
+        self.fire_from(id, &prepared, false)
+            .map(|(outcome, _)| outcome)
     }
 
     async fn fire_with<M: StateMachine>(
