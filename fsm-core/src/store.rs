@@ -7,9 +7,10 @@
 //!    I/O;
 //! 2. the store reads the instance (and the transition already recorded under the key,
 //!    if any) and calls [`Prepared::replay`] or [`Prepared::apply`], which run the
-//!    transition rule of [`step`](crate::step);
+//!    transition rule of [`step`];
 //! 3. the store writes the result with a version-checked compare-and-set; when another
-//!    writer won, [`RetryPolicy::run`] reads and decides again.
+//!    writer won, the store reads and decides again, pausing with
+//!    [`RetryPolicy::pause`] between attempts.
 
 use std::fmt;
 use std::future::Future;

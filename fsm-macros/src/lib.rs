@@ -1,6 +1,6 @@
 //! The `state_machine!` macro of [`fsm`](https://docs.rs/fsm); use it through `fsm`.
 //!
-//! The pipeline is [`expand::state_machine`]: `parse` (syntax tree keeping spans) ->
+//! The pipeline is `expand::state_machine`: `parse` (syntax tree keeping spans) ->
 //! `model` (the graph, indexed) -> `validate` (every check, errors accumulated) ->
 //! `expand` (code), or `fallback` plus the errors.
 #![forbid(unsafe_code)]
