@@ -121,11 +121,6 @@ impl Definition {
         self.events.iter().find(|e| e.name == name)
     }
 
-    /// Edges leaving `state`, in declaration order.
-    pub fn edges_from<'a>(&'a self, state: &'a str) -> impl Iterator<Item = &'a Edge> + 'a {
-        self.edges.iter().filter(move |e| e.from == state)
-    }
-
     /// Timer edges (`after(..)`), in declaration order, with their index in `edges`.
     pub fn timers(&self) -> impl Iterator<Item = (usize, &Edge)> + '_ {
         self.edges

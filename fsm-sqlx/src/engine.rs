@@ -157,12 +157,12 @@ pub trait Backend: Send + Sync {
         write: &Write<'_>,
     ) -> impl Future<Output = Result<Written>> + Send;
 
-    /// The history in version order, or `None` when the instance does not exist.
+    /// The history in version order (empty for an unknown instance too).
     fn history(
         &self,
         machine: &'static str,
         id: &str,
-    ) -> impl Future<Output = Result<Option<Vec<RawTransition>>>> + Send;
+    ) -> impl Future<Output = Result<Vec<RawTransition>>> + Send;
 
     /// Stores a token for an existing instance; `false` when the instance does not exist.
     fn insert_token(
@@ -410,14 +410,15 @@ pub async fn create<B: Backend, M: StateMachine>(
         source,
     };
     let init = fingerprint(&context).map_err(serialization)?;
+    let now = now_ms();
     let new = NewMachine {
         machine: M::DEFINITION.name,
         id,
         state: M::state_name(M::INITIAL),
         context: serde_json::to_string(&context).map_err(serialization)?,
         init_fingerprint: init.0,
-        at_ms: now_ms() as i64,
-        timers: arms::<M>(M::INITIAL, now_ms()),
+        at_ms: now as i64,
+        timers: arms::<M>(M::INITIAL, now),
     };
     if backend.insert(&new).await? {
         return Ok(Snapshot {
@@ -461,10 +462,11 @@ pub async fn history<B: Backend, M: StateMachine>(
     id: &str,
 ) -> Result<Vec<Transition<M>>> {
     check_id::<M>(id)?;
-    let rows = backend
-        .history(M::DEFINITION.name, id)
-        .await?
-        .ok_or_else(|| not_found::<M>(id))?;
+    let rows = backend.history(M::DEFINITION.name, id).await?;
+    // No rows: a new instance or an unknown id; the instance read tells which.
+    if rows.is_empty() && backend.read(M::DEFINITION.name, id, None).await?.is_none() {
+        return Err(not_found::<M>(id));
+    }
     let mut history = Vec::with_capacity(rows.len());
     for (expected, raw) in (1..).zip(rows) {
         let (transition, _) = decode_transition::<M>(id, raw)?;

@@ -197,8 +197,6 @@ const HISTORY: &str = "\
 SELECT version, from_state, payload, to_state, idem_key, fingerprint, at
 FROM fsm_transitions WHERE machine_type = ? AND machine_id = ? ORDER BY version";
 
-const EXISTS: &str = "SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ?";
-
 /// One `INSERT` of `rows` outbox rows: placeholders only, the values are bound.
 fn outbox_insert(rows: usize) -> String {
     let mut sql = String::with_capacity(OUTBOX.len() + rows * (OUTBOX_ROW.len() + 2));
@@ -456,7 +454,7 @@ impl Backend for MySqlStore {
         Ok(written)
     }
 
-    async fn history(&self, machine: &'static str, id: &str) -> Result<Option<Vec<RawTransition>>> {
+    async fn history(&self, machine: &'static str, id: &str) -> Result<Vec<RawTransition>> {
         let failed = database(|| format!("history of {machine} {id}"));
         let rows = sqlx::query(HISTORY)
             .bind(machine)
@@ -464,15 +462,6 @@ impl Backend for MySqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(&failed)?;
-        if rows.is_empty() {
-            let exists = sqlx::query(EXISTS)
-                .bind(machine)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(&failed)?;
-            return Ok(exists.map(|_| Vec::new()));
-        }
         let mut history = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw = raw_transition(row, 0)
@@ -482,7 +471,7 @@ impl Backend for MySqlStore {
                 })?;
             history.push(raw);
         }
-        Ok(Some(history))
+        Ok(history)
     }
 
     async fn insert_token(

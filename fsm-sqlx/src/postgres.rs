@@ -161,8 +161,6 @@ const HISTORY: &str = "\
 SELECT version, from_state, payload, to_state, idem_key, fingerprint, at
 FROM fsm_transitions WHERE machine_type = $1 AND machine_id = $2 ORDER BY version";
 
-const EXISTS: &str = "SELECT 1 FROM fsm_machines WHERE machine_type = $1 AND machine_id = $2";
-
 const ISSUE_TOKEN: &str = "\
 INSERT INTO fsm_tokens (machine_type, machine_id, token, expires_at)
 SELECT $1, $2, $3, $4 WHERE EXISTS
@@ -414,7 +412,7 @@ impl Backend for PgStore {
         Ok(written)
     }
 
-    async fn history(&self, machine: &'static str, id: &str) -> Result<Option<Vec<RawTransition>>> {
+    async fn history(&self, machine: &'static str, id: &str) -> Result<Vec<RawTransition>> {
         let failed = database(|| format!("history of {machine} {id}"));
         let rows = sqlx::query(HISTORY)
             .bind(machine)
@@ -422,15 +420,6 @@ impl Backend for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(&failed)?;
-        if rows.is_empty() {
-            let exists = sqlx::query(EXISTS)
-                .bind(machine)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(&failed)?;
-            return Ok(exists.map(|_| Vec::new()));
-        }
         let mut history = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw = raw_transition(row, 0)
@@ -440,7 +429,7 @@ impl Backend for PgStore {
                 })?;
             history.push(raw);
         }
-        Ok(Some(history))
+        Ok(history)
     }
 
     async fn insert_token(
