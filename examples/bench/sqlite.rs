@@ -1,0 +1,161 @@
+//! SQLite: a temporary database file per run, `SqliteStore` on it (as
+//! `SqliteStore::open` configures it unless `--pool`/`--no-ping` say otherwise), and the
+//! baseline's `BEGIN IMMEDIATE` transaction of compare-and-set `UPDATE`, history `INSERT`
+//! and outbox `INSERT`s.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fsm_core::RetryPolicy;
+use fsm_sqlx::{Concurrency, SqliteStore};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqlitePool};
+
+use crate::baseline::{self, Read, check_statements, now_ms, plan, seed_context};
+use crate::cli::{Config, Kind};
+use crate::db::Db;
+use crate::{MACHINE, Res, STATE};
+
+// Copied from the store's source (`baseline::SQLITE_SOURCES`); `check` proves they are
+// still there.
+const READ: &str = "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
+FROM fsm_machines m
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?3
+WHERE m.machine_type = ?1 AND m.machine_id = ?2";
+const CAS: &str = "\
+UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
+WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7";
+const RECORD: &str = "\
+INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, payload, to_state, idem_key, fingerprint, at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const OUTBOX: &str = "\
+INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const BEGIN: &str = "BEGIN IMMEDIATE";
+const SEED: &str = "\
+INSERT INTO fsm_machines
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?6)";
+
+pub(crate) struct SqliteDb {
+    store: Arc<SqliteStore>,
+    pool: SqlitePool,
+    path: PathBuf,
+    one_checkout: bool,
+}
+
+impl Db for SqliteDb {
+    type Store = SqliteStore;
+
+    fn check(_: &Config) -> Res<()> {
+        check_statements(
+            Kind::Sqlite,
+            &[READ, CAS, RECORD, OUTBOX, "\"BEGIN IMMEDIATE\""],
+        )
+    }
+
+    async fn open(cfg: &Config, run: usize, mode: Concurrency, retry: RetryPolicy) -> Res<Self> {
+        let path = std::env::temp_dir().join(format!("fsm-bench-{}-{run}.db", std::process::id()));
+        remove_files(&path);
+        let store = if cfg.pool.is_none() && cfg.ping {
+            // As an application would: WAL, synchronous = NORMAL, 8 connections.
+            SqliteStore::open(&path).await?
+        } else {
+            // `SqliteStore::open`'s options, with another pool size or no ping.
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(cfg.pool.unwrap_or(8))
+                .test_before_acquire(cfg.ping)
+                .connect_with(options)
+                .await?;
+            SqliteStore::from_pool(pool)
+        };
+        let store = store.with_retry(retry).with_concurrency(mode);
+        store.migrate().await?;
+        let pool = store.pool().clone();
+        Ok(SqliteDb {
+            store: Arc::new(store),
+            pool,
+            path,
+            one_checkout: cfg.one_checkout,
+        })
+    }
+
+    fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    async fn seed(&self, ids: &[String]) -> Res<()> {
+        let (context, init) = seed_context()?;
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(SEED)
+                .bind(MACHINE)
+                .bind(id)
+                .bind(STATE)
+                .bind(&context)
+                .bind(&init)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn baseline(&self, id: &str, key: &str, note: &str) -> Res<()> {
+        let mut conn = self.pool.acquire().await?;
+        let row = baseline::read(READ, id, key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or("instance not found")?;
+        let read = Read::decode(&row)?;
+        let w = plan(&read, note)?;
+        conn = baseline::write_checkout(&self.pool, conn, self.one_checkout).await?;
+        let mut tx = Connection::begin_with(&mut *conn, BEGIN).await?;
+        let (cas, record) = baseline::cas_and_record(CAS, RECORD, id, key, &read, &w);
+        let updated = cas.execute(&mut *tx).await?;
+        if updated.rows_affected() != 1 {
+            return Err("compare-and-set missed".into());
+        }
+        record.execute(&mut *tx).await?;
+        for (seq, effect) in (0i64..).zip(&w.effects) {
+            sqlx::query(OUTBOX)
+                .bind(MACHINE)
+                .bind(id)
+                .bind(w.version)
+                .bind(seq)
+                .bind(effect)
+                .bind(w.at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close(self) -> Res<()> {
+        drop(self.store);
+        self.pool.close().await;
+        remove_files(&self.path);
+        Ok(())
+    }
+}
+
+fn remove_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
