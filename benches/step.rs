@@ -726,11 +726,11 @@ fn bench_profile(c: &mut Criterion) {
             black_box(format!("k{i}"))
         })
     });
-    group.bench_function("now_ms", |b| b.iter(|| black_box(fsm::store::now_ms())));
+    group.bench_function("now_ms", |b| b.iter(|| black_box(fsm::kit::now_ms())));
     group.bench_function("fingerprint_event", |b| {
         b.iter(|| {
             i += 1;
-            black_box(fsm::command::fingerprint(&OrderEvent::Annotate(Note(black_box(i)))).unwrap())
+            black_box(fsm::kit::fingerprint(&OrderEvent::Annotate(Note(black_box(i)))).unwrap())
         })
     });
     group.bench_function("serde_json_to_value", |b| {
@@ -741,12 +741,12 @@ fn bench_profile(c: &mut Criterion) {
     });
     let value = serde_json::to_value(OrderEvent::Annotate(Note(12345))).unwrap();
     group.bench_function("fingerprint_json_prebuilt", |b| {
-        b.iter(|| black_box(fsm::command::fingerprint_json(black_box(&value))))
+        b.iter(|| black_box(fsm::kit::fingerprint_json(black_box(&value))))
     });
     // Upper bound of SHA-256 over one block: canonical "null" is one small String + 4 bytes.
     group.bench_function("fingerprint_json_null", |b| {
         b.iter(|| {
-            black_box(fsm::command::fingerprint_json(black_box(
+            black_box(fsm::kit::fingerprint_json(black_box(
                 &serde_json::Value::Null,
             )))
         })
@@ -761,7 +761,7 @@ fn bench_profile(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let cmd = Command::<Order>::new(OrderEvent::Annotate(Note(black_box(i))));
-            black_box(fsm::Prepared::new(black_box(ID), cmd).unwrap())
+            black_box(fsm::kit::Prepared::new(black_box(ID), cmd).unwrap())
         })
     });
     group.bench_function("prepared_new_keyed", |b| {
@@ -769,7 +769,7 @@ fn bench_profile(c: &mut Criterion) {
             i += 1;
             let cmd = Command::<Order>::new(OrderEvent::Annotate(Note(black_box(i))))
                 .with_key(format!("k{i}"));
-            black_box(fsm::Prepared::new(black_box(ID), cmd).unwrap())
+            black_box(fsm::kit::Prepared::new(black_box(ID), cmd).unwrap())
         })
     });
     group.finish();

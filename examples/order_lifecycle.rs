@@ -84,7 +84,8 @@ async fn lifecycle<S: Store>(store: S, out: &Path) -> Result<(), Failure> {
                 ..OrderData::default()
             },
         )
-        .await?;
+        .await?
+        .into_snapshot();
     println!(
         "\ncreated {id}: state {} at version {}",
         order.state, order.version

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fsm::definition::On;
+use fsm::On;
 use fsm::{Effects, Rejection, StateMachine, UnknownName};
 use serde::{Deserialize, Serialize};
 
@@ -255,7 +255,7 @@ fn timer_edges_are_listed_per_state() {
         [timer_edge("PartlyPaid")]
     );
     assert!(Order::timer_edges(OrderState::Paid).is_empty());
-    let delay = fsm::machine::timer_delay::<Order>(timer_edge("Created"));
+    let delay = fsm::kit::timer_delay::<Order>(timer_edge("Created"));
     assert_eq!(delay, Some(Duration::from_secs(30 * 60)));
 }
 

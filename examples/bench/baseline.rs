@@ -71,7 +71,7 @@ pub(crate) fn seed_context() -> Res<(String, Vec<u8>)> {
         paid_cents: 500,
         notes: Vec::new(),
     };
-    let fingerprint = fsm_core::command::fingerprint(&context)?;
+    let fingerprint = fsm_core::kit::fingerprint(&context)?;
     Ok((serde_json::to_string(&context)?, fingerprint.0.to_vec()))
 }
 
@@ -123,11 +123,20 @@ pub(crate) fn ensure(ok: bool, what: &str) -> Res<()> {
 // `&["fsm-sqlx/src/dialect/mod.rs", "fsm-sqlx/src/dialect/sqlite.rs"]`.
 
 /// Where `SqliteStore`'s SQL is.
-pub(crate) const SQLITE_SOURCES: &[&str] = &["fsm-sqlx/src/sqlite.rs"];
+pub(crate) const SQLITE_SOURCES: &[&str] = &[
+    "fsm-sqlx/src/dialect/mod.rs",
+    "fsm-sqlx/src/dialect/sqlite.rs",
+];
 /// Where `PgStore`'s SQL is.
-pub(crate) const POSTGRES_SOURCES: &[&str] = &["fsm-sqlx/src/postgres.rs"];
+pub(crate) const POSTGRES_SOURCES: &[&str] = &[
+    "fsm-sqlx/src/dialect/mod.rs",
+    "fsm-sqlx/src/dialect/postgres.rs",
+];
 /// Where `MySqlStore`'s SQL is.
-pub(crate) const MYSQL_SOURCES: &[&str] = &["fsm-sqlx/src/mysql.rs"];
+pub(crate) const MYSQL_SOURCES: &[&str] = &[
+    "fsm-sqlx/src/dialect/mod.rs",
+    "fsm-sqlx/src/dialect/mysql.rs",
+];
 
 /// The store's source files of backend `kind`.
 fn store_sources(kind: Kind) -> &'static [&'static str] {

@@ -75,7 +75,7 @@ pub(crate) async fn run_dispatch<D: Db>(
             tokio::spawn(async move {
                 let handler = |_: fsm_sqlx::Delivery<OrderEffect>| {
                     handled.fetch_add(1, Ordering::Relaxed);
-                    std::future::ready(Ok::<(), fsm_core::error::BoxError>(()))
+                    std::future::ready(Ok::<(), fsm_core::BoxError>(()))
                 };
                 while dispatcher
                     .dispatch_once::<Order, _, _>(&handler)

@@ -101,24 +101,21 @@ struct NewOrder {
 /// `POST /orders`: 201 the first time, 200 with the current snapshot when the same id and
 /// total come again, 409 when the id exists with another total.
 ///
-/// Two racing first requests may both answer 201 (the store's `create` does not say
-/// whether it created); either way the order exists once.
+/// The store's `create` says whether it created the order, so of two racing first
+/// requests exactly one answers 201.
 async fn create_order<S: Store>(
     State(app): Shared<S>,
     body: Result<Json<NewOrder>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(new) = body?;
-    let existed = match app.store.load::<Order>(&new.id).await {
-        Ok(_) => true,
-        Err(Error::NotFound { .. } | Error::InvalidId { .. }) => false,
-        Err(err) => return Err(err.into()),
-    };
     let context = OrderData {
         total_cents: new.total_cents,
         ..OrderData::default()
     };
-    let snapshot = app.store.create::<Order>(&new.id, context).await?;
-    if existed {
+    let created = app.store.create::<Order>(&new.id, context).await?;
+    let is_new = created.is_new();
+    let snapshot = created.into_snapshot();
+    if !is_new {
         return Ok(Json(snapshot).into_response());
     }
     let location = HeaderValue::try_from(format!("/orders/{}", encode_segment(&snapshot.id)))

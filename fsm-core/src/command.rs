@@ -8,7 +8,8 @@
 //! # Examples
 //!
 //! ```
-//! use fsm_core::command::{IdempotencyKey, fingerprint};
+//! use fsm_core::IdempotencyKey;
+//! use fsm_core::kit::fingerprint;
 //!
 //! let key = IdempotencyKey::from_source("billing", 42);
 //! assert_eq!(key.as_stored(), "billing#42");
@@ -81,8 +82,13 @@ impl IdempotencyKey {
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```
+/// use fsm_core::Command;
+/// use fsm_core::testing::{Order, OrderEvent, Payment};
+///
+/// let payment = Payment { amount_cents: 500 };
 /// let pay = Command::<Order>::new(OrderEvent::Pay(payment)).with_key("req-7f3a");
+/// assert_eq!(pay.key.unwrap().as_stored(), "req-7f3a");
 /// ```
 pub struct Command<M: StateMachine> {
     /// The event.

@@ -7,7 +7,7 @@
 //! # Examples
 //!
 //! ```
-//! use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+//! use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
 //!
 //! static TOGGLE: Definition = Definition {
 //!     name: "Toggle",

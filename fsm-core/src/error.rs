@@ -21,6 +21,8 @@
 
 use std::error::Error as StdError;
 
+use crate::machine::StateMachine;
+
 /// `Result` with fsm's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -184,6 +186,39 @@ impl Error {
     /// Whether retrying the same call later may succeed (conflicts and backend faults).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Conflict { .. } | Error::Database { .. })
+    }
+
+    /// No instance `id` of machine `M`.
+    pub fn not_found<M: StateMachine>(id: &str) -> Self {
+        Error::NotFound {
+            machine: M::DEFINITION.name,
+            id: id.to_owned(),
+        }
+    }
+
+    /// `what` (`"context"`, `"event"`, `"effect"`) of instance `id` of `M` does not
+    /// serialize.
+    pub fn serialization<M: StateMachine>(
+        id: &str,
+        what: &'static str,
+        source: serde_json::Error,
+    ) -> Self {
+        Error::Serialization {
+            machine: M::DEFINITION.name,
+            id: id.to_owned(),
+            what,
+            source,
+        }
+    }
+
+    /// Stored data of instance `id` of `M` in `table` that does not parse.
+    pub fn corrupt<M: StateMachine>(table: &'static str, id: &str, detail: String) -> Self {
+        Error::Corrupt {
+            table,
+            machine: M::DEFINITION.name,
+            id: id.to_owned(),
+            detail,
+        }
     }
 
     /// Wraps a backend error with what the store was doing.

@@ -1,31 +1,56 @@
 //! Runtime of [`fsm`](https://docs.rs/fsm): state machines whose transitions apply
 //! exactly once.
 //!
-//! * [`definition`]: the machine's graph as `'static` data.
+//! Everything a user names is re-exported here, flat:
+//!
+//! * [`Definition`] and its parts ([`StateInfo`], [`EventInfo`], [`Edge`], [`On`]): the
+//!   machine's graph as `'static` data.
 //! * [`StateMachine`] and [`step`]: the contract `state_machine!` implements and the one
 //!   transition rule (guards in declaration order, first passing edge wins).
 //! * [`Command`], [`Outcome`], [`Error`]: what callers send and get back, including
 //!   idempotency keys and their fingerprints.
-//! * [`Store`] and [`MemoryStore`]: persistence with a version-checked compare-and-set.
+//! * [`Store`] and [`MemoryStore`]: persistence with a version-checked compare-and-set;
+//!   [`DurableStore`] adds single-use tokens, durable timers and the outbox, drained by a
+//!   [`Dispatcher`] and a [`TimerWorker`].
 //! * [`diagram`]: Mermaid, Graphviz DOT and SVG renderings of a definition.
-//! * `testing` (feature `testing`): the conformance suite every store passes.
+//! * [`kit`]: what only store implementations need.
+//! * `testing` (feature `testing`): the conformance suites every store passes.
+//!
+//! # Examples
+//!
+//! ```
+//! use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
+//! use fsm_core::{Command, MemoryStore, Store};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! store.create::<Order>("o-1", OrderData::default()).await?;
+//! let outcome = store.fire("o-1", Command::<Order>::new(OrderEvent::Cancel)).await?;
+//! assert_eq!(outcome.transition().to, OrderState::Cancelled);
+//! # Ok::<(), fsm_core::Error>(()) }).unwrap();
+//! ```
 #![forbid(unsafe_code)]
 
-pub mod command;
-pub mod definition;
+mod command;
+mod definition;
 pub mod diagram;
-pub mod error;
-pub mod machine;
-pub mod memory;
-pub mod store;
+mod durable;
+mod error;
+pub mod kit;
+mod machine;
+mod memory;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod worker;
 
-pub use command::{Command, Fingerprint, IdempotencyKey};
-pub use definition::Definition;
-pub use error::{Error, Result, UnknownName};
+pub use command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN};
+pub use definition::{Definition, Edge, EventInfo, On, StateInfo, format_duration};
+pub use durable::{DeadLetter, Delivery, DurableStore, EffectId};
+pub use error::{BoxError, Error, Result, UnknownName};
 pub use machine::{
     EdgeIndex, Effects, MachineEvent, Rejection, StateMachine, Step, Trigger, step, step_timer,
 };
 pub use memory::MemoryStore;
-pub use store::{Applied, Outcome, Prepared, RetryPolicy, Snapshot, Store, Transition};
+pub use store::{Created, Outcome, RetryPolicy, Snapshot, Store, Transition};
+pub use worker::{DispatchOptions, DispatchReport, Dispatcher, TimerWorker};

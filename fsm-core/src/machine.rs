@@ -161,6 +161,31 @@ impl<E> Trigger<E> {
     }
 }
 
+impl<E: MachineEvent> Trigger<E> {
+    /// The name shown in errors, diagrams and history: the event's name, or
+    /// `after(30 min)` for a timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use fsm_core::Trigger;
+    /// use fsm_core::testing::OrderEvent;
+    ///
+    /// assert_eq!(Trigger::Event(OrderEvent::Ship).label(), "Ship");
+    /// let timer = Trigger::<OrderEvent>::Timer { edge: 7, after: Duration::from_secs(1800) };
+    /// assert_eq!(timer.label(), "after(30 min)");
+    /// ```
+    pub fn label(&self) -> String {
+        match self {
+            Trigger::Event(e) => <E::Machine as StateMachine>::event_name(e).to_owned(),
+            Trigger::Timer { after, .. } => {
+                format!("after({})", crate::definition::format_duration(*after))
+            }
+        }
+    }
+}
+
 mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;

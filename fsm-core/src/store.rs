@@ -1,26 +1,16 @@
-//! The [`Store`] trait, what it returns, and the decision every store delegates to.
-//!
-//! A store persists; it does not decide. Firing a command is always the same three
-//! moves, whatever the backend:
-//!
-//! 1. [`Prepared::new`] validates the id and key and fingerprints the event, before any
-//!    I/O;
-//! 2. the store reads the instance (and the transition already recorded under the key,
-//!    if any) and calls [`Prepared::replay`] or [`Prepared::apply`], which run the
-//!    transition rule of [`step`];
-//! 3. the store writes the result with a version-checked compare-and-set; when another
-//!    writer won, the store reads and decides again, pausing with
-//!    [`RetryPolicy::pause`] between attempts.
+//! The [`Store`] trait, what it returns, and the decision every store delegates to
+//! ([`Prepared`], documented for implementers in [`kit`](crate::kit)).
 
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN, fingerprint};
 use crate::error::{Error, Result};
+use crate::kit::{check_id, now_ms};
 use crate::machine::{EdgeIndex, Rejection, StateMachine, Trigger, step, step_timer, timer_delay};
 
 /// One machine instance as stored: its state, version and context.
@@ -79,6 +69,69 @@ impl<M: StateMachine> Outcome<M> {
     }
 }
 
+/// What [`Store::create`] found: a new instance, or the one created earlier with the
+/// same id and the same initial context (in whatever state it is now).
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::testing::{Order, OrderData};
+/// use fsm_core::{MemoryStore, Store};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// assert!(store.create::<Order>("o-1", OrderData::default()).await?.is_new());
+/// let again = store.create::<Order>("o-1", OrderData::default()).await?;
+/// assert!(!again.is_new());
+/// assert_eq!(again.snapshot().version, 0);
+/// # Ok::<(), fsm_core::Error>(()) }).unwrap();
+/// ```
+pub enum Created<M: StateMachine> {
+    /// Created by this call.
+    New(Snapshot<M>),
+    /// Created before, with the same initial context.
+    Existing(Snapshot<M>),
+}
+
+impl<M: StateMachine> Created<M> {
+    /// Whether this call created the instance.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Created::New(_))
+    }
+
+    /// The instance as stored now.
+    pub fn snapshot(&self) -> &Snapshot<M> {
+        match self {
+            Created::New(s) | Created::Existing(s) => s,
+        }
+    }
+
+    /// The instance as stored now, by value.
+    pub fn into_snapshot(self) -> Snapshot<M> {
+        match self {
+            Created::New(s) | Created::Existing(s) => s,
+        }
+    }
+}
+
+impl<M: StateMachine> Clone for Created<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Created::New(s) => Created::New(s.clone()),
+            Created::Existing(s) => Created::Existing(s.clone()),
+        }
+    }
+}
+
+impl<M: StateMachine> fmt::Debug for Created<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Created::New(s) => f.debug_tuple("New").field(s).finish(),
+            Created::Existing(s) => f.debug_tuple("Existing").field(s).finish(),
+        }
+    }
+}
+
 /// Persistence of machine instances with exactly-once transitions.
 ///
 /// One store holds instances of any number of machine types, keyed by
@@ -88,7 +141,8 @@ pub trait Store: Send + Sync + 'static {
     /// Creates an instance in the initial state at version 0.
     ///
     /// Idempotent on the business id: the same id with the same initial context returns
-    /// the existing instance (in whatever state it is now).
+    /// the existing instance (in whatever state it is now) as [`Created::Existing`];
+    /// of two simultaneous first calls exactly one gets [`Created::New`].
     ///
     /// # Errors
     ///
@@ -98,7 +152,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
         context: M::Context,
-    ) -> impl Future<Output = Result<Snapshot<M>>> + Send;
+    ) -> impl Future<Output = Result<Created<M>>> + Send;
 
     /// Reads an instance.
     ///
@@ -188,16 +242,10 @@ impl<M: StateMachine> Prepared<M> {
         };
         let fingerprint = match stored_key {
             None => None,
-            Some(_) => {
-                Some(
-                    fingerprint(&command.event).map_err(|source| Error::Serialization {
-                        machine: M::DEFINITION.name,
-                        id: id.to_owned(),
-                        what: "event",
-                        source,
-                    })?,
-                )
-            }
+            Some(_) => Some(
+                fingerprint(&command.event)
+                    .map_err(|source| Error::serialization::<M>(id, "event", source))?,
+            ),
         };
         Ok(Prepared {
             trigger: Trigger::Event(command.event),
@@ -318,12 +366,7 @@ impl<M: StateMachine> Prepared<M> {
     #[cold]
     fn rejected(&self, id: &str, state: M::State, rejection: Rejection) -> Error {
         let machine = M::DEFINITION.name;
-        let event = match &self.trigger {
-            Trigger::Event(e) => M::event_name(e).to_owned(),
-            Trigger::Timer { after, .. } => {
-                format!("after({})", crate::definition::format_duration(*after))
-            }
-        };
+        let event = self.trigger.label();
         let state = M::state_name(state).to_owned();
         match rejection {
             Rejection::Illegal { repeat } => Error::IllegalTransition {
@@ -362,28 +405,6 @@ impl<M: StateMachine> fmt::Debug for Prepared<M> {
             .field("fingerprint", &self.fingerprint)
             .finish()
     }
-}
-
-/// Checks a machine id is 1..=255 bytes.
-///
-/// # Errors
-///
-/// [`Error::InvalidId`].
-pub fn check_id<M: StateMachine>(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidId {
-            machine: M::DEFINITION.name,
-            len: id.len(),
-        });
-    }
-    Ok(())
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How often and how patiently a store retries a lost compare-and-set.
@@ -541,16 +562,13 @@ impl<M: StateMachine> fmt::Debug for Outcome<M> {
 
 impl<M: StateMachine> fmt::Display for Transition<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let event = match &self.event {
-            Trigger::Event(e) => M::event_name(e).to_owned(),
-            Trigger::Timer { after, .. } => {
-                format!("after({})", crate::definition::format_duration(*after))
-            }
-        };
         write!(
             f,
             "v{} {} --{}--> {}",
-            self.version, self.from, event, self.to
+            self.version,
+            self.from,
+            self.event.label(),
+            self.to
         )
     }
 }

@@ -5,7 +5,7 @@
 //! `use` statements nor its own serde dependency. Every generated item is documented,
 //! so it compiles under `#![deny(missing_docs)]`.
 
-use fsm_core::definition::{Definition, On};
+use fsm_core::{Definition, On};
 use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::{Attribute, Ident};
@@ -381,24 +381,24 @@ fn definition_tokens(d: &Definition) -> TokenStream {
     let states = d.states.iter().map(|s| {
         let (name, doc, initial, terminal) = (s.name, s.doc, s.initial, s.terminal);
         quote! {
-            ::fsm::definition::StateInfo { name: #name, doc: #doc, initial: #initial, terminal: #terminal }
+            ::fsm::StateInfo { name: #name, doc: #doc, initial: #initial, terminal: #terminal }
         }
     });
     let events = d.events.iter().map(|e| {
         let (name, doc, payload) = (e.name, e.doc, option(e.payload));
-        quote!(::fsm::definition::EventInfo { name: #name, doc: #doc, payload: #payload })
+        quote!(::fsm::EventInfo { name: #name, doc: #doc, payload: #payload })
     });
     let edges = d.edges.iter().map(|e| {
         let on = match e.on {
-            On::Event(event) => quote!(::fsm::definition::On::Event(#event)),
+            On::Event(event) => quote!(::fsm::On::Event(#event)),
             On::After(delay) => {
                 let millis = u64::try_from(delay.as_millis()).expect("parsed from a u64");
-                quote!(::fsm::definition::On::After(::core::time::Duration::from_millis(#millis)))
+                quote!(::fsm::On::After(::core::time::Duration::from_millis(#millis)))
             }
         };
         let (from, to, guard, action) = (e.from, e.to, option(e.guard), option(e.action));
         quote! {
-            ::fsm::definition::Edge { from: #from, on: #on, guard: #guard, action: #action, to: #to }
+            ::fsm::Edge { from: #from, on: #on, guard: #guard, action: #action, to: #to }
         }
     });
     let (name, doc, context, effect) = (d.name, d.doc, d.context, option(d.effect));

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fsm_core::definition::{Definition, Edge as EdgeInfo, EventInfo, On, StateInfo};
+use fsm_core::{Definition, Edge as EdgeInfo, EventInfo, On, StateInfo};
 use proc_macro2::{Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
@@ -337,7 +337,7 @@ impl Machine {
             Trigger::After(timer) => {
                 format!(
                     "after({})",
-                    fsm_core::definition::format_duration(timer_duration(timer))
+                    fsm_core::format_duration(timer_duration(timer))
                 )
             }
         };

@@ -53,7 +53,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fsm_core::error::BoxError;
+use fsm_core::BoxError;
 use fsm_core::testing::{Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
 use fsm_core::{Command, Error, RetryPolicy, StateMachine, Store, Trigger};
 use fsm_sqlx::{Delivery, DispatchOptions, Dispatcher, DurableStore};
@@ -388,7 +388,7 @@ macro_rules! read_tables {
         })
         .collect();
         let transitions = sqlx::query(
-            "SELECT machine_id, version, from_state, event, payload, to_state, idem_key \
+            "SELECT machine_id, version, from_state, event, trigger_json, to_state, idem_key \
              FROM fsm_transitions WHERE machine_type = 'Order'",
         )
         .fetch_all(&mut *$tx)

@@ -186,12 +186,12 @@ async fn corrupt_history_rows_are_reported_not_skipped() {
     let err = store.history::<Order>(ID).await.unwrap_err();
     assert_corrupt(&err, "fsm_transitions", "\"Vanished\"");
     fixture
-        .exec("UPDATE fsm_transitions SET to_state = 'Cancelled', payload = 'garbage'")
+        .exec("UPDATE fsm_transitions SET to_state = 'Cancelled', trigger_json = 'garbage'")
         .await;
     let err = store.history::<Order>(ID).await.unwrap_err();
-    assert_corrupt(&err, "fsm_transitions", "payload");
+    assert_corrupt(&err, "fsm_transitions", "trigger");
     fixture
-        .exec("UPDATE fsm_transitions SET payload = '{\"event\":\"Cancel\"}', version = 2")
+        .exec("UPDATE fsm_transitions SET trigger_json = '{\"event\":\"Cancel\"}', version = 2")
         .await;
     let err = store.history::<Order>(ID).await.unwrap_err();
     assert_corrupt(&err, "fsm_transitions", "version 2 where 1 was expected");
@@ -261,7 +261,7 @@ async fn connection_killed_after_its_compare_and_set_leaves_no_partial_write() {
     kill_the_fire_blocked_by(
         &fixture,
         "INSERT INTO fsm_transitions (machine_type, machine_id, version, from_state, event, \
-         payload, to_state, idem_key, fingerprint, at) \
+         trigger_json, to_state, idem_key, fingerprint, at) \
          VALUES ('Order', 'o-1', 1, 'Created', 'Cancel', '{\"event\":\"Cancel\"}', \
          'Cancelled', NULL, NULL, 0)",
     )

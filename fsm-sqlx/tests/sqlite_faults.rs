@@ -97,14 +97,14 @@ async fn corrupt_history_rows_are_reported_not_skipped() {
     assert_corrupt(&err, "fsm_transitions", "\"Vanished\"");
     exec(
         &store,
-        "UPDATE fsm_transitions SET to_state = 'Cancelled', payload = 'garbage'",
+        "UPDATE fsm_transitions SET to_state = 'Cancelled', trigger_json = 'garbage'",
     )
     .await;
     let err = store.history::<Order>("o-1").await.unwrap_err();
-    assert_corrupt(&err, "fsm_transitions", "payload");
+    assert_corrupt(&err, "fsm_transitions", "trigger");
     exec(
         &store,
-        "UPDATE fsm_transitions SET payload = '{\"event\":\"Cancel\"}', version = 2",
+        "UPDATE fsm_transitions SET trigger_json = '{\"event\":\"Cancel\"}', version = 2",
     )
     .await;
     let err = store.history::<Order>("o-1").await.unwrap_err();

@@ -16,7 +16,7 @@ use crate::definition::{Definition, On};
 /// # Examples
 ///
 /// ```
-/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+/// use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
 ///
 /// static DOOR: Definition = Definition {
 ///     name: "Door",

@@ -15,7 +15,7 @@ use crate::definition::Definition;
 /// # Examples
 ///
 /// ```
-/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+/// use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
 ///
 /// static DOOR: Definition = Definition {
 ///     name: "Door",

@@ -27,7 +27,7 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+//! use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
 //! use fsm_core::diagram;
 //!
 //! static ORDER: Definition = Definition {

@@ -40,7 +40,7 @@ const START_SIZE: f64 = 14.;
 /// # Examples
 ///
 /// ```
-/// use fsm_core::definition::{Definition, Edge, EventInfo, On, StateInfo};
+/// use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
 ///
 /// static DOOR: Definition = Definition {
 ///     name: "Door",

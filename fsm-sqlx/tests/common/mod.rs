@@ -1,18 +1,13 @@
-//! What the server-backed test files share: where the server is, unique names, cleanup
-//! after a failure, and specifications beyond the conformance suite.
+//! What the test files share: where the server is, unique names, cleanup after a
+//! failure, and one fixture per backend (a database of the test's own) for the
+//! conformance and durable suites of fsm-core.
 
 // Each test crate includes this module and uses only part of it.
 #![allow(dead_code)]
 
-pub(crate) mod durable;
-
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use fsm_core::testing::{Note, Order, OrderData, OrderEffect, OrderEvent, Payment};
-use fsm_core::{Command, Store};
 
 /// The server URL in env var `var`, or `None` when the tests should be skipped.
 ///
@@ -62,58 +57,17 @@ where
     let _ = thread.join();
 }
 
-/// Applied transitions queue their effects as outbox rows (version, seq from 0) in the
-/// same commit; a duplicate or a rejected command queues nothing. `outbox` reads
-/// `(version, seq, effect)` of every outbox row in that order.
-pub(crate) async fn effects_are_queued_once_with_their_transition<S, F, Fut>(
-    store: Arc<S>,
-    outbox: F,
-) where
-    S: Store,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Vec<(i64, i32, String)>>,
-{
-    let pay = || Command::<Order>::new(OrderEvent::Pay(Payment { amount_cents: 500 }));
-    let total = OrderData {
-        total_cents: 500,
-        ..OrderData::default()
-    };
-    store.create::<Order>("o", total).await.unwrap();
-    store.fire("o", pay().with_key("p")).await.unwrap();
-    assert!(
-        store
-            .fire("o", pay().with_key("p"))
-            .await
-            .unwrap()
-            .is_duplicate()
-    );
-    store.fire("o", pay()).await.unwrap_err();
-    let note = OrderEvent::Annotate(Note("gift wrap".to_owned()));
-    store.fire("o", Command::new(note)).await.unwrap();
-    let rows: Vec<_> = outbox()
-        .await
-        .into_iter()
-        .map(|(version, seq, effect)| {
-            let effect: OrderEffect = serde_json::from_str(&effect).expect("effect as JSON");
-            (version, seq, effect)
-        })
-        .collect();
-    assert_eq!(
-        rows,
-        [
-            (1, 0, OrderEffect::Charge { cents: 500 }),
-            (2, 0, OrderEffect::Noted("gift wrap".to_owned())),
-        ]
-    );
-}
-
 /// PostgreSQL helpers of the tests beyond the conformance suite: a schema of their own,
 /// and connections into it that `pg_stat_activity` can tell apart.
 #[cfg(feature = "postgres")]
 pub(crate) mod pg {
     use std::str::FromStr;
 
-    use sqlx::postgres::PgConnectOptions;
+    use std::sync::Arc;
+
+    use fsm_core::testing::{DurableFixture, Fixture};
+    use fsm_sqlx::{Concurrency, PgStore};
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use sqlx::{Connection, Executor, PgConnection};
 
     /// Options connecting to `url` with `schema` as the `search_path`, shown as
@@ -168,6 +122,74 @@ pub(crate) mod pg {
         }
     }
 
+    /// A [`PgStore`] whose connections' `search_path` is a fresh schema, dropped
+    /// afterwards: the fixture of the conformance and durable suites.
+    pub(crate) struct PgSchema {
+        store: Arc<PgStore>,
+        schema: Schema,
+    }
+
+    impl PgSchema {
+        pub(crate) async fn new(url: String, concurrency: Concurrency) -> Self {
+            let schema = Schema::create(url).await;
+            let store = PgStore::from_pool(pool(&schema).await).with_concurrency(concurrency);
+            store.migrate().await.expect("migrate");
+            PgSchema {
+                store: Arc::new(store),
+                schema,
+            }
+        }
+
+        pub(crate) fn schema(&self) -> &Schema {
+            &self.schema
+        }
+    }
+
+    /// A small pool on the test's own schema: tests run in parallel against one server.
+    pub(crate) async fn pool(schema: &Schema) -> sqlx::PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(schema.options("fsm-test"))
+            .await
+            .expect("connect to the PostgreSQL server")
+    }
+
+    impl Fixture for PgSchema {
+        type Store = PgStore;
+
+        fn store(&self) -> Arc<PgStore> {
+            Arc::clone(&self.store)
+        }
+
+        async fn cleanup(mut self) {
+            self.store.pool().close().await;
+            self.schema.drop_now().await;
+        }
+    }
+
+    impl DurableFixture for PgSchema {
+        type Store = PgStore;
+
+        fn store(&self) -> PgStore {
+            PgStore::clone(&self.store)
+        }
+
+        async fn expire_timers(&self) {
+            sqlx::query("UPDATE fsm_timers SET due_at = 0")
+                .execute(self.store.pool())
+                .await
+                .expect("expire timers");
+        }
+
+        async fn reopen(&self) -> PgStore {
+            PgStore::from_pool(pool(&self.schema).await)
+        }
+
+        async fn cleanup(self) {
+            Fixture::cleanup(self).await;
+        }
+    }
+
     async fn admin(url: &str, sql: String) {
         let mut conn = PgConnection::connect(url)
             .await
@@ -176,5 +198,222 @@ pub(crate) mod pg {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let _ = conn.close().await;
+    }
+}
+
+/// MySQL helpers: a database of the test's own, dropped afterwards.
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use fsm_core::testing::{DurableFixture, Fixture};
+    use fsm_sqlx::{Concurrency, MySqlStore};
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    use sqlx::{Connection, Executor, MySqlConnection};
+
+    /// A database, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
+    pub(crate) struct Database {
+        pub(crate) url: String,
+        pub(crate) name: String,
+        dropped: bool,
+    }
+
+    impl Database {
+        pub(crate) async fn create(url: String) -> Self {
+            let name = super::unique_name();
+            // An identifier cannot be bound; this one is generated, never a caller's value.
+            admin(&url, format!("CREATE DATABASE {name}")).await;
+            Database {
+                url,
+                name,
+                dropped: false,
+            }
+        }
+
+        /// Options connecting into this database.
+        pub(crate) fn options(&self) -> MySqlConnectOptions {
+            MySqlConnectOptions::from_str(&self.url)
+                .expect("parse the MySQL URL")
+                .database(&self.name)
+        }
+
+        pub(crate) async fn drop_now(&mut self) {
+            admin(&self.url, self.drop_sql()).await;
+            self.dropped = true;
+        }
+
+        fn drop_sql(&self) -> String {
+            format!("DROP DATABASE IF EXISTS {}", self.name)
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            if !self.dropped {
+                let (url, sql) = (self.url.clone(), self.drop_sql());
+                super::block_on_own_thread(async move { admin(&url, sql).await });
+            }
+        }
+    }
+
+    pub(crate) async fn admin(url: &str, sql: String) {
+        let mut conn = MySqlConnection::connect(url)
+            .await
+            .expect("connect to the MySQL server");
+        conn.execute(sql.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+    }
+
+    /// A small pool on the test's own database: tests run in parallel against one server.
+    pub(crate) async fn pool(database: &Database) -> sqlx::MySqlPool {
+        MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect_with(database.options())
+            .await
+            .expect("connect to the MySQL server")
+    }
+
+    /// A [`MySqlStore`] on a fresh database: the fixture of the conformance and durable
+    /// suites.
+    pub(crate) struct MySqlDatabase {
+        store: Arc<MySqlStore>,
+        database: Database,
+    }
+
+    impl MySqlDatabase {
+        pub(crate) async fn new(url: String, concurrency: Concurrency) -> Self {
+            let database = Database::create(url).await;
+            let store = MySqlStore::from_pool(pool(&database).await).with_concurrency(concurrency);
+            store.migrate().await.expect("migrate");
+            MySqlDatabase {
+                store: Arc::new(store),
+                database,
+            }
+        }
+
+        pub(crate) fn database(&self) -> &Database {
+            &self.database
+        }
+    }
+
+    impl Fixture for MySqlDatabase {
+        type Store = MySqlStore;
+
+        fn store(&self) -> Arc<MySqlStore> {
+            Arc::clone(&self.store)
+        }
+
+        async fn cleanup(mut self) {
+            self.store.pool().close().await;
+            self.database.drop_now().await;
+        }
+    }
+
+    impl DurableFixture for MySqlDatabase {
+        type Store = MySqlStore;
+
+        fn store(&self) -> MySqlStore {
+            MySqlStore::clone(&self.store)
+        }
+
+        async fn expire_timers(&self) {
+            sqlx::query("UPDATE fsm_timers SET due_at = 0")
+                .execute(self.store.pool())
+                .await
+                .expect("expire timers");
+        }
+
+        async fn reopen(&self) -> MySqlStore {
+            MySqlStore::from_pool(pool(&self.database).await)
+        }
+
+        async fn cleanup(self) {
+            Fixture::cleanup(self).await;
+        }
+    }
+}
+
+/// SQLite helpers: a database file of the test's own, removed afterwards.
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use fsm_core::testing::{DurableFixture, Fixture};
+    use fsm_sqlx::{Concurrency, SqliteStore};
+
+    /// A [`SqliteStore`] on a fresh file: the fixture of the conformance and durable
+    /// suites.
+    pub(crate) struct SqliteFile {
+        store: Arc<SqliteStore>,
+        path: PathBuf,
+    }
+
+    impl SqliteFile {
+        pub(crate) async fn new() -> Self {
+            Self::with(Concurrency::Optimistic).await
+        }
+
+        pub(crate) async fn with(concurrency: Concurrency) -> Self {
+            let path = std::env::temp_dir().join(format!("{}.db", super::unique_name()));
+            let store = SqliteStore::open(&path)
+                .await
+                .expect("open SQLite file")
+                .with_concurrency(concurrency);
+            store.migrate().await.expect("migrate");
+            SqliteFile {
+                store: Arc::new(store),
+                path,
+            }
+        }
+
+        pub(crate) fn path(&self) -> &PathBuf {
+            &self.path
+        }
+    }
+
+    impl Fixture for SqliteFile {
+        type Store = SqliteStore;
+
+        fn store(&self) -> Arc<SqliteStore> {
+            Arc::clone(&self.store)
+        }
+
+        async fn cleanup(self) {
+            self.store.pool().close().await;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = self.path.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    impl DurableFixture for SqliteFile {
+        type Store = SqliteStore;
+
+        fn store(&self) -> SqliteStore {
+            SqliteStore::clone(&self.store)
+        }
+
+        async fn expire_timers(&self) {
+            sqlx::query("UPDATE fsm_timers SET due_at = 0")
+                .execute(self.store.pool())
+                .await
+                .expect("expire timers");
+        }
+
+        async fn reopen(&self) -> SqliteStore {
+            SqliteStore::open(&self.path)
+                .await
+                .expect("reopen SQLite file")
+        }
+
+        async fn cleanup(self) {
+            Fixture::cleanup(self).await;
+        }
     }
 }

@@ -3,8 +3,10 @@
 //! A store crate runs it with [`store_conformance_tests!`](crate::store_conformance_tests),
 //! giving an expression that yields a fresh [`Fixture`] per test:
 //!
-//! ```ignore
+//! ```
+//! # mod conformance {
 //! fsm_core::store_conformance_tests!(async { std::sync::Arc::new(fsm_core::MemoryStore::new()) });
+//! # }
 //! ```
 //!
 //! The suite drives [`Order`], a hand-written [`StateMachine`] (no macro, so this crate
@@ -30,11 +32,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{Definition, Edge, EventInfo, On, StateInfo};
-use crate::error::{Error, UnknownName};
-use crate::machine::{EdgeIndex, Effects, MachineEvent, StateMachine};
-use crate::store::{Outcome, Store};
-use crate::{Command, Snapshot};
+use crate::{
+    Command, Definition, Edge, EdgeIndex, Effects, Error, EventInfo, MachineEvent, On, Outcome,
+    Snapshot, StateInfo, StateMachine, Store, UnknownName,
+};
+
+pub mod durable;
+
+pub use durable::DurableFixture;
 
 /// A fresh store for one conformance test, and how to clean it up afterwards.
 pub trait Fixture: Send + Sized + 'static {
@@ -72,6 +77,7 @@ macro_rules! store_conformance_tests {
             one_key_fired_by_64_tasks_applies_once,
             distinct_keys_from_32_tasks_give_gapless_versions,
             create_is_idempotent_on_the_business_id,
+            simultaneous_first_creates_report_one_new,
             ids_outside_1_to_255_bytes_are_invalid,
             unknown_instance_is_not_found,
             history_is_in_version_order,
@@ -468,10 +474,12 @@ fn annotate(note: impl Into<String>) -> Command<Order> {
 }
 
 async fn created<S: Store>(store: &S, total_cents: u64) -> Snapshot<Order> {
-    store
+    let created = store
         .create::<Order>(ID, order(total_cents))
         .await
-        .expect("create order-1")
+        .expect("create order-1");
+    assert!(created.is_new(), "{created:?}");
+    created.into_snapshot()
 }
 
 /// Create, pay, ship, deliver: each applied once, versions 1..=3.
@@ -698,12 +706,32 @@ pub async fn create_is_idempotent_on_the_business_id<S: Store>(store: Arc<S>) {
     created(&*store, 500).await;
     store.fire(ID, pay(500)).await.unwrap();
     let again = store.create::<Order>(ID, order(500)).await.unwrap();
+    assert!(!again.is_new(), "{again:?}");
+    let again = again.snapshot();
     assert_eq!((again.state, again.version), (OrderState::Paid, 1));
     let err = store.create::<Order>(ID, order(700)).await.unwrap_err();
     assert!(
         matches!(&err, Error::AlreadyExists { id, state, version: 1, .. } if id == ID && state == "Paid"),
         "{err:?}"
     );
+}
+
+/// 16 tasks create the same instance at once: exactly one is told it created it, the
+/// others get the existing instance.
+pub async fn simultaneous_first_creates_report_one_new<S: Store>(store: Arc<S>) {
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.create::<Order>(ID, order(500)).await })
+        })
+        .collect();
+    let mut new = 0;
+    for racer in racers {
+        let created = racer.await.expect("task").expect("created or existing");
+        assert_eq!(created.snapshot().version, 0);
+        new += usize::from(created.is_new());
+    }
+    assert_eq!(new, 1);
 }
 
 /// Empty and over-long ids are `InvalidId` everywhere.
@@ -842,7 +870,8 @@ pub async fn ids_and_keys_compare_byte_for_byte<S: Store>(store: Arc<S>) {
     store.create::<Order>("o", order(500)).await.unwrap();
     for id in ["o ", "O"] {
         let other = store.create::<Order>(id, order(700)).await.unwrap();
-        assert_eq!(other.context.total_cents, 700, "{id:?} is not \"o\"");
+        assert!(other.is_new(), "{id:?} is not \"o\"");
+        assert_eq!(other.snapshot().context.total_cents, 700);
     }
     for key in ["k", "k ", "K"] {
         let outcome = store.fire("o", annotate(key).with_key(key)).await.unwrap();

@@ -1,66 +1,108 @@
-//! Specifications of what the sqlx stores add to `Store`: single-use tokens, durable
-//! timers and the outbox dispatcher. Every backend's test file runs them through
-//! `durable_tests!` with a `Harness` of its own.
+//! The durable suite: specifications of what [`DurableStore`] adds to `Store`
+//! (single-use tokens, durable timers, the outbox dispatcher), run against every
+//! durable store with [`durable_store_tests!`](crate::durable_store_tests) and, for
+//! stores that outlive the process, [`durable_restart_tests!`](crate::durable_restart_tests).
+//!
+//! ```
+//! # mod durable {
+//! use fsm_core::testing::DurableFixture;
+//! use fsm_core::MemoryStore;
+//!
+//! struct Memory(MemoryStore);
+//!
+//! impl DurableFixture for Memory {
+//!     type Store = MemoryStore;
+//!     fn store(&self) -> MemoryStore {
+//!         self.0.clone()
+//!     }
+//!     async fn expire_timers(&self) {
+//!         self.0.advance_clock(fsm_core::testing::EXPIRY);
+//!     }
+//! }
+//!
+//! fsm_core::durable_store_tests!(async { Memory(MemoryStore::new()) });
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fsm_core::testing::{
-    EXPIRY_EDGE, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment,
-};
-use fsm_core::{Command, Error, Outcome, Store, Trigger};
-use fsm_sqlx::outbox::DispatchReport;
-use fsm_sqlx::{DispatchOptions, Dispatcher, DurableStore, EffectId};
 use tokio_util::sync::CancellationToken;
 
-/// A fresh database for one test, with the backdoors the specifications need.
-pub(crate) trait Harness: Send + Sync + Sized + 'static {
-    type Store: DurableStore;
+use super::{EXPIRY_EDGE, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
+use crate::{
+    BoxError, Command, Delivery, DispatchOptions, DispatchReport, Dispatcher, DurableStore,
+    EffectId, Error, Outcome, Store, Trigger,
+};
+
+/// A fresh durable store for one test, with the backdoors the specifications need.
+pub trait DurableFixture: Send + Sync + Sized + 'static {
     /// The store under test.
+    type Store: DurableStore;
+    /// The store under test (a handle sharing its data).
     fn store(&self) -> Self::Store;
-    /// A second store on the same database, as after a process restart.
-    fn reopen(&self) -> impl Future<Output = Self::Store> + Send;
-    /// Makes every armed timer due now (the suite's timer is 30 minutes).
+    /// Makes every armed timer due now (the suite's timer is [`EXPIRY`](super::EXPIRY)).
     fn expire_timers(&self) -> impl Future<Output = ()> + Send;
-    /// Drops the database.
-    fn cleanup(self) -> impl Future<Output = ()> + Send;
+    /// A second store on the same data, as after a process restart (only stores that
+    /// outlive the process: see [`durable_restart_tests!`](crate::durable_restart_tests)).
+    fn reopen(&self) -> impl Future<Output = Self::Store> + Send {
+        async { unimplemented!("this store does not survive a restart") }
+    }
+    /// Releases what the fixture created (a schema, a database file).
+    fn cleanup(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
-/// One `#[tokio::test]` per specification, each with a fresh harness from `$make`.
-// Test crates that run no durable suite include this module too.
-#[allow(unused_macros)]
-macro_rules! durable_tests {
+/// Expands to one `#[tokio::test]` per durable specification, each with a fresh
+/// [`DurableFixture`] from `$make` (an expression of a future yielding one).
+#[macro_export]
+macro_rules! durable_store_tests {
     ($make:expr) => {
-        $crate::common::durable::durable_tests!(@cases $make;
+        $crate::__durable_cases! { $make;
             tokens_are_single_use,
             unknown_expired_or_foreign_tokens_are_invalid,
             one_token_raced_by_16_tasks_applies_once,
             timer_fires_as_a_transition_at_its_version,
             timer_of_a_machine_that_moved_on_is_a_no_op,
-            timers_survive_a_restart,
             dispatcher_delivers_each_effect_once_with_a_stable_id,
             failing_handler_retries_then_dead_letters,
             expired_lease_is_claimed_again,
             a_worker_that_lost_its_lease_settles_nothing,
             concurrent_dispatchers_never_overlap,
             shutdown_lets_in_flight_handlers_finish,
-        );
+            effects_are_queued_once_with_their_transition,
+        }
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+}
+
+/// The specifications of a durable store that outlives the process; its fixture
+/// implements [`DurableFixture::reopen`].
+#[macro_export]
+macro_rules! durable_restart_tests {
+    ($make:expr) => {
+        $crate::__durable_cases! { $make;
+            timers_survive_a_restart,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __durable_cases {
+    ($make:expr; $($case:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let harness = $make.await;
-                $crate::common::durable::$case(&harness).await;
-                $crate::common::durable::Harness::cleanup(harness).await;
+                let fixture = $make.await;
+                $crate::testing::durable::$case(&fixture).await;
+                $crate::testing::DurableFixture::cleanup(fixture).await;
             }
         )*
     };
 }
-#[allow(unused_imports)]
-pub(crate) use durable_tests;
 
 const ID: &str = "o-1";
 
@@ -81,7 +123,8 @@ fn annotate(note: &str) -> Command<Order> {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-pub(crate) async fn tokens_are_single_use<H: Harness>(h: &H) {
+/// Tokens are single use.
+pub async fn tokens_are_single_use<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     let token = store.issue_token::<Order>(ID, MINUTE).await.unwrap();
@@ -102,7 +145,8 @@ pub(crate) async fn tokens_are_single_use<H: Harness>(h: &H) {
     assert_eq!(store.load::<Order>(ID).await.unwrap().version, 1);
 }
 
-pub(crate) async fn unknown_expired_or_foreign_tokens_are_invalid<H: Harness>(h: &H) {
+/// Unknown expired or foreign tokens are invalid.
+pub async fn unknown_expired_or_foreign_tokens_are_invalid<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.create::<Order>("o-2", order()).await.unwrap();
@@ -132,7 +176,8 @@ pub(crate) async fn unknown_expired_or_foreign_tokens_are_invalid<H: Harness>(h:
     store.fire("o-2", pay().with_token(&foreign)).await.unwrap();
 }
 
-pub(crate) async fn one_token_raced_by_16_tasks_applies_once<H: Harness>(h: &H) {
+/// One token raced by 16 tasks applies once.
+pub async fn one_token_raced_by_16_tasks_applies_once<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     let token = store.issue_token::<Order>(ID, MINUTE).await.unwrap();
@@ -151,7 +196,8 @@ pub(crate) async fn one_token_raced_by_16_tasks_applies_once<H: Harness>(h: &H) 
     assert_eq!(applied, 1);
 }
 
-pub(crate) async fn timer_fires_as_a_transition_at_its_version<H: Harness>(h: &H) {
+/// Timer fires as a transition at its version.
+pub async fn timer_fires_as_a_transition_at_its_version<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     let early = store.fire_due_timers::<Order>(10, MINUTE).await.unwrap();
@@ -183,7 +229,8 @@ pub(crate) async fn timer_fires_as_a_transition_at_its_version<H: Harness>(h: &H
     );
 }
 
-pub(crate) async fn timer_of_a_machine_that_moved_on_is_a_no_op<H: Harness>(h: &H) {
+/// Timer of a machine that moved on is a no op.
+pub async fn timer_of_a_machine_that_moved_on_is_a_no_op<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
@@ -206,7 +253,8 @@ pub(crate) async fn timer_of_a_machine_that_moved_on_is_a_no_op<H: Harness>(h: &
     assert_eq!(fired[0].1.version, 2);
 }
 
-pub(crate) async fn timers_survive_a_restart<H: Harness>(h: &H) {
+/// Timers survive a restart.
+pub async fn timers_survive_a_restart<F: DurableFixture>(h: &F) {
     h.store().create::<Order>(ID, order()).await.unwrap();
     let restarted = h.reopen().await;
     h.expire_timers().await;
@@ -225,9 +273,7 @@ type Seen = Arc<Mutex<Vec<(EffectId, OrderEffect, u32)>>>;
 
 fn recorder() -> (
     Seen,
-    impl Fn(
-        fsm_sqlx::Delivery<OrderEffect>,
-    ) -> std::future::Ready<Result<(), fsm_core::error::BoxError>>
+    impl Fn(Delivery<OrderEffect>) -> std::future::Ready<Result<(), BoxError>>
     + Send
     + Sync
     + Clone
@@ -235,14 +281,15 @@ fn recorder() -> (
 ) {
     let seen: Seen = Arc::default();
     let sink = Arc::clone(&seen);
-    let handler = move |d: fsm_sqlx::Delivery<OrderEffect>| {
+    let handler = move |d: Delivery<OrderEffect>| {
         sink.lock().unwrap().push((d.id, d.effect, d.attempt));
         std::future::ready(Ok(()))
     };
     (seen, handler)
 }
 
-pub(crate) async fn dispatcher_delivers_each_effect_once_with_a_stable_id<H: Harness>(h: &H) {
+/// Dispatcher delivers each effect once with a stable id.
+pub async fn dispatcher_delivers_each_effect_once_with_a_stable_id<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay().with_key("p")).await.unwrap();
@@ -276,7 +323,8 @@ pub(crate) async fn dispatcher_delivers_each_effect_once_with_a_stable_id<H: Har
     assert_eq!(again.claimed, 0);
 }
 
-pub(crate) async fn failing_handler_retries_then_dead_letters<H: Harness>(h: &H) {
+/// Failing handler retries then dead letters.
+pub async fn failing_handler_retries_then_dead_letters<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
@@ -290,11 +338,9 @@ pub(crate) async fn failing_handler_retries_then_dead_letters<H: Harness>(h: &H)
     let attempts: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let failing = {
         let attempts = Arc::clone(&attempts);
-        move |d: fsm_sqlx::Delivery<OrderEffect>| {
+        move |d: Delivery<OrderEffect>| {
             attempts.lock().unwrap().push((d.id.to_string(), d.attempt));
-            std::future::ready(Err::<(), fsm_core::error::BoxError>(
-                "card processor down".into(),
-            ))
+            std::future::ready(Err::<(), BoxError>("card processor down".into()))
         }
     };
     let first = dispatcher
@@ -367,7 +413,8 @@ pub(crate) async fn failing_handler_retries_then_dead_letters<H: Harness>(h: &H)
     assert!(store.dead_letters::<Order>().await.unwrap().is_empty());
 }
 
-pub(crate) async fn expired_lease_is_claimed_again<H: Harness>(h: &H) {
+/// Expired lease is claimed again.
+pub async fn expired_lease_is_claimed_again<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
@@ -377,9 +424,7 @@ pub(crate) async fn expired_lease_is_claimed_again<H: Harness>(h: &H) {
     };
     // A worker claims the effect and dies before settling it.
     let crashed = Dispatcher::new(store.clone()).with_options(short);
-    let crash = |_: fsm_sqlx::Delivery<OrderEffect>| {
-        std::future::pending::<Result<(), fsm_core::error::BoxError>>()
-    };
+    let crash = |_: Delivery<OrderEffect>| std::future::pending::<Result<(), BoxError>>();
     let _ = tokio::time::timeout(
         Duration::from_millis(30),
         crashed.dispatch_once::<Order, _, _>(&crash),
@@ -410,7 +455,8 @@ pub(crate) async fn expired_lease_is_claimed_again<H: Harness>(h: &H) {
     assert_eq!(seen[0].2, 2, "second attempt, same id");
 }
 
-pub(crate) async fn concurrent_dispatchers_never_overlap<H: Harness>(h: &H) {
+/// Concurrent dispatchers never overlap.
+pub async fn concurrent_dispatchers_never_overlap<F: DurableFixture>(h: &F) {
     let store = h.store();
     for i in 0..40 {
         let id = format!("o-{i}");
@@ -427,12 +473,12 @@ pub(crate) async fn concurrent_dispatchers_never_overlap<H: Harness>(h: &H) {
             let dispatcher = Dispatcher::new(store.clone()).with_options(options);
             let counts = Arc::clone(&counts);
             tokio::spawn(async move {
-                let handler = move |d: fsm_sqlx::Delivery<OrderEffect>| {
+                let handler = move |d: Delivery<OrderEffect>| {
                     let counts = Arc::clone(&counts);
                     async move {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         *counts.lock().unwrap().entry(d.id.to_string()).or_default() += 1;
-                        Ok::<(), fsm_core::error::BoxError>(())
+                        Ok::<(), BoxError>(())
                     }
                 };
                 while dispatcher
@@ -453,7 +499,8 @@ pub(crate) async fn concurrent_dispatchers_never_overlap<H: Harness>(h: &H) {
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }
 
-pub(crate) async fn shutdown_lets_in_flight_handlers_finish<H: Harness>(h: &H) {
+/// Shutdown lets in flight handlers finish.
+pub async fn shutdown_lets_in_flight_handlers_finish<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
@@ -462,13 +509,13 @@ pub(crate) async fn shutdown_lets_in_flight_handlers_finish<H: Harness>(h: &H) {
     let finished: Seen = Arc::default();
     let handler = {
         let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
-        move |d: fsm_sqlx::Delivery<OrderEffect>| {
+        move |d: Delivery<OrderEffect>| {
             let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
             async move {
                 started.notify_one();
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 finished.lock().unwrap().push((d.id, d.effect, d.attempt));
-                Ok::<(), fsm_core::error::BoxError>(())
+                Ok::<(), BoxError>(())
             }
         }
     };
@@ -494,7 +541,8 @@ pub(crate) async fn shutdown_lets_in_flight_handlers_finish<H: Harness>(h: &H) {
     assert_eq!(after.claimed, 0, "and its effect was marked done");
 }
 
-pub(crate) async fn a_worker_that_lost_its_lease_settles_nothing<H: Harness>(h: &H) {
+/// A worker that lost its lease settles nothing.
+pub async fn a_worker_that_lost_its_lease_settles_nothing<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
@@ -505,9 +553,9 @@ pub(crate) async fn a_worker_that_lost_its_lease_settles_nothing<H: Harness>(h: 
     };
     // A slow worker whose lease runs out mid-handler, then fails: it would dead-letter.
     let slow = Dispatcher::new(store.clone()).with_options(short);
-    let slow_handler = |_: fsm_sqlx::Delivery<OrderEffect>| async {
+    let slow_handler = |_: Delivery<OrderEffect>| async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        Err::<(), fsm_core::error::BoxError>("timed out".into())
+        Err::<(), BoxError>("timed out".into())
     };
     let stale = tokio::spawn(async move { slow.dispatch_once::<Order, _, _>(&slow_handler).await });
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -529,4 +577,38 @@ pub(crate) async fn a_worker_that_lost_its_lease_settles_nothing<H: Harness>(h: 
         .await
         .unwrap();
     assert_eq!(after.claimed, 0, "the fresh worker's Done stands");
+}
+
+/// Applied transitions queue their effects as outbox rows (version, seq from 0) in the
+/// same commit; a duplicate or a rejected command queues nothing.
+pub async fn effects_are_queued_once_with_their_transition<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay().with_key("p")).await.unwrap();
+    assert!(
+        store
+            .fire(ID, pay().with_key("p"))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    store.fire(ID, pay()).await.unwrap_err();
+    store.fire(ID, annotate("gift wrap")).await.unwrap();
+    let rows = store
+        .claim_effects("Order", MINUTE, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let effect: OrderEffect = serde_json::from_str(&row.effect).expect("effect as JSON");
+            (row.version, row.seq, effect)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        [
+            (1, 0, OrderEffect::Charge { cents: 500 }),
+            (2, 0, OrderEffect::Noted("gift wrap".to_owned())),
+        ]
+    );
 }

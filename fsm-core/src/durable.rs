@@ -1,0 +1,233 @@
+//! [`DurableStore`]: what a store adds to [`Store`] for workflows: single-use tokens,
+//! durable timers and a transactional outbox with dead letters.
+//!
+//! Actions emit effects; the store writes them in the transition's commit as rows with a
+//! stable [`EffectId`] `(machine type, id, version, seq)`, never again for a
+//! `Duplicate`. A [`Dispatcher`](crate::Dispatcher) claims due rows under a lease, runs
+//! the handler, and settles them; a [`TimerWorker`](crate::TimerWorker) fires due
+//! `after(..)` timers as ordinary compare-and-set transitions.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::machine::StateMachine;
+use crate::store::{Store, Transition};
+
+/// Tokens, timers and the outbox, on top of [`Store`].
+///
+/// Implemented by [`MemoryStore`](crate::MemoryStore) and by every sqlx store of
+/// `fsm-sqlx`; the durable suite of `fsm_core::testing` holds each to the same behaviour.
+/// The last two methods are the outbox contract the [`Dispatcher`](crate::Dispatcher)
+/// uses; applications call the first four.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use fsm_core::testing::{Order, OrderData, OrderEvent};
+/// use fsm_core::{Command, DurableStore, MemoryStore, Store};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// store.create::<Order>("o-1", OrderData::default()).await?;
+/// let token = store.issue_token::<Order>("o-1", Duration::from_secs(60)).await?;
+/// let cancel = || Command::<Order>::new(OrderEvent::Cancel).with_token(&token);
+/// assert!(!store.fire("o-1", cancel()).await?.is_duplicate());
+/// assert!(store.fire("o-1", cancel()).await?.is_duplicate(), "a token is single-use");
+/// # Ok::<(), fsm_core::Error>(()) }).unwrap();
+/// ```
+pub trait DurableStore: Store + Clone {
+    /// Issues a random 128-bit single-use token bound to instance `id`, valid for `ttl`
+    /// (`Duration::MAX`: never expires). A command carrying it
+    /// ([`Command::with_token`](crate::Command::with_token)) consumes it in the
+    /// transition's commit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) when the instance does not exist;
+    /// [`Error::InvalidId`](crate::Error::InvalidId); backend errors.
+    fn issue_token<M: StateMachine>(
+        &self,
+        id: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// Fires up to `limit` due timers of machine type `M`, each as a compare-and-set at
+    /// the version it was armed with; returns the transitions that applied (timers of
+    /// instances that moved on are dropped). Claimed timers are leased for `lease`.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; [`Error::Corrupt`](crate::Error::Corrupt) for a timer row naming no
+    /// timer edge.
+    fn fire_due_timers<M: StateMachine>(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<(String, Transition<M>)>>> + Send;
+
+    /// Effects of machine type `M` whose handler failed `max_attempts` times (or that no
+    /// longer decode), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn dead_letters<M: StateMachine>(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DeadLetter<M::Effect>>>> + Send;
+
+    /// Makes a dead letter claimable again with a fresh attempt count; `false` when `id`
+    /// is not a dead letter.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn requeue(&self, id: &EffectId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Leases up to `limit` due, unleased outbox rows of `machine` for `lease`, counting
+    /// an attempt on each, in emission order per instance; rows leased by another
+    /// claimer are skipped.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn claim_effects(
+        &self,
+        machine: &'static str,
+        lease: Duration,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedEffect>>> + Send;
+
+    /// Records how a claimed row ended, unless its lease was lost (the row was claimed
+    /// again since): `false` then, and nothing changes.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn settle_effect(
+        &self,
+        machine: &'static str,
+        effect: &ClaimedEffect,
+        settlement: Settlement<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// The stable identity of one effect: the transition that emitted it and its position.
+///
+/// # Examples
+///
+/// ```
+/// let id = fsm_core::EffectId { machine: "Order", id: "o-1".into(), version: 3, seq: 0 };
+/// assert_eq!(id.to_string(), "Order/o-1/3/0");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EffectId {
+    /// Machine type.
+    pub machine: &'static str,
+    /// Instance id.
+    pub id: String,
+    /// Version of the transition that emitted the effect.
+    pub version: u64,
+    /// Position among that transition's effects, from 0.
+    pub seq: u32,
+}
+
+impl fmt::Display for EffectId {
+    /// `Order/o-1/3/0`: usable as a downstream idempotency key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.machine, self.id, self.version, self.seq
+        )
+    }
+}
+
+/// One effect handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Delivery<E> {
+    /// The effect's stable id; the same on every attempt.
+    pub id: EffectId,
+    /// The effect.
+    pub effect: E,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+}
+
+/// An effect whose handler kept failing.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<E> {
+    /// The effect's id.
+    pub id: EffectId,
+    /// The effect, unless its stored JSON no longer decodes.
+    pub effect: Option<E>,
+    /// The stored JSON.
+    pub raw: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last handler error.
+    pub last_error: Option<String>,
+}
+
+impl<E: serde::de::DeserializeOwned> DeadLetter<E> {
+    /// The dead letter of a stored outbox row.
+    pub fn of(machine: &'static str, row: ClaimedEffect) -> Self {
+        DeadLetter {
+            id: row.id(machine),
+            effect: serde_json::from_str(&row.effect).ok(),
+            attempts: row.attempts,
+            last_error: row.last_error,
+            raw: row.effect,
+        }
+    }
+}
+
+/// An outbox row as a store hands it to the [`Dispatcher`](crate::Dispatcher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEffect {
+    /// Instance id.
+    pub machine_id: String,
+    /// Version of the transition that emitted it.
+    pub version: u64,
+    /// Position among that transition's effects, from 0.
+    pub seq: u32,
+    /// The effect as stored JSON.
+    pub effect: String,
+    /// Attempts so far, this claim included; also the claim's lease token.
+    pub attempts: u32,
+    /// The last handler error, if any.
+    pub last_error: Option<String>,
+}
+
+impl ClaimedEffect {
+    /// The effect's stable id.
+    pub fn id(&self, machine: &'static str) -> EffectId {
+        EffectId {
+            machine,
+            id: self.machine_id.clone(),
+            version: self.version,
+            seq: self.seq,
+        }
+    }
+}
+
+/// How a claimed outbox row ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement<'a> {
+    /// Handled: never claimed again.
+    Done,
+    /// Failed: claimable again after `delay`.
+    Retry {
+        /// The backoff before the next attempt.
+        delay: Duration,
+        /// The handler's error.
+        error: &'a str,
+    },
+    /// Failed for the last time (or undecodable): kept as a dead letter.
+    Dead {
+        /// Why.
+        error: &'a str,
+    },
+}

@@ -1,0 +1,124 @@
+//! What store implementations need and applications do not.
+//!
+//! A store persists; it does not decide. Firing a command is always the same three
+//! moves, whatever the backend:
+//!
+//! 1. [`Prepared::new`] validates the id and key and fingerprints the event, before any
+//!    I/O;
+//! 2. the store reads the instance (and the transition already recorded under the key,
+//!    if any) and calls [`Prepared::replay`] or [`Prepared::apply`], which run the
+//!    transition rule of [`step`](crate::step);
+//! 3. the store writes the result with a version-checked compare-and-set; when another
+//!    writer won, the store reads and decides again, pausing with
+//!    [`RetryPolicy::pause`](crate::RetryPolicy::pause) between attempts.
+//!
+//! The outbox rows a [`Dispatcher`](crate::Dispatcher) claims and settles through
+//! [`DurableStore`](crate::DurableStore) are [`ClaimedEffect`] and [`Settlement`].
+//!
+//! # Examples
+//!
+//! ```
+//! use fsm_core::kit::Prepared;
+//! use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
+//! use fsm_core::{Command, Snapshot};
+//!
+//! let prepared = Prepared::new("o-1", Command::<Order>::new(OrderEvent::Cancel).with_key("k"))?;
+//! assert_eq!(prepared.stored_key(), Some("k"));
+//! let current = Snapshot::<Order> {
+//!     id: "o-1".into(),
+//!     state: OrderState::Created,
+//!     version: 0,
+//!     context: OrderData::default(),
+//! };
+//! let applied = prepared.apply(&current)?;
+//! assert_eq!((applied.snapshot.state, applied.snapshot.version), (OrderState::Cancelled, 1));
+//! # Ok::<(), fsm_core::Error>(())
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+pub use crate::command::{fingerprint, fingerprint_json};
+pub use crate::durable::{ClaimedEffect, Settlement};
+pub use crate::machine::timer_delay;
+pub use crate::store::{Applied, Prepared};
+
+use crate::error::{Error, Result};
+use crate::machine::StateMachine;
+
+/// Checks a machine id is 1..=255 bytes.
+///
+/// # Errors
+///
+/// [`Error::InvalidId`].
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::testing::Order;
+/// assert!(fsm_core::kit::check_id::<Order>("o-1").is_ok());
+/// assert!(fsm_core::kit::check_id::<Order>("").is_err());
+/// ```
+pub fn check_id<M: StateMachine>(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > crate::MAX_KEY_LEN {
+        return Err(Error::InvalidId {
+            machine: M::DEFINITION.name,
+            len: id.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, now.
+///
+/// # Examples
+///
+/// ```
+/// assert!(fsm_core::kit::now_ms() > 1_700_000_000_000);
+/// ```
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX` (so `Duration::MAX` means
+/// "never", not a wrapped value in the past).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(fsm_core::kit::millis(Duration::from_secs(2)), 2_000);
+/// assert_eq!(fsm_core::kit::millis(Duration::MAX), u64::MAX);
+/// ```
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `now + duration` in milliseconds as a database `BIGINT`, saturating at `i64::MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(fsm_core::kit::deadline(1_000, Duration::from_millis(500)), 1_500);
+/// assert_eq!(fsm_core::kit::deadline(1_000, Duration::MAX), i64::MAX);
+/// ```
+pub fn deadline(now: u64, duration: Duration) -> i64 {
+    i64::try_from(now.saturating_add(millis(duration))).unwrap_or(i64::MAX)
+}
+
+/// A fresh single-use token: 128 random bits from the operating system, as 32 hex digits.
+///
+/// # Examples
+///
+/// ```
+/// let token = fsm_core::kit::new_token();
+/// assert_eq!(token.len(), 32);
+/// assert_ne!(token, fsm_core::kit::new_token());
+/// ```
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    hex::encode(bytes)
+}

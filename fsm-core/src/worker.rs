@@ -1,0 +1,336 @@
+//! The background workers of a [`DurableStore`]: the outbox [`Dispatcher`] and the
+//! [`TimerWorker`], both one poll-until-cancelled loop.
+//!
+//! A [`Dispatcher`] claims due outbox rows under a lease (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL and MySQL, SQLite's single writer, a lock in memory), runs the handler, and
+//! marks them done. A failed handler is retried with exponential backoff; after
+//! [`DispatchOptions::max_attempts`] the row becomes a [`DeadLetter`](crate::DeadLetter).
+//! A crashed worker's lease expires and its rows are claimed again, so delivery is at
+//! least once: pass the id downstream as its idempotency key to make it effectively once.
+//!
+//! # Examples
+//!
+//! ```
+//! use fsm_core::testing::{Order, OrderData, OrderEffect, OrderEvent, Payment};
+//! use fsm_core::{Command, Delivery, Dispatcher, MemoryStore, Store};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let order = OrderData { total_cents: 500, ..OrderData::default() };
+//! store.create::<Order>("o-1", order).await?;
+//! store.fire("o-1", Command::new(OrderEvent::Pay(Payment { amount_cents: 500 }))).await?;
+//!
+//! let handler = |delivery: Delivery<OrderEffect>| async move {
+//!     // e.g. charge the card with `delivery.id` as the processor's idempotency key
+//!     assert_eq!(delivery.id.to_string(), "Order/o-1/1/0");
+//!     Ok::<(), fsm_core::BoxError>(())
+//! };
+//! let report = Dispatcher::new(store).dispatch_once::<Order, _, _>(&handler).await?;
+//! assert_eq!(report.done, 1);
+//! # Ok::<(), fsm_core::Error>(()) }).unwrap();
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::durable::{ClaimedEffect, Delivery, DurableStore, Settlement};
+use crate::error::{BoxError, Result};
+use crate::machine::StateMachine;
+
+/// Runs `pass` until `shutdown` is cancelled, pausing `idle` whenever a pass found
+/// nothing to do (`pass` returns `true` then). A pass in progress finishes first.
+async fn poll_until_cancelled<F, Fut>(shutdown: &CancellationToken, idle: Duration, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    while !shutdown.is_cancelled() {
+        if pass().await {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+}
+
+/// How a [`Dispatcher`] claims and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchOptions {
+    /// Concurrent worker tasks.
+    pub workers: usize,
+    /// Rows claimed per round trip.
+    pub batch: u32,
+    /// How long a claim is exclusive; a handler running longer may see its effect claimed
+    /// again by another worker.
+    pub lease: Duration,
+    /// Attempts before an effect is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles per attempt up to `max_backoff`.
+    pub backoff: Duration,
+    /// Upper bound of the retry delay.
+    pub max_backoff: Duration,
+    /// Pause when nothing is due.
+    pub idle_poll: Duration,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        DispatchOptions {
+            workers: 1,
+            batch: 32,
+            lease: Duration::from_secs(30),
+            max_attempts: 8,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+            idle_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+impl DispatchOptions {
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+            .min(self.max_backoff)
+    }
+}
+
+/// What one [`Dispatcher::dispatch_once`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Handled and marked done.
+    pub done: usize,
+    /// Failed, to be retried after a backoff.
+    pub retried: usize,
+    /// Failed for the last time, or undecodable: dead-lettered.
+    pub dead: usize,
+}
+
+/// Why an effect was not handled; the kind, never the text, decides dead-lettering.
+enum Failure {
+    /// The stored JSON is not an `M::Effect` (any more): retrying cannot help.
+    Undecodable(String),
+    /// The handler returned an error.
+    Handler(String),
+}
+
+/// Claims outbox rows and runs a handler on each.
+#[derive(Debug, Clone)]
+pub struct Dispatcher<S> {
+    store: S,
+    options: DispatchOptions,
+}
+
+impl<S: DurableStore> Dispatcher<S> {
+    /// A dispatcher with [`DispatchOptions::default`].
+    pub fn new(store: S) -> Self {
+        Dispatcher {
+            store,
+            options: DispatchOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn with_options(mut self, options: DispatchOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Claims one batch of due effects of machine type `M` and handles them in order.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors while claiming or settling; handler errors are not errors here but
+    /// retries or dead letters.
+    pub async fn dispatch_once<M, H, Fut>(&self, handler: &H) -> Result<DispatchReport>
+    where
+        M: StateMachine,
+        H: Fn(Delivery<M::Effect>) -> Fut,
+        Fut: Future<Output = std::result::Result<(), BoxError>>,
+    {
+        let machine = M::DEFINITION.name;
+        let batch = usize::try_from(self.options.batch).unwrap_or(usize::MAX);
+        let rows = self
+            .store
+            .claim_effects(machine, self.options.lease, batch)
+            .await?;
+        let mut report = DispatchReport {
+            claimed: rows.len(),
+            ..DispatchReport::default()
+        };
+        for row in rows {
+            let outcome = self.handle::<M, _, _>(handler, &row).await;
+            let settlement = match &outcome {
+                Ok(()) => {
+                    report.done += 1;
+                    Settlement::Done
+                }
+                Err(failure) => {
+                    let (error, dead) = match failure {
+                        Failure::Undecodable(error) => (error, true),
+                        Failure::Handler(error) => {
+                            (error, row.attempts >= self.options.max_attempts)
+                        }
+                    };
+                    tracing::warn!(machine, id = %row.machine_id, version = row.version, seq = row.seq, attempts = row.attempts, error = %error, dead, "effect not handled");
+                    if dead {
+                        report.dead += 1;
+                        Settlement::Dead { error }
+                    } else {
+                        report.retried += 1;
+                        Settlement::Retry {
+                            delay: self.options.retry_delay(row.attempts),
+                            error,
+                        }
+                    }
+                }
+            };
+            if !self.store.settle_effect(machine, &row, settlement).await? {
+                // Our lease expired and another worker claimed the row: its outcome counts.
+                tracing::warn!(machine, id = %row.machine_id, version = row.version, seq = row.seq, "outbox lease lost before settling");
+            }
+        }
+        Ok(report)
+    }
+
+    async fn handle<M, H, Fut>(&self, handler: &H, row: &ClaimedEffect) -> Result<(), Failure>
+    where
+        M: StateMachine,
+        H: Fn(Delivery<M::Effect>) -> Fut,
+        Fut: Future<Output = std::result::Result<(), BoxError>>,
+    {
+        let effect = serde_json::from_str::<M::Effect>(&row.effect).map_err(|e| {
+            let effect = M::DEFINITION.effect.unwrap_or("()");
+            Failure::Undecodable(format!("effect does not decode as {effect}: {e}"))
+        })?;
+        let delivery = Delivery {
+            id: row.id(M::DEFINITION.name),
+            effect,
+            attempt: row.attempts,
+        };
+        handler(delivery)
+            .await
+            .map_err(|e| Failure::Handler(e.to_string()))
+    }
+
+    /// Runs [`DispatchOptions::workers`] workers until `shutdown` is cancelled. Handlers
+    /// in flight when it is cancelled finish, and their rows are settled, before this
+    /// returns. Backend errors are logged and retried after
+    /// [`DispatchOptions::idle_poll`], so a database restart does not stop dispatch.
+    ///
+    /// # Errors
+    ///
+    /// Never returns an error today; the `Result` leaves room for fatal conditions.
+    pub async fn run<M, H, Fut>(self, handler: H, shutdown: CancellationToken) -> Result<()>
+    where
+        M: StateMachine,
+        S: 'static,
+        H: Fn(Delivery<M::Effect>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let this = Arc::new(self);
+        let handler = Arc::new(handler);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..this.options.workers.max(1) {
+            let (this, handler, shutdown) =
+                (Arc::clone(&this), Arc::clone(&handler), shutdown.clone());
+            workers.spawn(async move {
+                poll_until_cancelled(&shutdown, this.options.idle_poll, || async {
+                    match this.dispatch_once::<M, _, _>(&*handler).await {
+                        Ok(report) => report.claimed == 0,
+                        Err(err) => {
+                            tracing::warn!(machine = M::DEFINITION.name, error = %err, "outbox claim failed; retrying");
+                            true
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+        while workers.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Polls for due timers of one machine type and fires them.
+///
+/// A store arms a timer row when a machine enters a state with timer edges, stamped with
+/// the version it entered at (creation arms those of the initial state). The worker
+/// fires each due timer as an ordinary compare-and-set transition at that version, so a
+/// machine that has moved on turns its old timers into no-ops. A worker that dies
+/// mid-batch leaves leased rows that another claims once the lease expires.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use fsm_core::testing::{EXPIRY, Order, OrderData, OrderState};
+/// use fsm_core::{DurableStore, MemoryStore, Store, TimerWorker};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// store.create::<Order>("o-1", OrderData::default()).await?;
+/// store.advance_clock(EXPIRY); // a unit test need not wait 30 minutes
+/// let fired = store.fire_due_timers::<Order>(10, Duration::from_secs(30)).await?;
+/// assert_eq!(fired[0].1.to, OrderState::Expired);
+/// # let _worker = TimerWorker::new(store);
+/// # Ok::<(), fsm_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimerWorker<S> {
+    store: S,
+    /// Timers claimed per round trip.
+    pub batch: usize,
+    /// How long a claim is exclusive.
+    pub lease: Duration,
+    /// Pause when nothing is due.
+    pub poll: Duration,
+}
+
+impl<S: DurableStore> TimerWorker<S> {
+    /// A worker claiming 64 timers at a time, polling every 200 ms.
+    pub fn new(store: S) -> Self {
+        TimerWorker {
+            store,
+            batch: 64,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(200),
+        }
+    }
+
+    /// Fires due timers of `M` until `shutdown` is cancelled; a batch in progress
+    /// finishes first. Backend errors are logged and retried after `poll`.
+    ///
+    /// # Errors
+    ///
+    /// Never returns an error today; the `Result` leaves room for fatal conditions.
+    pub async fn run<M: StateMachine>(self, shutdown: CancellationToken) -> Result<()> {
+        poll_until_cancelled(&shutdown, self.poll, || async {
+            match self
+                .store
+                .fire_due_timers::<M>(self.batch, self.lease)
+                .await
+            {
+                Ok(fired) => {
+                    for (id, transition) in &fired {
+                        tracing::debug!(machine = M::DEFINITION.name, id, %transition, "timer fired");
+                    }
+                    fired.is_empty()
+                }
+                Err(err) => {
+                    tracing::warn!(machine = M::DEFINITION.name, error = %err, "timer pass failed; retrying");
+                    true
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,643 @@
+//! [`Dialect`]: what differs between the databases, and the SQL they share.
+//!
+//! Every statement is a bound-parameter string, and every dialect binds its parameters
+//! in the same order (the order MySQL's positional `?` forces; SQLite and PostgreSQL
+//! number theirs to match), so the Rust that binds, runs and checks a statement is
+//! written once, here. A dialect supplies its statements and the few write paths that
+//! truly differ: PostgreSQL's single-statement transition, MariaDB's claim without
+//! `UPDATE ... RETURNING`, SQLite's `BEGIN IMMEDIATE`.
+
+use std::future::Future;
+
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use fsm_core::kit::ClaimedEffect;
+use fsm_core::{Error, Result};
+
+use crate::engine::rows::{NewMachine, TimerRow, TransitionWrite, WriteOutcome, undecodable};
+use sealed::Backend;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// A database fsm can store machines in: [`sqlx::Sqlite`], [`sqlx::Postgres`] or
+/// [`sqlx::MySql`] (MariaDB too), each behind its cargo feature.
+///
+/// Sealed: the conformance, durable and fault suites run against exactly these.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "sqlite")] {
+/// fn describe<D: fsm_sqlx::Dialect>(_: &fsm_sqlx::SqlStore<D>) -> &'static str {
+///     std::any::type_name::<D>()
+/// }
+/// # }
+/// ```
+pub trait Dialect: sealed::Backend {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The statements and write paths of one database; implemented for the three
+    /// databases only.
+    pub trait Backend: Sql + Sized {
+        /// The statements, with parameters in the shared order.
+        const SQL: Statements;
+
+        /// Connection options as [`SqlStore::connect`](crate::SqlStore::connect) sets
+        /// them from a URL.
+        fn tune(options: ConnectOptionsOf<Self>) -> ConnectOptionsOf<Self> {
+            options
+        }
+
+        /// The embedded migrations.
+        fn migrator() -> &'static Migrator;
+
+        /// Rows a statement changed.
+        fn rows_affected(result: &Self::QueryResult) -> u64;
+
+        /// A text column fsm wrote from a `str` (MySQL keeps names and ids as bytes).
+        fn text(row: &Self::Row, index: usize) -> sqlx::Result<String> {
+            Self::string(row, index)
+        }
+
+        /// A nullable text column fsm wrote from a `str`.
+        fn maybe_text(row: &Self::Row, index: usize) -> sqlx::Result<Option<String>> {
+            Self::maybe_string(row, index)
+        }
+
+        /// Inserts unless the id exists, with its initial timers; `true` when inserted.
+        fn insert(
+            pool: &Pool<Self>,
+            new: &NewMachine<'_>,
+        ) -> impl Future<Output = Result<bool>> + Send {
+            super::transaction::insert::<Self>(pool, new)
+        }
+
+        /// Applies one transition atomically: token, compare-and-set, history, outbox,
+        /// timers.
+        fn write(
+            pool: &Pool<Self>,
+            write: &TransitionWrite<'_>,
+        ) -> impl Future<Output = Result<WriteOutcome>> + Send {
+            async move {
+                let tx = super::begin_write::<Self>(pool, || {
+                    format!("fire {} {}", write.machine, write.id)
+                })
+                .await?;
+                Self::write_locked(tx, write).await
+            }
+        }
+
+        /// [`write`](Backend::write) inside a transaction that holds the instance's lock,
+        /// committing it when applied and rolling it back otherwise.
+        fn write_locked(
+            tx: sqlx::Transaction<'static, Self>,
+            write: &TransitionWrite<'_>,
+        ) -> impl Future<Output = Result<WriteOutcome>> + Send {
+            super::transaction::write_locked::<Self>(tx, write)
+        }
+
+        /// Leases up to `limit` due, unleased outbox rows until `lease_until`, counting an
+        /// attempt on each; rows locked by another claimer are skipped. By default one
+        /// `UPDATE ... RETURNING`.
+        fn claim_effects(
+            pool: &Pool<Self>,
+            machine: &'static str,
+            now: i64,
+            lease_until: i64,
+            limit: i64,
+        ) -> impl Future<Output = Result<Vec<ClaimedEffect>>> + Send {
+            let args = [
+                Arg::Text(machine),
+                Arg::Int(now),
+                Arg::Int(lease_until),
+                Arg::Int(limit),
+            ];
+            claim_returning(pool, Self::SQL.claim_effects, args, move |row| {
+                claimed_effect::<Self>(machine, row)
+            })
+        }
+
+        /// Leases up to `limit` due, unleased timers until `lease_until`. By default one
+        /// `UPDATE ... RETURNING`.
+        fn claim_timers(
+            pool: &Pool<Self>,
+            machine: &'static str,
+            now: i64,
+            lease_until: i64,
+            limit: i64,
+        ) -> impl Future<Output = Result<Vec<TimerRow>>> + Send {
+            let args = [
+                Arg::Text(machine),
+                Arg::Int(now),
+                Arg::Int(lease_until),
+                Arg::Int(limit),
+            ];
+            claim_returning(pool, Self::SQL.claim_timers, args, move |row| {
+                timer_row::<Self>(machine, row)
+            })
+        }
+    }
+}
+
+/// The statements every dialect provides. Parameters are listed in bind order.
+#[derive(Debug)]
+pub struct Statements {
+    /// `BEGIN` variant for a write transaction, if not the plain one.
+    pub begin_write: Option<&'static str>,
+    /// The instance and the transition under a key. Binds: key, machine, id.
+    pub read: &'static str,
+    /// Locks the instance's row, if the write transaction does not already. Binds:
+    /// machine, id.
+    pub lock: Option<&'static str>,
+    /// Binds: machine, id, token, now.
+    pub consume_token: &'static str,
+    /// The statements of a transition written step by step in a transaction; `None` for
+    /// a dialect that overrides [`insert`](sealed::Backend::insert),
+    /// [`write`](sealed::Backend::write) and [`write_locked`](sealed::Backend::write_locked).
+    pub steps: Option<Steps>,
+    /// Binds: machine, id.
+    pub history: &'static str,
+    /// Binds: machine, id, token, expires, machine, id.
+    pub issue_token: &'static str,
+    /// Binds: done at, machine, id, version, seq, attempts.
+    pub effect_done: &'static str,
+    /// Binds: available at, error, machine, id, version, seq, attempts.
+    pub effect_retry: &'static str,
+    /// Binds: error, machine, id, version, seq, attempts.
+    pub effect_dead: &'static str,
+    /// Binds: machine.
+    pub dead_effects: &'static str,
+    /// Binds: available at, machine, id, version, seq.
+    pub requeue: &'static str,
+    /// Binds: machine, id, version, edge.
+    pub delete_timer: &'static str,
+    /// Leases due outbox rows, returning machine id, version, seq, effect, attempts, last
+    /// error. Binds: machine, now, lease until, limit (MySQL: its locking `SELECT`, whose
+    /// third bind is now).
+    pub claim_effects: &'static str,
+    /// Leases due timers, returning machine id, version, edge. Binds as `claim_effects`.
+    pub claim_timers: &'static str,
+}
+
+/// The connection options of database `D`.
+pub(crate) type ConnectOptionsOf<D> = <<D as Database>::Connection as sqlx::Connection>::Options;
+
+/// A transition written step by step in one transaction.
+#[derive(Debug)]
+pub struct Steps {
+    /// Inserts an instance, doing nothing or failing on a unique violation when it
+    /// exists. Binds: machine, id, state, context, init fingerprint, created, updated.
+    pub insert: &'static str,
+    /// The compare-and-set. Binds: state, version, context, updated, machine, id,
+    /// expected version.
+    pub compare_and_set: &'static str,
+    /// The history row. Binds: machine, id, version, from, event, trigger, to, key,
+    /// fingerprint, at.
+    pub record: &'static str,
+    /// Binds: machine, id, version, edge, due.
+    pub arm_timer: &'static str,
+}
+
+/// The step-by-step statements of `D`; only dialects that write step by step call this.
+fn steps<D: Backend>() -> &'static Steps {
+    match &D::SQL.steps {
+        Some(steps) => steps,
+        None => unreachable!(
+            "{} writes transitions in one statement",
+            std::any::type_name::<D>()
+        ),
+    }
+}
+
+/// Outbox rows are inserted many per statement, in chunks under every server's
+/// placeholder limit (MySQL's is 65,535; six per row).
+const OUTBOX_INSERT: &str =
+    "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
+const OUTBOX_VALUES: &str = "(?, ?, ?, ?, ?, ?)";
+const OUTBOX_CHUNK: usize = 1_000;
+
+/// One bound parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    Text(&'a str),
+    MaybeText(Option<&'a str>),
+    Int(i64),
+    Small(i32),
+    Bytes(&'a [u8]),
+    MaybeBytes(Option<&'a [u8]>),
+}
+
+/// Binding, running and decoding on any of the three databases: the sqlx bounds are
+/// spelled out once, on the blanket implementation below.
+pub trait Sql: Database {
+    /// `sql` with `args` bound in order.
+    fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Self, Self::Arguments<'q>>;
+
+    /// Runs a statement; the database's result.
+    fn run<'q>(
+        conn: &'q mut Self::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<Self::QueryResult>> + Send + 'q;
+
+    /// Runs a query; its rows.
+    fn rows<'q>(
+        conn: &'q mut Self::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<Vec<Self::Row>>> + Send + 'q;
+
+    /// A `TEXT` column.
+    fn string(row: &Self::Row, index: usize) -> sqlx::Result<String>;
+    /// A nullable `TEXT` column.
+    fn maybe_string(row: &Self::Row, index: usize) -> sqlx::Result<Option<String>>;
+    /// A `BIGINT` column.
+    fn int(row: &Self::Row, index: usize) -> sqlx::Result<i64>;
+    /// A nullable `BIGINT` column.
+    fn maybe_int(row: &Self::Row, index: usize) -> sqlx::Result<Option<i64>>;
+    /// An `INTEGER` column.
+    fn small(row: &Self::Row, index: usize) -> sqlx::Result<i32>;
+    /// A nullable binary column.
+    fn maybe_bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>>;
+    /// A binary column.
+    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Vec<u8>>;
+
+    /// Creates or upgrades fsm's tables.
+    fn migrate_with(
+        migrator: &'static Migrator,
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = std::result::Result<(), sqlx::migrate::MigrateError>> + Send;
+}
+
+impl<D> Sql for D
+where
+    D: Database,
+    D::Connection: Migrate,
+    usize: ColumnIndex<D::Row>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> &'q [u8]: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+    for<'q> Option<&'q [u8]>: Encode<'q, D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'q> i32: Encode<'q, D> + Type<D>,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> Vec<u8>: Decode<'r, D> + Type<D>,
+    for<'r> i64: Decode<'r, D>,
+    for<'r> i32: Decode<'r, D>,
+{
+    fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, D, D::Arguments<'q>> {
+        args.iter().fold(sqlx::query(sql), |query, &arg| match arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::MaybeText(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Small(v) => query.bind(v),
+            Arg::Bytes(v) => query.bind(v),
+            Arg::MaybeBytes(v) => query.bind(v),
+        })
+    }
+
+    fn run<'q>(
+        conn: &'q mut D::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<D::QueryResult>> + Send + 'q {
+        Self::query(sql, args).execute(conn)
+    }
+
+    fn rows<'q>(
+        conn: &'q mut D::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<Vec<D::Row>>> + Send + 'q {
+        Self::query(sql, args).fetch_all(conn)
+    }
+
+    fn string(row: &D::Row, index: usize) -> sqlx::Result<String> {
+        row.try_get(index)
+    }
+
+    fn maybe_string(row: &D::Row, index: usize) -> sqlx::Result<Option<String>> {
+        row.try_get(index)
+    }
+
+    fn int(row: &D::Row, index: usize) -> sqlx::Result<i64> {
+        row.try_get(index)
+    }
+
+    fn maybe_int(row: &D::Row, index: usize) -> sqlx::Result<Option<i64>> {
+        row.try_get(index)
+    }
+
+    fn small(row: &D::Row, index: usize) -> sqlx::Result<i32> {
+        row.try_get(index)
+    }
+
+    fn maybe_bytes(row: &D::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+        row.try_get(index)
+    }
+
+    fn bytes(row: &D::Row, index: usize) -> sqlx::Result<Vec<u8>> {
+        row.try_get(index)
+    }
+
+    fn migrate_with(
+        migrator: &'static Migrator,
+        pool: &Pool<D>,
+    ) -> impl Future<Output = std::result::Result<(), sqlx::migrate::MigrateError>> + Send {
+        migrator.run(pool)
+    }
+}
+
+/// Maps a sqlx error to fsm's, with what the store was doing, keeping it as the source.
+pub(crate) fn db_error(operation: impl Fn() -> String) -> impl Fn(sqlx::Error) -> Error {
+    move |source| Error::database(operation(), source)
+}
+
+/// Whether a write lost to a unique index (another writer's key or version).
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+/// A transaction for writing: SQLite takes its write lock at `BEGIN`.
+pub(crate) async fn begin_write<D: Backend>(
+    pool: &Pool<D>,
+    operation: impl Fn() -> String,
+) -> Result<sqlx::Transaction<'static, D>> {
+    match D::SQL.begin_write {
+        Some(begin) => pool.begin_with(begin).await,
+        None => pool.begin().await,
+    }
+    .map_err(db_error(operation))
+}
+
+/// Runs a statement on a pooled connection; rows changed.
+pub(crate) async fn execute<D: Backend>(
+    pool: &Pool<D>,
+    sql: &'static str,
+    args: &[Arg<'_>],
+    operation: impl Fn() -> String,
+) -> Result<u64> {
+    let failed = db_error(operation);
+    let mut conn = pool.acquire().await.map_err(&failed)?;
+    let result = D::run(&mut conn, sql, args).await.map_err(&failed)?;
+    Ok(D::rows_affected(&result))
+}
+
+/// Runs a query on a pooled connection; its rows.
+pub(crate) async fn fetch<D: Backend>(
+    pool: &Pool<D>,
+    sql: &'static str,
+    args: &[Arg<'_>],
+    operation: impl Fn() -> String,
+) -> Result<Vec<D::Row>> {
+    let failed = db_error(operation);
+    let mut conn = pool.acquire().await.map_err(&failed)?;
+    D::rows(&mut conn, sql, args).await.map_err(&failed)
+}
+
+/// An outbox row as selected (machine id, version, seq, effect, attempts, last error).
+pub(crate) fn claimed_effect<D: Backend>(
+    machine: &'static str,
+    row: &D::Row,
+) -> Result<ClaimedEffect> {
+    let decode = || -> sqlx::Result<(String, i64, i32, String, i32, Option<String>)> {
+        Ok((
+            D::text(row, 0)?,
+            D::int(row, 1)?,
+            D::small(row, 2)?,
+            D::string(row, 3)?,
+            D::small(row, 4)?,
+            D::maybe_string(row, 5)?,
+        ))
+    };
+    let (machine_id, version, seq, effect, attempts, last_error) =
+        decode().map_err(|e| undecodable(machine, "-", "fsm_outbox", &e))?;
+    let out_of_range = |what: &str, value: i64| {
+        undecodable(
+            machine,
+            &machine_id,
+            "fsm_outbox",
+            &format!("{what} {value} out of range"),
+        )
+    };
+    Ok(ClaimedEffect {
+        version: u64::try_from(version).map_err(|_| out_of_range("version", version))?,
+        seq: u32::try_from(seq).map_err(|_| out_of_range("seq", seq.into()))?,
+        attempts: u32::try_from(attempts).map_err(|_| out_of_range("attempts", attempts.into()))?,
+        machine_id,
+        effect,
+        last_error,
+    })
+}
+
+/// A timer row as selected (machine id, version, edge).
+pub(crate) fn timer_row<D: Backend>(machine: &'static str, row: &D::Row) -> Result<TimerRow> {
+    let decode = || -> sqlx::Result<TimerRow> {
+        Ok(TimerRow {
+            machine_id: D::text(row, 0)?,
+            version: D::int(row, 1)?,
+            edge: D::small(row, 2)?,
+        })
+    };
+    decode().map_err(|e| undecodable(machine, "-", "fsm_timers", &e))
+}
+
+/// A claim that is one `UPDATE ... RETURNING` statement. Binds: machine, now, lease
+/// until, limit.
+async fn claim_returning<D: Backend, T>(
+    pool: &Pool<D>,
+    sql: &'static str,
+    [machine, now, lease_until, limit]: [Arg<'_>; 4],
+    decode: impl Fn(&D::Row) -> Result<T>,
+) -> Result<Vec<T>> {
+    let what = match machine {
+        Arg::Text(machine) => machine,
+        _ => "-",
+    };
+    let rows = fetch(pool, sql, &[machine, now, lease_until, limit], || {
+        format!("claim {what} rows")
+    })
+    .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// The write paths of dialects whose transition is several statements in a
+/// transaction (SQLite, MySQL).
+mod transaction {
+    use super::*;
+
+    /// Inserts the instance and arms its initial timers in one transaction.
+    pub(super) async fn insert<D: Backend>(pool: &Pool<D>, new: &NewMachine<'_>) -> Result<bool> {
+        let failed = db_error(|| format!("create {} {}", new.machine, new.id));
+        let mut tx = begin_write(pool, || format!("create {} {}", new.machine, new.id)).await?;
+        let args = [
+            Arg::Text(new.machine),
+            Arg::Text(new.id),
+            Arg::Text(new.state),
+            Arg::Text(&new.context),
+            Arg::Bytes(&new.init_fingerprint),
+            Arg::Int(new.at_ms),
+            Arg::Int(new.at_ms),
+        ];
+        let inserted = match D::run(&mut tx, steps::<D>().insert, &args).await {
+            Ok(result) => D::rows_affected(&result) == 1,
+            Err(e) if is_unique_violation(&e) => false,
+            Err(e) => return Err(failed(e)),
+        };
+        if !inserted {
+            return Ok(false);
+        }
+        arm::<D>(&mut tx, new.machine, new.id, 0, &new.timers)
+            .await
+            .map_err(&failed)?;
+        tx.commit().await.map_err(&failed)?;
+        Ok(true)
+    }
+
+    /// Every row of one transition, then `COMMIT`; on a miss the transaction is rolled
+    /// back at once to release the locks it took.
+    pub(super) async fn write_locked<D: Backend>(
+        mut tx: sqlx::Transaction<'static, D>,
+        w: &TransitionWrite<'_>,
+    ) -> Result<WriteOutcome> {
+        let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
+        let written = write_rows::<D>(&mut tx, w).await?;
+        if written == WriteOutcome::Committed {
+            tx.commit().await.map_err(&failed)?;
+        } else {
+            tx.rollback().await.map_err(&failed)?;
+        }
+        Ok(written)
+    }
+
+    async fn write_rows<D: Backend>(
+        conn: &mut D::Connection,
+        w: &TransitionWrite<'_>,
+    ) -> Result<WriteOutcome> {
+        let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
+        if let Some(token) = w.token
+            && !consume_token::<D>(conn, w, token).await?
+        {
+            return Ok(WriteOutcome::TokenRejected);
+        }
+        let cas = [
+            Arg::Text(w.to_state),
+            Arg::Int(w.version),
+            Arg::Text(&w.context),
+            Arg::Int(w.at_ms),
+            Arg::Text(w.machine),
+            Arg::Text(w.id),
+            Arg::Int(w.expected),
+        ];
+        let updated = D::run(conn, steps::<D>().compare_and_set, &cas)
+            .await
+            .map_err(&failed)?;
+        if D::rows_affected(&updated) == 0 {
+            return Ok(WriteOutcome::VersionMoved);
+        }
+        let record = [
+            Arg::Text(w.machine),
+            Arg::Text(w.id),
+            Arg::Int(w.version),
+            Arg::Text(w.from_state),
+            Arg::Text(&w.event),
+            Arg::Text(&w.trigger),
+            Arg::Text(w.to_state),
+            Arg::MaybeText(w.idem_key),
+            Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
+            Arg::Int(w.at_ms),
+        ];
+        match D::run(conn, steps::<D>().record, &record).await {
+            Err(e) if is_unique_violation(&e) => return Ok(WriteOutcome::KeyTaken),
+            other => other.map_err(&failed)?,
+        };
+        queue_effects::<D>(conn, w).await.map_err(&failed)?;
+        arm::<D>(conn, w.machine, w.id, w.version, &w.timers)
+            .await
+            .map_err(&failed)?;
+        Ok(WriteOutcome::Committed)
+    }
+
+    async fn queue_effects<D: Backend>(
+        conn: &mut D::Connection,
+        w: &TransitionWrite<'_>,
+    ) -> sqlx::Result<()> {
+        let seqs: Vec<i32> = (0..).take(w.effects.len()).collect();
+        for (effects, seqs) in w
+            .effects
+            .chunks(OUTBOX_CHUNK)
+            .zip(seqs.chunks(OUTBOX_CHUNK))
+        {
+            let mut sql = String::with_capacity(OUTBOX_INSERT.len() + effects.len() * 20);
+            sql.push_str(OUTBOX_INSERT);
+            let mut args = Vec::with_capacity(effects.len() * 6);
+            for (n, (effect, &seq)) in effects.iter().zip(seqs).enumerate() {
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(OUTBOX_VALUES);
+                args.extend([
+                    Arg::Text(w.machine),
+                    Arg::Text(w.id),
+                    Arg::Int(w.version),
+                    Arg::Small(seq),
+                    Arg::Text(effect),
+                    Arg::Int(w.at_ms),
+                ]);
+            }
+            D::run(conn, &sql, &args).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the command's token, if it is this instance's and unexpired; `false` if not.
+pub(crate) async fn consume_token<D: Backend>(
+    conn: &mut D::Connection,
+    w: &TransitionWrite<'_>,
+    token: &str,
+) -> Result<bool> {
+    let args = [
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Text(token),
+        Arg::Int(w.at_ms),
+    ];
+    let consumed = D::rows(conn, D::SQL.consume_token, &args)
+        .await
+        .map_err(db_error(|| format!("fire {} {}", w.machine, w.id)))?;
+    Ok(!consumed.is_empty())
+}
+
+/// Arms `timers` for the instance at `version`, one statement each.
+pub(crate) async fn arm<D: Backend>(
+    conn: &mut D::Connection,
+    machine: &str,
+    id: &str,
+    version: i64,
+    timers: &[crate::engine::rows::PendingTimer],
+) -> sqlx::Result<()> {
+    for timer in timers {
+        let args = [
+            Arg::Text(machine),
+            Arg::Text(id),
+            Arg::Int(version),
+            Arg::Small(timer.edge),
+            Arg::Int(timer.due_at),
+        ];
+        D::run(conn, steps::<D>().arm_timer, &args).await?;
+    }
+    Ok(())
+}

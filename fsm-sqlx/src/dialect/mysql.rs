@@ -1,0 +1,212 @@
+//! MySQL and MariaDB.
+//!
+//! A transition is one InnoDB transaction: the token's `DELETE ... RETURNING` when the
+//! command carries one, the compare-and-set `UPDATE`, the history row, the outbox rows,
+//! the new state's timers, `COMMIT`. The server reports found rather than changed rows
+//! to sqlx, which does not matter here: the version bump changes every row the
+//! compare-and-set finds. Names, ids and keys are `VARBINARY`, so they compare byte for
+//! byte as on the other backends. Placeholders are positional: every statement lists
+//! its `?`s in the shared bind order.
+
+use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlQueryResult, MySqlRow};
+use sqlx::{MySql, Pool};
+
+use fsm_core::Result;
+use fsm_core::kit::ClaimedEffect;
+
+use super::sealed::Backend;
+use super::{Arg, Dialect, Sql, Statements, Steps, claimed_effect, db_error, timer_row};
+use crate::engine::rows::TimerRow;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
+
+// SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
+// MariaDB has no UPDATE ... RETURNING, so a claim is a locking read, then an update.
+const DUE_EFFECTS: &str = "\
+SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+WHERE machine_type = ? AND done_at IS NULL AND NOT dead AND available_at <= ?
+  AND (lease_until IS NULL OR lease_until <= ?)
+ORDER BY available_at, machine_id, version, seq LIMIT ?
+FOR UPDATE SKIP LOCKED";
+
+const LEASE_EFFECT: &str = "\
+UPDATE fsm_outbox SET lease_until = ?, attempts = attempts + 1
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
+
+const DUE_TIMERS: &str = "\
+SELECT machine_id, version, edge FROM fsm_timers
+WHERE machine_type = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
+ORDER BY due_at LIMIT ?
+FOR UPDATE SKIP LOCKED";
+
+const LEASE_TIMER: &str = "\
+UPDATE fsm_timers SET lease_until = ?
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND edge = ?";
+
+impl Dialect for MySql {}
+
+impl Backend for MySql {
+    const SQL: Statements = Statements {
+        begin_write: None,
+        read: "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
+FROM fsm_machines m
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?
+WHERE m.machine_type = ? AND m.machine_id = ?",
+        // Locks first, reads after: the key lookup runs once the lock is held.
+        lock: Some("SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ? FOR UPDATE"),
+        consume_token: "\
+DELETE FROM fsm_tokens
+WHERE machine_type = ? AND machine_id = ? AND token = ? AND expires_at > ?
+RETURNING token",
+        steps: Some(Steps {
+            // A plain INSERT: a duplicate id is a unique violation. `ON DUPLICATE KEY
+            // UPDATE` cannot tell inserted from existing under CLIENT_FOUND_ROWS.
+            insert: "\
+INSERT INTO fsm_machines
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
+VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+            compare_and_set: "\
+UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
+WHERE machine_type = ? AND machine_id = ? AND version = ?",
+            record: "\
+INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            arm_timer: "\
+INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) VALUES (?, ?, ?, ?, ?)",
+        }),
+        history: "\
+SELECT version, from_state, trigger_json, to_state, idem_key, fingerprint, at
+FROM fsm_transitions WHERE machine_type = ? AND machine_id = ? ORDER BY version",
+        issue_token: "\
+INSERT INTO fsm_tokens (machine_type, machine_id, token, expires_at)
+SELECT ?, ?, ?, ? FROM DUAL WHERE EXISTS
+  (SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ?)",
+        effect_done: "\
+UPDATE fsm_outbox SET done_at = ?, lease_until = NULL
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+        effect_retry: "\
+UPDATE fsm_outbox SET available_at = ?, last_error = ?, lease_until = NULL
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+        effect_dead: "\
+UPDATE fsm_outbox SET dead = TRUE, last_error = ?, lease_until = NULL
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+        dead_effects: "\
+SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+WHERE machine_type = ? AND dead ORDER BY available_at, machine_id, version, seq",
+        requeue: "\
+UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = ?, last_error = NULL
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND dead",
+        claim_effects: DUE_EFFECTS,
+        claim_timers: DUE_TIMERS,
+        delete_timer: "\
+DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ? AND edge = ?",
+    };
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn text(row: &MySqlRow, index: usize) -> sqlx::Result<String> {
+        utf8(index, MySql::bytes(row, index)?)
+    }
+
+    fn maybe_text(row: &MySqlRow, index: usize) -> sqlx::Result<Option<String>> {
+        MySql::maybe_bytes(row, index)?
+            .map(|bytes| utf8(index, bytes))
+            .transpose()
+    }
+
+    async fn claim_effects(
+        pool: &Pool<MySql>,
+        machine: &'static str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEffect>> {
+        let failed = db_error(|| format!("claim {machine} effects"));
+        let mut tx = pool.begin().await.map_err(&failed)?;
+        let due = [
+            Arg::Text(machine),
+            Arg::Int(now),
+            Arg::Int(now),
+            Arg::Int(limit),
+        ];
+        let rows = MySql::rows(&mut tx, Self::SQL.claim_effects, &due)
+            .await
+            .map_err(&failed)?;
+        let mut effects = rows
+            .iter()
+            .map(|row| claimed_effect::<MySql>(machine, row))
+            .collect::<Result<Vec<_>>>()?;
+        for effect in &mut effects {
+            let lease = [
+                Arg::Int(lease_until),
+                Arg::Text(machine),
+                Arg::Text(&effect.machine_id),
+                Arg::Int(effect.version as i64),
+                Arg::Small(effect.seq as i32),
+            ];
+            MySql::run(&mut tx, LEASE_EFFECT, &lease)
+                .await
+                .map_err(&failed)?;
+            effect.attempts += 1;
+        }
+        tx.commit().await.map_err(&failed)?;
+        Ok(effects)
+    }
+
+    async fn claim_timers(
+        pool: &Pool<MySql>,
+        machine: &'static str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<TimerRow>> {
+        let failed = db_error(|| format!("claim {machine} timers"));
+        let mut tx = pool.begin().await.map_err(&failed)?;
+        let due = [
+            Arg::Text(machine),
+            Arg::Int(now),
+            Arg::Int(now),
+            Arg::Int(limit),
+        ];
+        let rows = MySql::rows(&mut tx, Self::SQL.claim_timers, &due)
+            .await
+            .map_err(&failed)?;
+        let timers = rows
+            .iter()
+            .map(|row| timer_row::<MySql>(machine, row))
+            .collect::<Result<Vec<_>>>()?;
+        for timer in &timers {
+            let lease = [
+                Arg::Int(lease_until),
+                Arg::Text(machine),
+                Arg::Text(&timer.machine_id),
+                Arg::Int(timer.version),
+                Arg::Small(timer.edge),
+            ];
+            MySql::run(&mut tx, LEASE_TIMER, &lease)
+                .await
+                .map_err(&failed)?;
+        }
+        tx.commit().await.map_err(&failed)?;
+        Ok(timers)
+    }
+}
+
+/// A `VARBINARY` column that fsm wrote from a `str`.
+fn utf8(index: usize, bytes: Vec<u8>) -> sqlx::Result<String> {
+    String::from_utf8(bytes).map_err(|e| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: Box::new(e),
+    })
+}

@@ -1,0 +1,235 @@
+//! PostgreSQL, for services that share one database server.
+//!
+//! A transition is written by one statement: data-modifying CTEs chain the
+//! compare-and-set `UPDATE`, the history row, the outbox rows and the timers of the new
+//! state, so those rows exist only if the compare-and-set hit, and a unique violation on
+//! the idempotency key aborts the whole statement. `fire` costs two round trips (read,
+//! write); `fire_with` with a current snapshot costs one. A command carrying a token
+//! adds a transaction around its `DELETE ... RETURNING` and the write.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgQueryResult;
+use sqlx::{PgConnection, Pool, Postgres, Row, Transaction};
+
+use fsm_core::Result;
+
+use super::sealed::Backend;
+use super::{Dialect, Statements, consume_token, db_error, is_unique_violation};
+use crate::engine::rows::{NewMachine, PendingTimer, TransitionWrite, WriteOutcome, undecodable};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const READ: &str = "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
+FROM fsm_machines m
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $1
+WHERE m.machine_type = $2 AND m.machine_id = $3";
+
+// The timers of the initial state are armed only if the row was inserted.
+const INSERT: &str = "\
+WITH inserted AS (
+    INSERT INTO fsm_machines
+      (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
+    VALUES ($1, $2, $3, 0, $4, $5, $6, $7)
+    ON CONFLICT (machine_type, machine_id) DO NOTHING
+    RETURNING machine_type, machine_id
+), armed AS (
+    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
+    SELECT i.machine_type, i.machine_id, 0, t.edge, t.due_at
+    FROM inserted i, unnest($8::int4[], $9::int8[]) AS t(edge, due_at)
+)
+SELECT count(*) FROM inserted";
+
+// Every sub-statement runs exactly once; the INSERTs read `updated`, so they write
+// nothing when the compare-and-set missed. The result is the number of rows updated.
+const WRITE: &str = "\
+WITH updated AS (
+    UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
+    WHERE machine_type = $1 AND machine_id = $2 AND version = $3
+    RETURNING machine_type, machine_id, version, state, updated_at
+), recorded AS (
+    INSERT INTO fsm_transitions
+      (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+    SELECT machine_type, machine_id, version, $8, $9, $10, state, $11, $12, updated_at
+    FROM updated
+), queued AS (
+    INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
+    SELECT u.machine_type, u.machine_id, u.version, e.seq - 1, e.effect, u.updated_at
+    FROM updated u, unnest($13::text[]) WITH ORDINALITY AS e(effect, seq)
+), armed AS (
+    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, t.edge, t.due_at
+    FROM updated u, unnest($14::int4[], $15::int8[]) AS t(edge, due_at)
+)
+SELECT count(*) FROM updated";
+
+// SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
+const CLAIM_EFFECTS: &str = "\
+UPDATE fsm_outbox o SET lease_until = $3, attempts = o.attempts + 1
+FROM (
+  SELECT machine_type, machine_id, version, seq FROM fsm_outbox
+  WHERE machine_type = $1 AND done_at IS NULL AND NOT dead AND available_at <= $2
+    AND (lease_until IS NULL OR lease_until <= $2)
+  ORDER BY available_at, machine_id, version, seq LIMIT $4
+  FOR UPDATE SKIP LOCKED) due
+WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
+  AND o.version = due.version AND o.seq = due.seq
+RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error";
+
+const CLAIM_TIMERS: &str = "\
+UPDATE fsm_timers o SET lease_until = $3
+FROM (
+  SELECT machine_type, machine_id, version, edge FROM fsm_timers
+  WHERE machine_type = $1 AND due_at <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+  ORDER BY due_at LIMIT $4
+  FOR UPDATE SKIP LOCKED) due
+WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
+  AND o.version = due.version AND o.edge = due.edge
+RETURNING o.machine_id, o.version, o.edge";
+
+impl Dialect for Postgres {}
+
+impl Backend for Postgres {
+    const SQL: Statements = Statements {
+        begin_write: None,
+        read: READ,
+        // Locks first, reads after: a statement that waited for the lock sees only the
+        // locked row re-checked, so the key lookup must be a fresh statement.
+        lock: Some(
+            "SELECT 1 FROM fsm_machines WHERE machine_type = $1 AND machine_id = $2 FOR UPDATE",
+        ),
+        consume_token: "\
+DELETE FROM fsm_tokens
+WHERE machine_type = $1 AND machine_id = $2 AND token = $3 AND expires_at > $4
+RETURNING token",
+        // One statement per transition: `insert` and `write` are overridden below.
+        steps: None,
+        history: "\
+SELECT version, from_state, trigger_json, to_state, idem_key, fingerprint, at
+FROM fsm_transitions WHERE machine_type = $1 AND machine_id = $2 ORDER BY version",
+        issue_token: "\
+INSERT INTO fsm_tokens (machine_type, machine_id, token, expires_at)
+SELECT $1, $2, $3, $4 WHERE EXISTS
+  (SELECT 1 FROM fsm_machines WHERE machine_type = $5 AND machine_id = $6)",
+        effect_done: "\
+UPDATE fsm_outbox SET done_at = $1, lease_until = NULL
+WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND attempts = $6",
+        effect_retry: "\
+UPDATE fsm_outbox SET available_at = $1, lease_until = NULL, last_error = $2
+WHERE machine_type = $3 AND machine_id = $4 AND version = $5 AND seq = $6 AND attempts = $7",
+        effect_dead: "\
+UPDATE fsm_outbox SET dead = TRUE, lease_until = NULL, last_error = $1
+WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND attempts = $6",
+        dead_effects: "\
+SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+WHERE machine_type = $1 AND dead ORDER BY available_at, machine_id, version, seq",
+        requeue: "\
+UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = $1, last_error = NULL
+WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND dead",
+        claim_effects: CLAIM_EFFECTS,
+        claim_timers: CLAIM_TIMERS,
+        delete_timer: "\
+DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND edge = $4",
+    };
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn insert(pool: &Pool<Postgres>, new: &NewMachine<'_>) -> Result<bool> {
+        let (edges, due) = timer_columns(&new.timers);
+        let row = sqlx::query(INSERT)
+            .bind(new.machine)
+            .bind(new.id)
+            .bind(new.state)
+            .bind(&new.context)
+            .bind(&new.init_fingerprint[..])
+            .bind(new.at_ms)
+            .bind(new.at_ms)
+            .bind(&edges)
+            .bind(&due)
+            .fetch_one(pool)
+            .await
+            .map_err(db_error(|| format!("create {} {}", new.machine, new.id)))?;
+        let inserted: i64 = row
+            .try_get(0)
+            .map_err(|e| undecodable(new.machine, new.id, "fsm_machines", &e))?;
+        Ok(inserted == 1)
+    }
+
+    async fn write(pool: &Pool<Postgres>, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
+        let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
+        if w.token.is_some() {
+            let tx = pool.begin().await.map_err(&failed)?;
+            return Self::write_locked(tx, w).await;
+        }
+        let mut conn = pool.acquire().await.map_err(&failed)?;
+        write_on(&mut conn, w).await
+    }
+
+    async fn write_locked(
+        mut tx: Transaction<'static, Postgres>,
+        w: &TransitionWrite<'_>,
+    ) -> Result<WriteOutcome> {
+        if let Some(token) = w.token
+            && !consume_token::<Postgres>(&mut tx, w, token).await?
+        {
+            return Ok(WriteOutcome::TokenRejected);
+        }
+        let written = write_on(&mut tx, w).await?;
+        if written == WriteOutcome::Committed {
+            tx.commit()
+                .await
+                .map_err(db_error(|| format!("commit {} {}", w.machine, w.id)))?;
+        }
+        Ok(written)
+    }
+}
+
+fn timer_columns(timers: &[PendingTimer]) -> (Vec<i32>, Vec<i64>) {
+    timers.iter().map(|t| (t.edge, t.due_at)).unzip()
+}
+
+/// Runs the write statement on `conn`: the compare-and-set and everything it implies.
+async fn write_on(conn: &mut PgConnection, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
+    let timers = timer_columns(&w.timers);
+    let written = sqlx::query(WRITE)
+        .bind(w.machine)
+        .bind(w.id)
+        .bind(w.expected)
+        .bind(w.to_state)
+        .bind(w.version)
+        .bind(&w.context)
+        .bind(w.at_ms)
+        .bind(w.from_state)
+        .bind(&w.event)
+        .bind(&w.trigger)
+        .bind(w.idem_key)
+        .bind(w.fingerprint.as_ref().map(|f| &f[..]))
+        .bind(&w.effects)
+        .bind(&timers.0)
+        .bind(&timers.1)
+        .fetch_one(conn)
+        .await;
+    match written {
+        Ok(row) => {
+            let updated: i64 = row
+                .try_get(0)
+                .map_err(|e| undecodable(w.machine, w.id, "fsm_machines", &e))?;
+            Ok(if updated == 0 {
+                WriteOutcome::VersionMoved
+            } else {
+                WriteOutcome::Committed
+            })
+        }
+        // The statement is atomic: a taken key left nothing behind.
+        Err(e) if is_unique_violation(&e) => Ok(WriteOutcome::KeyTaken),
+        Err(e) => Err(db_error(|| format!("fire {} {}", w.machine, w.id))(e)),
+    }
+}

@@ -1,0 +1,174 @@
+//! SQLite, the embedded default: one file (or memory) per service.
+//!
+//! WAL journal, a busy timeout, and `BEGIN IMMEDIATE` for every write, so writers queue
+//! on SQLite's lock instead of failing to upgrade a read lock; that lock is also what
+//! serialises pessimistic mode and the outbox claim.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Sqlite;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+
+use fsm_core::Result;
+
+use super::sealed::Backend;
+use super::{Dialect, Statements, Steps, db_error};
+use crate::SqlStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const READ: &str = "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
+FROM fsm_machines m
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?1
+WHERE m.machine_type = ?2 AND m.machine_id = ?3";
+
+// One statement: SQLite runs it under its single write lock, so claims never overlap.
+const CLAIM_EFFECTS: &str = "\
+UPDATE fsm_outbox SET lease_until = ?3, attempts = attempts + 1
+WHERE rowid IN (
+  SELECT rowid FROM fsm_outbox
+  WHERE machine_type = ?1 AND done_at IS NULL AND dead = 0 AND available_at <= ?2
+    AND (lease_until IS NULL OR lease_until <= ?2)
+  ORDER BY available_at, machine_id, version, seq LIMIT ?4)
+RETURNING machine_id, version, seq, effect, attempts, last_error";
+
+const CLAIM_TIMERS: &str = "\
+UPDATE fsm_timers SET lease_until = ?3
+WHERE rowid IN (
+  SELECT rowid FROM fsm_timers
+  WHERE machine_type = ?1 AND due_at <= ?2 AND (lease_until IS NULL OR lease_until <= ?2)
+  ORDER BY due_at LIMIT ?4)
+RETURNING machine_id, version, edge";
+
+impl Dialect for Sqlite {}
+
+impl Backend for Sqlite {
+    const SQL: Statements = Statements {
+        begin_write: Some("BEGIN IMMEDIATE"),
+        read: READ,
+        lock: None,
+        consume_token: "\
+DELETE FROM fsm_tokens
+WHERE machine_type = ?1 AND machine_id = ?2 AND token = ?3 AND expires_at > ?4
+RETURNING token",
+        steps: Some(Steps {
+            insert: "\
+INSERT INTO fsm_machines
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
+ON CONFLICT (machine_type, machine_id) DO NOTHING",
+            compare_and_set: "\
+UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
+WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7",
+            record: "\
+INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            arm_timer: "\
+INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        }),
+        history: "\
+SELECT version, from_state, trigger_json, to_state, idem_key, fingerprint, at
+FROM fsm_transitions WHERE machine_type = ?1 AND machine_id = ?2 ORDER BY version",
+        issue_token: "\
+INSERT INTO fsm_tokens (machine_type, machine_id, token, expires_at)
+SELECT ?1, ?2, ?3, ?4 WHERE EXISTS
+  (SELECT 1 FROM fsm_machines WHERE machine_type = ?5 AND machine_id = ?6)",
+        effect_done: "\
+UPDATE fsm_outbox SET done_at = ?1, lease_until = NULL
+WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND attempts = ?6",
+        effect_retry: "\
+UPDATE fsm_outbox SET available_at = ?1, lease_until = NULL, last_error = ?2
+WHERE machine_type = ?3 AND machine_id = ?4 AND version = ?5 AND seq = ?6 AND attempts = ?7",
+        effect_dead: "\
+UPDATE fsm_outbox SET dead = 1, lease_until = NULL, last_error = ?1
+WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND attempts = ?6",
+        dead_effects: "\
+SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+WHERE machine_type = ?1 AND dead = 1 ORDER BY available_at, machine_id, version, seq",
+        requeue: "\
+UPDATE fsm_outbox SET dead = 0, attempts = 0, available_at = ?1, last_error = NULL
+WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND dead = 1",
+        claim_effects: CLAIM_EFFECTS,
+        claim_timers: CLAIM_TIMERS,
+        delete_timer: "\
+DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND edge = ?4",
+    };
+
+    fn tune(options: SqliteConnectOptions) -> SqliteConnectOptions {
+        options
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+    }
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Constructors of [`SqliteStore`](crate::SqliteStore).
+impl SqlStore<Sqlite> {
+    /// Opens (creating if missing) a database file with WAL, `synchronous = NORMAL` and a
+    /// 5 s busy timeout, pooling up to 8 connections.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> fsm_core::Result<()> {
+    /// let store = fsm_sqlx::SqliteStore::open("orders.db").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`fsm_core::Error::Database`] when the file cannot be opened.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(db_error(|| format!("open SQLite {}", path.display())))?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A private in-memory database, kept for the store's lifetime (one connection, so
+    /// every task sees the same data).
+    ///
+    /// # Errors
+    ///
+    /// [`fsm_core::Error::Database`] if SQLite cannot start.
+    pub async fn memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(db_error(|| "parse sqlite::memory:".to_owned()))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db_error(|| "open in-memory SQLite".to_owned()))?;
+        Ok(Self::from_pool(pool))
+    }
+}

@@ -1,0 +1,139 @@
+//! Tokens, timers and the outbox of [`SqlStore`]: fsm-core's [`DurableStore`] contract,
+//! written once for every dialect.
+
+use std::time::Duration;
+
+use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
+use fsm_core::{DeadLetter, DurableStore, EffectId, Error, Result, StateMachine, Transition};
+
+use crate::dialect::{Arg, Dialect, claimed_effect, execute, fetch};
+use crate::engine;
+use crate::store::SqlStore;
+
+impl<D: Dialect> DurableStore for SqlStore<D> {
+    async fn issue_token<M: StateMachine>(&self, id: &str, ttl: Duration) -> Result<String> {
+        check_id::<M>(id)?;
+        let machine = M::DEFINITION.name;
+        let token = new_token();
+        let expires_at = deadline(now_ms(), ttl);
+        let args = [
+            Arg::Text(machine),
+            Arg::Text(id),
+            Arg::Text(&token),
+            Arg::Int(expires_at),
+            Arg::Text(machine),
+            Arg::Text(id),
+        ];
+        let issued = execute(&self.pool, D::SQL.issue_token, &args, || {
+            format!("issue token for {machine} {id}")
+        })
+        .await?;
+        if issued == 1 {
+            Ok(token)
+        } else {
+            Err(Error::not_found::<M>(id))
+        }
+    }
+
+    async fn fire_due_timers<M: StateMachine>(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<(String, Transition<M>)>> {
+        let now = now_ms();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let due = D::claim_timers(
+            &self.pool,
+            M::DEFINITION.name,
+            now as i64,
+            deadline(now, lease),
+            limit,
+        )
+        .await?;
+        let mut fired = Vec::new();
+        for timer in &due {
+            if let Some(transition) = engine::fire_timer::<D, M>(&self.pool, timer).await? {
+                fired.push((timer.machine_id.clone(), transition));
+            }
+        }
+        Ok(fired)
+    }
+
+    async fn dead_letters<M: StateMachine>(&self) -> Result<Vec<DeadLetter<M::Effect>>> {
+        let machine = M::DEFINITION.name;
+        let rows = fetch(
+            &self.pool,
+            D::SQL.dead_effects,
+            &[Arg::Text(machine)],
+            || format!("read {machine} dead letters"),
+        )
+        .await?;
+        rows.iter()
+            .map(|row| Ok(DeadLetter::of(machine, claimed_effect::<D>(machine, row)?)))
+            .collect()
+    }
+
+    async fn requeue(&self, id: &EffectId) -> Result<bool> {
+        let args = [
+            Arg::Int(now_ms() as i64),
+            Arg::Text(id.machine),
+            Arg::Text(&id.id),
+            Arg::Int(i64::try_from(id.version).unwrap_or(i64::MAX)),
+            Arg::Small(i32::try_from(id.seq).unwrap_or(i32::MAX)),
+        ];
+        let requeued = execute(&self.pool, D::SQL.requeue, &args, || {
+            format!("requeue {} {} effect", id.machine, id.id)
+        })
+        .await?;
+        Ok(requeued == 1)
+    }
+
+    async fn claim_effects(
+        &self,
+        machine: &'static str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEffect>> {
+        let now = now_ms();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut effects =
+            D::claim_effects(&self.pool, machine, now as i64, deadline(now, lease), limit).await?;
+        // RETURNING has no order: hand each instance's effects over in emission order.
+        effects.sort_by(|a, b| {
+            (&a.machine_id, a.version, a.seq).cmp(&(&b.machine_id, b.version, b.seq))
+        });
+        Ok(effects)
+    }
+
+    async fn settle_effect(
+        &self,
+        machine: &'static str,
+        effect: &ClaimedEffect,
+        settlement: Settlement<'_>,
+    ) -> Result<bool> {
+        let row = [
+            Arg::Text(machine),
+            Arg::Text(&effect.machine_id),
+            Arg::Int(i64::try_from(effect.version).unwrap_or(i64::MAX)),
+            Arg::Small(i32::try_from(effect.seq).unwrap_or(i32::MAX)),
+            // `attempts` is the claim's lease token: a worker whose lease expired and was
+            // claimed again settles nothing.
+            Arg::Small(i32::try_from(effect.attempts).unwrap_or(i32::MAX)),
+        ];
+        let now = now_ms();
+        let (sql, head) = match settlement {
+            Settlement::Done => (D::SQL.effect_done, vec![Arg::Int(now as i64)]),
+            Settlement::Retry { delay, error } => (
+                D::SQL.effect_retry,
+                vec![Arg::Int(deadline(now, delay)), Arg::Text(error)],
+            ),
+            Settlement::Dead { error } => (D::SQL.effect_dead, vec![Arg::Text(error)]),
+        };
+        let args: Vec<Arg<'_>> = head.into_iter().chain(row).collect();
+        let settled = execute(&self.pool, sql, &args, || {
+            format!("settle {machine} {} effect", effect.machine_id)
+        })
+        .await?;
+        Ok(settled == 1)
+    }
+}

@@ -1,0 +1,332 @@
+//! The store operations, written once for every dialect: read, decide with fsm-core,
+//! write with a compare-and-set, and on a lost race read and decide again.
+//!
+//! Deciding stays in fsm-core's [`Prepared::apply`]; a dialect only moves rows.
+
+pub(crate) mod rows;
+
+use sqlx::Pool;
+
+use fsm_core::kit::{Prepared, check_id, fingerprint, now_ms, timer_delay};
+use fsm_core::{
+    Created, EdgeIndex, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition,
+};
+
+use crate::Concurrency;
+use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch};
+use rows::{
+    InstanceRead, MachineRow, NewMachine, TimerRow, TransitionRow, WriteOutcome, decode_machine,
+    decode_transition, timers_of, to_json, undecodable, write_of,
+};
+
+/// A machine row's columns from `at`: state, version, context, init fingerprint.
+fn machine_row<D: Dialect>(row: &D::Row) -> sqlx::Result<MachineRow> {
+    Ok(MachineRow {
+        state: D::string(row, 0)?,
+        version: D::int(row, 1)?,
+        context: D::string(row, 2)?,
+        init_fingerprint: D::bytes(row, 3)?,
+    })
+}
+
+/// A history row's columns from `at` (version NULL: no row, as from a `LEFT JOIN`).
+fn transition_row<D: Dialect>(row: &D::Row, at: usize) -> sqlx::Result<Option<TransitionRow>> {
+    let Some(version) = D::maybe_int(row, at)? else {
+        return Ok(None);
+    };
+    Ok(Some(TransitionRow {
+        version,
+        from_state: D::string(row, at + 1)?,
+        trigger: D::string(row, at + 2)?,
+        to_state: D::string(row, at + 3)?,
+        idem_key: D::maybe_text(row, at + 4)?,
+        fingerprint: D::maybe_bytes(row, at + 5)?,
+        at_ms: D::int(row, at + 6)?,
+    }))
+}
+
+/// The instance and, if `key` is given, the transition recorded under it; one read.
+async fn read_on<D: Dialect>(
+    conn: &mut D::Connection,
+    machine: &'static str,
+    id: &str,
+    key: Option<&str>,
+) -> Result<InstanceRead> {
+    let args = [Arg::MaybeText(key), Arg::Text(machine), Arg::Text(id)];
+    let rows = D::rows(conn, D::SQL.read, &args)
+        .await
+        .map_err(db_error(|| format!("read {machine} {id}")))?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    machine_row::<D>(row)
+        .and_then(|m| Ok((m, transition_row::<D>(row, 4)?)))
+        .map(Some)
+        .map_err(|e| undecodable(machine, id, "fsm_machines", &e))
+}
+
+async fn read<D: Dialect>(
+    pool: &Pool<D>,
+    machine: &'static str,
+    id: &str,
+    key: Option<&str>,
+) -> Result<InstanceRead> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(db_error(|| format!("read {machine} {id}")))?;
+    read_on::<D>(&mut conn, machine, id, key).await
+}
+
+/// As [`read`], inside a transaction that holds the instance's row lock until it is
+/// committed or dropped: the key lookup runs once the lock is held, so it sees the
+/// transition of the writer we waited for.
+async fn lock<D: Dialect>(
+    pool: &Pool<D>,
+    machine: &'static str,
+    id: &str,
+    key: Option<&str>,
+) -> Result<Option<(sqlx::Transaction<'static, D>, InstanceRead)>> {
+    let operation = || format!("lock {machine} {id}");
+    let mut tx = begin_write(pool, operation).await?;
+    if let Some(lock) = D::SQL.lock {
+        let locked = D::rows(&mut tx, lock, &[Arg::Text(machine), Arg::Text(id)])
+            .await
+            .map_err(db_error(operation))?;
+        if locked.is_empty() {
+            return Ok(None);
+        }
+    }
+    let read = read_on::<D>(&mut tx, machine, id, key).await?;
+    Ok(Some((tx, read)))
+}
+
+/// `create`: insert, or return the existing instance when its initial context matches.
+pub(crate) async fn create<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    id: &str,
+    context: M::Context,
+) -> Result<Created<M>> {
+    check_id::<M>(id)?;
+    let init = fingerprint(&context).map_err(|e| Error::serialization::<M>(id, "context", e))?;
+    let now = now_ms();
+    let new = NewMachine {
+        machine: M::DEFINITION.name,
+        id,
+        state: M::state_name(M::INITIAL),
+        context: to_json::<M, _>(id, "context", &context)?,
+        init_fingerprint: init.0,
+        at_ms: now as i64,
+        timers: timers_of::<M>(M::INITIAL, now),
+    };
+    if D::insert(pool, &new).await? {
+        return Ok(Created::New(Snapshot {
+            id: id.to_owned(),
+            state: M::INITIAL,
+            version: 0,
+            context,
+        }));
+    }
+    let (row, _) = read(pool, M::DEFINITION.name, id, None)
+        .await?
+        .ok_or_else(|| Error::not_found::<M>(id))?;
+    let same_origin = row.init_fingerprint == init.0;
+    let existing = decode_machine::<M>(id, row)?;
+    if same_origin {
+        Ok(Created::Existing(existing))
+    } else {
+        Err(Error::AlreadyExists {
+            machine: M::DEFINITION.name,
+            id: id.to_owned(),
+            state: M::state_name(existing.state).to_owned(),
+            version: existing.version,
+        })
+    }
+}
+
+/// `load`.
+pub(crate) async fn load<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    id: &str,
+) -> Result<Snapshot<M>> {
+    check_id::<M>(id)?;
+    let (row, _) = read(pool, M::DEFINITION.name, id, None)
+        .await?
+        .ok_or_else(|| Error::not_found::<M>(id))?;
+    decode_machine(id, row)
+}
+
+/// `history`.
+pub(crate) async fn history<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    id: &str,
+) -> Result<Vec<Transition<M>>> {
+    check_id::<M>(id)?;
+    let machine = M::DEFINITION.name;
+    let rows = fetch(
+        pool,
+        D::SQL.history,
+        &[Arg::Text(machine), Arg::Text(id)],
+        || format!("history of {machine} {id}"),
+    )
+    .await?;
+    // No rows: a new instance or an unknown id; the instance read tells which.
+    if rows.is_empty() && read(pool, machine, id, None).await?.is_none() {
+        return Err(Error::not_found::<M>(id));
+    }
+    let mut history = Vec::with_capacity(rows.len());
+    for (expected, row) in (1..).zip(&rows) {
+        let row = transition_row::<D>(row, 0)
+            .map_err(|e| undecodable(machine, id, "fsm_transitions", &e))?
+            .ok_or_else(|| undecodable(machine, id, "fsm_transitions", &"NULL version"))?;
+        let (transition, _) = decode_transition::<M>(id, row)?;
+        if transition.version != expected {
+            return Err(Error::corrupt::<M>(
+                "fsm_transitions",
+                id,
+                format!(
+                    "version {} where {expected} was expected",
+                    transition.version
+                ),
+            ));
+        }
+        history.push(transition);
+    }
+    Ok(history)
+}
+
+/// `fire` and `fire_with`: read (unless the caller's snapshot is given), decide with
+/// fsm-core, write with a compare-and-set, and on a lost race read and decide again.
+/// In pessimistic mode the read locks the row, so the write cannot lose.
+///
+/// Returns the outcome and the instance as stored afterwards.
+pub(crate) async fn fire<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    policy: &RetryPolicy,
+    mode: Concurrency,
+    id: &str,
+    prepared: Prepared<M>,
+    mut known: Option<Snapshot<M>>,
+) -> Result<(Outcome<M>, Snapshot<M>)> {
+    let machine = M::DEFINITION.name;
+    let key = prepared.stored_key();
+    let mut attempt = 1;
+    let mut token_rejected = false;
+    loop {
+        let mut locked = None;
+        // A caller's snapshot saves the read; it is trusted only once the write succeeds.
+        let (snapshot, recorded, verified) = match (mode, known.take()) {
+            (Concurrency::Optimistic, Some(snapshot)) => (snapshot, None, false),
+            (Concurrency::Optimistic, None) => {
+                let (row, recorded) = read(pool, machine, id, key)
+                    .await?
+                    .ok_or_else(|| Error::not_found::<M>(id))?;
+                (decode_machine::<M>(id, row)?, recorded, true)
+            }
+            (Concurrency::Pessimistic, _) => {
+                let (tx, read) = lock(pool, machine, id, key)
+                    .await?
+                    .ok_or_else(|| Error::not_found::<M>(id))?;
+                let (row, recorded) = read.ok_or_else(|| Error::not_found::<M>(id))?;
+                locked = Some(tx);
+                (decode_machine::<M>(id, row)?, recorded, true)
+            }
+        };
+        if let Some(row) = recorded {
+            let (original, recorded_fingerprint) = decode_transition::<M>(id, row)?;
+            let recorded_fingerprint = recorded_fingerprint.ok_or_else(|| {
+                Error::corrupt::<M>(
+                    "fsm_transitions",
+                    id,
+                    "keyed row without fingerprint".into(),
+                )
+            })?;
+            let outcome = prepared.replay(id, original, &recorded_fingerprint)?;
+            return Ok((outcome, snapshot));
+        }
+        if token_rejected {
+            // Not consumed by a transition we can replay: unknown, expired or foreign.
+            return Err(Error::InvalidToken {
+                machine,
+                id: id.to_owned(),
+            });
+        }
+        let applied = match prepared.apply(&snapshot) {
+            Ok(applied) => applied,
+            // A rejection decided on an unverified snapshot may be stale: read and decide again.
+            Err(_) if !verified => continue,
+            Err(err) => return Err(err),
+        };
+        let write = write_of(id, &prepared, snapshot.version, &applied)?;
+        let written = match locked {
+            Some(tx) => D::write_locked(tx, &write).await?,
+            None => D::write(pool, &write).await?,
+        };
+        match written {
+            WriteOutcome::Committed => {
+                return Ok((Outcome::Applied(applied.transition), applied.snapshot));
+            }
+            // The next read finds the key (or the token's transition) and replays it.
+            WriteOutcome::KeyTaken => {}
+            WriteOutcome::TokenRejected => {
+                token_rejected = true;
+                continue;
+            }
+            WriteOutcome::VersionMoved if verified => {
+                policy.pause(attempt, machine, id, snapshot.version).await?;
+            }
+            WriteOutcome::VersionMoved => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// Fires one due timer as a compare-and-set at the version it was armed with; a machine
+/// that moved on (or whose timer guard fails) makes it a no-op. The timer row is removed
+/// either way, after the transition commits, so a crash in between only re-runs a no-op.
+pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    timer: &TimerRow,
+) -> Result<Option<Transition<M>>> {
+    let machine = M::DEFINITION.name;
+    let id = timer.machine_id.as_str();
+    let edge = EdgeIndex::try_from(timer.edge)
+        .ok()
+        .filter(|&edge| timer_delay::<M>(edge).is_some())
+        .ok_or_else(|| {
+            Error::corrupt::<M>(
+                "fsm_timers",
+                id,
+                format!("{} is not a timer edge", timer.edge),
+            )
+        })?;
+    let fired = match read(pool, machine, id, None).await? {
+        Some((row, _)) if row.version == timer.version => {
+            let snapshot = decode_machine::<M>(id, row)?;
+            let prepared = Prepared::<M>::timer(edge);
+            match prepared.apply(&snapshot) {
+                Ok(applied) => {
+                    let write = write_of(id, &prepared, snapshot.version, &applied)?;
+                    match D::write(pool, &write).await? {
+                        WriteOutcome::Committed => Some(applied.transition),
+                        _ => None,
+                    }
+                }
+                Err(Error::IllegalTransition { .. } | Error::GuardRejected { .. }) => None,
+                Err(err) => return Err(err),
+            }
+        }
+        _ => None,
+    };
+    let args = [
+        Arg::Text(machine),
+        Arg::Text(id),
+        Arg::Int(timer.version),
+        Arg::Small(timer.edge),
+    ];
+    crate::dialect::execute(pool, D::SQL.delete_timer, &args, || {
+        format!("delete {machine} {id} timer")
+    })
+    .await?;
+    Ok(fired)
+}

@@ -1,0 +1,191 @@
+//! [`SqlStore`]: the one store type, generic over its [`Dialect`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::Pool;
+use sqlx::pool::PoolOptions;
+
+use fsm_core::kit::Prepared;
+use fsm_core::{
+    Command, Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Store,
+    Transition,
+};
+
+use crate::Concurrency;
+use crate::dialect::{ConnectOptionsOf, Dialect, db_error};
+use crate::engine;
+
+/// A durable [`Store`] on database `D`, in sqlx's manner: [`SqliteStore`](crate::SqliteStore),
+/// [`PgStore`](crate::PgStore) and [`MySqlStore`](crate::MySqlStore) are aliases, as
+/// `PgPool` is of `Pool<Postgres>`.
+///
+/// It holds a connection pool, the [`RetryPolicy`] for lost compare-and-set races and a
+/// [`Concurrency`] mode; clones share the pool. Every dialect's instance passes the same
+/// conformance, durable and fault suites.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
+/// use fsm_core::{Command, Store};
+///
+/// let store = fsm_sqlx::SqliteStore::memory().await?;
+/// store.migrate().await?;
+/// store.create::<Order>("o-1", OrderData::default()).await?;
+/// let outcome = store.fire("o-1", Command::<Order>::new(OrderEvent::Cancel)).await?;
+/// assert_eq!(outcome.transition().to, OrderState::Cancelled);
+/// # Ok::<(), fsm_core::Error>(()) }).unwrap();
+/// ```
+pub struct SqlStore<D: Dialect> {
+    pub(crate) pool: Pool<D>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) concurrency: Concurrency,
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// Wraps a pool (one whose connections set a PostgreSQL `search_path`, say), with the
+    /// default retry policy, optimistic.
+    pub fn from_pool(pool: Pool<D>) -> Self {
+        SqlStore {
+            pool,
+            retry: RetryPolicy::default(),
+            concurrency: Concurrency::Optimistic,
+        }
+    }
+
+    /// Connects to a URL (`sqlite:`, `postgres:` or `mysql:`, as `D` expects) with a pool
+    /// of up to 8 connections; SQLite URLs get WAL and a 5 s busy timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn demo() -> fsm_core::Result<()> {
+    /// let store = fsm_sqlx::PgStore::connect("postgres://app@localhost/orders").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] for a bad URL or a server that cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = ConnectOptionsOf::<D>::from_str(url).map_err(db_error(|| {
+            format!("parse {} URL", <D as sqlx::Database>::NAME)
+        }))?;
+        let pool = PoolOptions::<D>::new()
+            .max_connections(8)
+            .connect_with(D::tune(options))
+            .await
+            .map_err(db_error(|| {
+                format!("connect to {}", <D as sqlx::Database>::NAME)
+            }))?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// Replaces the retry policy for lost compare-and-set races.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Chooses optimistic compare-and-set (the default) or row locking (`SELECT ... FOR
+    /// UPDATE` before deciding; on SQLite the database's write lock, taken by `BEGIN
+    /// IMMEDIATE` before reading).
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Creates or upgrades fsm's tables (`fsm_*`) from the migrations embedded for `D`
+    /// (PostgreSQL: in the first schema of the connections' `search_path`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when a migration fails.
+    pub async fn migrate(&self) -> Result<()> {
+        D::migrate_with(D::migrator(), &self.pool)
+            .await
+            .map_err(|e| Error::database("migrate", e))
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+}
+
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            pool: self.pool.clone(),
+            retry: self.retry,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+impl<D: Dialect> fmt::Debug for SqlStore<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("dialect", &std::any::type_name::<D>())
+            .field("pool", &self.pool)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+impl<D: Dialect> Store for SqlStore<D> {
+    async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
+        engine::create::<D, M>(&self.pool, id, context).await
+    }
+
+    async fn load<M: StateMachine>(&self, id: &str) -> Result<Snapshot<M>> {
+        engine::load::<D, M>(&self.pool, id).await
+    }
+
+    async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
+        let prepared = Prepared::new(id, command)?;
+        let (outcome, _) = engine::fire(
+            &self.pool,
+            &self.retry,
+            self.concurrency,
+            id,
+            prepared,
+            None,
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    async fn fire_with<M: StateMachine>(
+        &self,
+        snapshot: &mut Snapshot<M>,
+        command: Command<M>,
+    ) -> Result<Outcome<M>> {
+        let prepared = Prepared::new(&snapshot.id, command)?;
+        let id = snapshot.id.clone();
+        let known = Some(snapshot.clone());
+        let (outcome, current) = engine::fire(
+            &self.pool,
+            &self.retry,
+            self.concurrency,
+            &id,
+            prepared,
+            known,
+        )
+        .await?;
+        *snapshot = current;
+        Ok(outcome)
+    }
+
+    async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
+        engine::history::<D, M>(&self.pool, id).await
+    }
+}
