@@ -36,3 +36,28 @@ mod durable {
     fsm_core::durable_store_tests!(on_server!(Concurrency::Optimistic));
     fsm_core::durable_restart_tests!(on_server!(Concurrency::Optimistic));
 }
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_upgrades_in_place() {
+    use common::upgrade::{previous_migrator, previous_rows, previous_rows_read_back};
+    let Some(url) = common::server_url(URL_VAR) else {
+        return;
+    };
+    let database = common::mysql::Database::create(url).await;
+    let store = fsm_sqlx::MySqlStore::from_pool(common::mysql::pool(&database).await);
+    previous_migrator("mysql")
+        .await
+        .run(store.pool())
+        .await
+        .expect("old migrations");
+    for sql in previous_rows(|b| format!("X'{}'", hex(b))) {
+        sqlx::query(&sql).execute(store.pool()).await.expect(&sql);
+    }
+    store.migrate().await.expect("upgrade");
+    previous_rows_read_back(&store).await;
+    store.pool().close().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

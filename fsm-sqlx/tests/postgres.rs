@@ -36,3 +36,28 @@ mod durable {
     fsm_core::durable_store_tests!(on_server!(Concurrency::Optimistic));
     fsm_core::durable_restart_tests!(on_server!(Concurrency::Optimistic));
 }
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_upgrades_in_place() {
+    use common::upgrade::{previous_migrator, previous_rows, previous_rows_read_back};
+    let Some(url) = common::server_url(URL_VAR) else {
+        return;
+    };
+    let schema = common::pg::Schema::create(url).await;
+    let store = fsm_sqlx::PgStore::from_pool(common::pg::pool(&schema).await);
+    previous_migrator("postgres")
+        .await
+        .run(store.pool())
+        .await
+        .expect("old migrations");
+    for sql in previous_rows(|b| format!("'\\x{}'::bytea", hex(b))) {
+        sqlx::query(&sql).execute(store.pool()).await.expect(&sql);
+    }
+    store.migrate().await.expect("upgrade");
+    previous_rows_read_back(&store).await;
+    store.pool().close().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

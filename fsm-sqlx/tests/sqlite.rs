@@ -32,3 +32,30 @@ mod durable {
     fsm_core::durable_store_tests!(SqliteFile::new());
     fsm_core::durable_restart_tests!(SqliteFile::new());
 }
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_upgrades_in_place() {
+    use common::upgrade::{previous_migrator, previous_rows, previous_rows_read_back};
+    let path = std::env::temp_dir().join(format!("{}.db", common::unique_name()));
+    let store = SqliteStore::open(&path).await.expect("open SQLite file");
+    previous_migrator("sqlite")
+        .await
+        .run(store.pool())
+        .await
+        .expect("old migrations");
+    for sql in previous_rows(|b| format!("X'{}'", hex(b))) {
+        sqlx::query(&sql).execute(store.pool()).await.expect(&sql);
+    }
+    store.migrate().await.expect("upgrade");
+    previous_rows_read_back(&store).await;
+    store.pool().close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -417,3 +417,124 @@ pub(crate) mod sqlite {
         }
     }
 }
+
+/// A database created by the previous release (migrations before the column renames)
+/// upgrades in place with `migrate()`, and what it held reads back unchanged.
+pub(crate) mod upgrade {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use fsm_core::kit::fingerprint;
+    use fsm_core::testing::{Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
+    use fsm_core::{Command, DurableStore, Trigger};
+    use sqlx::migrate::Migrator;
+
+    /// The first migration of this release; everything before it is the previous schema.
+    const FIRST_NEW: i64 = 20261202000001;
+
+    /// The previous release's migrations of `dialect` (`sqlite`, `postgres`, `mysql`),
+    /// copied into a directory of their own.
+    pub(crate) async fn previous_migrator(dialect: &str) -> Migrator {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(dialect);
+        let to: PathBuf = std::env::temp_dir().join(super::unique_name());
+        std::fs::create_dir_all(&to).expect("a directory for the old migrations");
+        for entry in std::fs::read_dir(&from).expect("the migrations directory") {
+            let path = entry.expect("a migration").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+            if version < FIRST_NEW {
+                std::fs::copy(&path, to.join(&name)).expect("copy a migration");
+            }
+        }
+        let migrator = Migrator::new(to.as_path())
+            .await
+            .expect("read the old migrations");
+        let _ = std::fs::remove_dir_all(&to);
+        migrator
+    }
+
+    fn paid() -> OrderData {
+        OrderData {
+            total_cents: 500,
+            paid_cents: 500,
+            ..OrderData::default()
+        }
+    }
+
+    fn pay() -> OrderEvent {
+        OrderEvent::Pay(Payment { amount_cents: 500 })
+    }
+
+    /// Rows as the previous release wrote them for order `o-1`, paid at version 1 under
+    /// key `k`, its `Charge` effect pending; `bytes` spells a binary literal.
+    pub(crate) fn previous_rows(bytes: impl Fn(&[u8]) -> String) -> Vec<String> {
+        let created = OrderData {
+            total_cents: 500,
+            ..OrderData::default()
+        };
+        let init = bytes(&fingerprint(&created).unwrap().0);
+        let key = bytes(&fingerprint(&pay()).unwrap().0);
+        let context = serde_json::to_string(&paid()).unwrap();
+        let trigger = serde_json::to_string(&Trigger::Event(pay())).unwrap();
+        let effect = serde_json::to_string(&OrderEffect::Charge { cents: 500 }).unwrap();
+        vec![
+            format!(
+                "INSERT INTO fsm_machines (machine_type, machine_id, state, version, context, \
+                 init_fingerprint, created_at, updated_at) \
+                 VALUES ('Order', 'o-1', 'Paid', 1, '{context}', {init}, 1000, 2000)"
+            ),
+            format!(
+                "INSERT INTO fsm_transitions (machine_type, machine_id, version, from_state, \
+                 event, payload, to_state, idem_key, fingerprint, at) \
+                 VALUES ('Order', 'o-1', 1, 'Created', 'Pay', '{trigger}', 'Paid', 'k', {key}, 2000)"
+            ),
+            format!(
+                "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, \
+                 available_at) VALUES ('Order', 'o-1', 1, 0, '{effect}', 2000)"
+            ),
+        ]
+    }
+
+    /// After `migrate()`: the instance, its history, its key and its pending effect are
+    /// as the previous release left them, and the instance goes on.
+    pub(crate) async fn previous_rows_read_back<S: DurableStore>(store: &S) {
+        let order = store
+            .load::<Order>("o-1")
+            .await
+            .expect("load after upgrade");
+        assert_eq!((order.state, order.version), (OrderState::Paid, 1));
+        assert_eq!(order.context, paid());
+        let history = store.history::<Order>("o-1").await.expect("history");
+        assert_eq!(history.len(), 1);
+        let first = &history[0];
+        assert_eq!(
+            (first.from, first.to),
+            (OrderState::Created, OrderState::Paid)
+        );
+        assert_eq!((first.key.as_deref(), first.at_ms), (Some("k"), 2000));
+        assert!(matches!(
+            first.event,
+            Trigger::Event(OrderEvent::Pay(Payment { amount_cents: 500 }))
+        ));
+        let replay = store
+            .fire("o-1", Command::<Order>::new(pay()).with_key("k"))
+            .await
+            .expect("the old key replays");
+        assert!(replay.is_duplicate(), "{replay:?}");
+        let pending = store
+            .claim_effects("Order", Duration::from_secs(60), 10)
+            .await
+            .expect("claim the old effect");
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].version, pending[0].seq), (1, 0));
+        let effect: OrderEffect = serde_json::from_str(&pending[0].effect).unwrap();
+        assert_eq!(effect, OrderEffect::Charge { cents: 500 });
+        let shipped = store
+            .fire("o-1", Command::<Order>::new(OrderEvent::Ship))
+            .await
+            .expect("fire after upgrade");
+        assert_eq!(shipped.transition().version, 2);
+    }
+}
