@@ -1,5 +1,5 @@
--- One fsm transition as PgStore::fire issues it (fsm-sqlx/src/postgres.rs, READ then
--- WRITE) and as the baseline of examples/bench.rs replays it: `Annotate` fired with a
+-- One fsm transition as PgStore::fire issues it (fsm-sqlx/src/dialect/postgres.rs, READ then
+-- WRITE) and as the baseline of examples/bench replays it: `Annotate` fired with a
 -- fresh idempotency key at the client's own instance (id = :client_id, seeded by
 -- setup.sql). Run with -M prepared: like sqlx, every statement is prepared once per
 -- connection and every :variable is sent as a bound parameter.
@@ -14,7 +14,7 @@
 \set at 1763800000000
 
 SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version AS t_version, t.from_state AS t_from_state, t.payload AS t_payload,
+       t.version AS t_version, t.from_state AS t_from_state, t.trigger_json AS t_trigger_json,
        t.to_state AS t_to_state, t.idem_key AS t_idem_key, t.fingerprint AS t_fingerprint,
        t.at AS t_at
 FROM fsm_machines m
@@ -31,7 +31,7 @@ WITH updated AS (
     RETURNING machine_type, machine_id, version, state, updated_at
 ), recorded AS (
     INSERT INTO fsm_transitions
-      (machine_type, machine_id, version, from_state, event, payload, to_state, idem_key, fingerprint, at)
+      (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
     SELECT machine_type, machine_id, version, 'Paid', 'Annotate', '{"event":{"Annotate":"n0000001"}}', state, :key,
            '\x5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a'::bytea, updated_at
     FROM updated

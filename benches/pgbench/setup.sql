@@ -1,6 +1,6 @@
 -- pgbench fixture for benches/pgbench/fire.sql: a private schema with fsm's tables and
 -- one `Order` instance per pgbench client (ids '0'..'255', pgbench's :client_id), in
--- state Paid at version 0, as examples/bench.rs seeds them.
+-- state Paid at version 0, as examples/bench seeds them.
 --
 --   psql postgres://postgres@127.0.0.1:5432/test -v ON_ERROR_STOP=1 -f benches/pgbench/setup.sql
 --
@@ -12,7 +12,7 @@ SET search_path TO fsm_pgbench;
 \ir ../../fsm-sqlx/migrations/postgres/20261122000001_machines.sql
 \ir ../../fsm-sqlx/migrations/postgres/20261122000002_timers_tokens.sql
 
--- Seed: the context examples/bench.rs seeds with (the init fingerprint is a placeholder:
+-- Seed: the context examples/bench seeds with (the init fingerprint is a placeholder:
 -- only `create` reads it).
 INSERT INTO fsm_machines
   (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)

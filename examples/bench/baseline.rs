@@ -247,8 +247,8 @@ pub(crate) async fn write_checkout<DB: Database>(
 }
 
 /// The store's read `sql` of instance `id` and of the transition recorded under `key`,
-/// bound in the order SQLite's and PostgreSQL's statements take (`machine_type`,
-/// `machine_id`, `idem_key`).
+/// bound in the order every dialect's statement takes (`idem_key`, `machine_type`,
+/// `machine_id`).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn read<'q, DB>(
     sql: &'q str,
@@ -260,7 +260,7 @@ where
     &'q str: Encode<'q, DB> + Type<DB>,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query(sql).bind(MACHINE).bind(id).bind(Some(key))
+    sqlx::query(sql).bind(Some(key)).bind(MACHINE).bind(id)
 }
 
 /// The compare-and-set `UPDATE` `cas` of instance `id` from `read` to `w` and the history

@@ -20,7 +20,7 @@ use crate::{MACHINE, Res, STATE};
 // effect.
 const READ: &str = "\
 SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?
@@ -30,7 +30,7 @@ UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
 WHERE machine_type = ? AND machine_id = ? AND version = ?";
 const RECORD: &str = "\
 INSERT INTO fsm_transitions
-  (machine_type, machine_id, version, from_state, event, payload, to_state, idem_key, fingerprint, at)
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const OUTBOX_HEAD: &str =
     "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
@@ -55,14 +55,7 @@ impl Db for MySqlDb {
     fn check(_: &Config) -> Res<()> {
         check_statements(
             Kind::Mysql,
-            &[
-                READ,
-                CAS,
-                RECORD,
-                OUTBOX_HEAD,
-                OUTBOX_ROW,
-                "self.pool.begin()",
-            ],
+            &[READ, CAS, RECORD, OUTBOX_HEAD, OUTBOX_ROW, "pool.begin()"],
         )
     }
 

@@ -18,11 +18,11 @@ use crate::{MACHINE, Res, STATE};
 // still there.
 const READ: &str = "\
 SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $3
-WHERE m.machine_type = $1 AND m.machine_id = $2";
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $1
+WHERE m.machine_type = $2 AND m.machine_id = $3";
 const WRITE: &str = "\
 WITH updated AS (
     UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
@@ -30,7 +30,7 @@ WITH updated AS (
     RETURNING machine_type, machine_id, version, state, updated_at
 ), recorded AS (
     INSERT INTO fsm_transitions
-      (machine_type, machine_id, version, from_state, event, payload, to_state, idem_key, fingerprint, at)
+      (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
     SELECT machine_type, machine_id, version, $8, $9, $10, state, $11, $12, updated_at
     FROM updated
 ), queued AS (

@@ -21,21 +21,22 @@ use crate::{MACHINE, Res, STATE};
 // still there.
 const READ: &str = "\
 SELECT m.state, m.version, m.context, m.init_fingerprint,
-       t.version, t.from_state, t.payload, t.to_state, t.idem_key, t.fingerprint, t.at
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?3
-WHERE m.machine_type = ?1 AND m.machine_id = ?2";
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?1
+WHERE m.machine_type = ?2 AND m.machine_id = ?3";
 const CAS: &str = "\
 UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
 WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7";
 const RECORD: &str = "\
 INSERT INTO fsm_transitions
-  (machine_type, machine_id, version, from_state, event, payload, to_state, idem_key, fingerprint, at)
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
-const OUTBOX: &str = "\
-INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+// The store builds the outbox INSERT from OUTBOX_HEAD and one OUTBOX_ROW per effect.
+const OUTBOX_HEAD: &str =
+    "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
+const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
 const BEGIN: &str = "BEGIN IMMEDIATE";
 const SEED: &str = "\
 INSERT INTO fsm_machines
@@ -55,7 +56,14 @@ impl Db for SqliteDb {
     fn check(_: &Config) -> Res<()> {
         check_statements(
             Kind::Sqlite,
-            &[READ, CAS, RECORD, OUTBOX, "\"BEGIN IMMEDIATE\""],
+            &[
+                READ,
+                CAS,
+                RECORD,
+                OUTBOX_HEAD,
+                OUTBOX_ROW,
+                "\"BEGIN IMMEDIATE\"",
+            ],
         )
     }
 
@@ -129,8 +137,9 @@ impl Db for SqliteDb {
             return Err("compare-and-set missed".into());
         }
         record.execute(&mut *tx).await?;
-        for (seq, effect) in (0i64..).zip(&w.effects) {
-            sqlx::query(OUTBOX)
+        let outbox = format!("{OUTBOX_HEAD}{OUTBOX_ROW}");
+        for (seq, effect) in (0i32..).zip(&w.effects) {
+            sqlx::query(&outbox)
                 .bind(MACHINE)
                 .bind(id)
                 .bind(w.version)

@@ -220,9 +220,20 @@ fn steps<D: Backend>() -> &'static Steps {
 
 /// Outbox rows are inserted many per statement, in chunks under every server's
 /// placeholder limit (MySQL's is 65,535; six per row).
-const OUTBOX_INSERT: &str =
-    "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
-const OUTBOX_VALUES: &str = "(?, ?, ?, ?, ?, ?)";
+macro_rules! outbox_insert {
+    () => {
+        "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES "
+    };
+}
+macro_rules! outbox_values {
+    () => {
+        "(?, ?, ?, ?, ?, ?)"
+    };
+}
+const OUTBOX_INSERT: &str = outbox_insert!();
+const OUTBOX_VALUES: &str = outbox_values!();
+/// The common case, one effect, needs no statement built per transition.
+const OUTBOX_ONE: &str = concat!(outbox_insert!(), outbox_values!());
 const OUTBOX_CHUNK: usize = 1_000;
 
 /// One bound parameter.
@@ -255,6 +266,13 @@ pub trait Sql: Database {
         sql: &'q str,
         args: &[Arg<'q>],
     ) -> impl Future<Output = sqlx::Result<Vec<Self::Row>>> + Send + 'q;
+
+    /// Runs a query; its first row, if any.
+    fn row<'q>(
+        conn: &'q mut Self::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send + 'q;
 
     /// A `TEXT` column.
     fn string(row: &Self::Row, index: usize) -> sqlx::Result<String>;
@@ -321,6 +339,14 @@ where
         args: &[Arg<'q>],
     ) -> impl Future<Output = sqlx::Result<Vec<D::Row>>> + Send + 'q {
         Self::query(sql, args).fetch_all(conn)
+    }
+
+    fn row<'q>(
+        conn: &'q mut D::Connection,
+        sql: &'q str,
+        args: &[Arg<'q>],
+    ) -> impl Future<Output = sqlx::Result<Option<D::Row>>> + Send + 'q {
+        Self::query(sql, args).fetch_optional(conn)
     }
 
     fn string(row: &D::Row, index: usize) -> sqlx::Result<String> {
@@ -580,14 +606,19 @@ mod transaction {
             .chunks(OUTBOX_CHUNK)
             .zip(seqs.chunks(OUTBOX_CHUNK))
         {
-            let mut sql = String::with_capacity(OUTBOX_INSERT.len() + effects.len() * 20);
-            sql.push_str(OUTBOX_INSERT);
+            let mut built = String::new();
+            if effects.len() > 1 {
+                built.reserve(OUTBOX_INSERT.len() + effects.len() * (OUTBOX_VALUES.len() + 2));
+                built.push_str(OUTBOX_INSERT);
+            }
             let mut args = Vec::with_capacity(effects.len() * 6);
             for (n, (effect, &seq)) in effects.iter().zip(seqs).enumerate() {
-                if n > 0 {
-                    sql.push_str(", ");
+                if effects.len() > 1 {
+                    if n > 0 {
+                        built.push_str(", ");
+                    }
+                    built.push_str(OUTBOX_VALUES);
                 }
-                sql.push_str(OUTBOX_VALUES);
                 args.extend([
                     Arg::Text(w.machine),
                     Arg::Text(w.id),
@@ -597,7 +628,12 @@ mod transaction {
                     Arg::Int(w.at_ms),
                 ]);
             }
-            D::run(conn, &sql, &args).await?;
+            let sql = if effects.len() == 1 {
+                OUTBOX_ONE
+            } else {
+                &built
+            };
+            D::run(conn, sql, &args).await?;
         }
         Ok(())
     }

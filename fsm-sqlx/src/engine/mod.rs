@@ -53,14 +53,14 @@ async fn read_on<D: Dialect>(
     key: Option<&str>,
 ) -> Result<InstanceRead> {
     let args = [Arg::MaybeText(key), Arg::Text(machine), Arg::Text(id)];
-    let rows = D::rows(conn, D::SQL.read, &args)
+    let row = D::row(conn, D::SQL.read, &args)
         .await
         .map_err(db_error(|| format!("read {machine} {id}")))?;
-    let Some(row) = rows.first() else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    machine_row::<D>(row)
-        .and_then(|m| Ok((m, transition_row::<D>(row, 4)?)))
+    machine_row::<D>(&row)
+        .and_then(|m| Ok((m, transition_row::<D>(&row, 4)?)))
         .map(Some)
         .map_err(|e| undecodable(machine, id, "fsm_machines", &e))
 }
