@@ -76,8 +76,8 @@ pub enum Error {
         /// The version of the transition the key recorded first.
         version: u64,
     },
-    /// An idempotency key outside 1..=255 bytes.
-    #[error("{machine} {id}: idempotency key of {len} bytes, expected 1..=255")]
+    /// An idempotency key outside 1..=255 bytes, or holding a NUL byte.
+    #[error("{machine} {id}: idempotency key of {len} bytes, expected 1..=255 without NUL")]
     InvalidKey {
         /// Machine type.
         machine: &'static str,
@@ -86,8 +86,8 @@ pub enum Error {
         /// The key's length in bytes.
         len: usize,
     },
-    /// A machine id outside 1..=255 bytes.
-    #[error("{machine}: machine id of {len} bytes, expected 1..=255")]
+    /// A machine id outside 1..=255 bytes, or holding a NUL byte.
+    #[error("{machine}: machine id of {len} bytes, expected 1..=255 without NUL")]
     InvalidId {
         /// Machine type.
         machine: &'static str,

@@ -24,28 +24,31 @@
 //!
 //! let prepared = Prepared::new("o-1", Command::<Order>::new(OrderEvent::Cancel).with_key("k"))?;
 //! assert_eq!(prepared.stored_key(), Some("k"));
-//! let current = Snapshot::<Order> {
-//!     id: "o-1".into(),
-//!     state: OrderState::Created,
-//!     version: 0,
-//!     context: OrderData::default(),
-//! };
+//! let current = Snapshot::<Order>::new("o-1", OrderState::Created, 0, OrderData::default());
 //! let applied = prepared.apply(&current)?;
 //! assert_eq!((applied.snapshot.state, applied.snapshot.version), (OrderState::Cancelled, 1));
 //! # Ok::<(), fsm_core::Error>(())
 //! ```
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 pub use crate::command::{fingerprint, fingerprint_json};
 pub use crate::durable::{ClaimedEffect, Settlement};
 pub use crate::machine::timer_delay;
 pub use crate::store::{Applied, Prepared};
 
+// SnapshotSeal is defined below.
+
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
+use crate::store::Snapshot;
 
-/// Checks a machine id is 1..=255 bytes.
+/// Checks a machine id is 1..=255 bytes without a NUL byte (which PostgreSQL's text type
+/// cannot hold, so no store accepts it).
 ///
 /// # Errors
 ///
@@ -59,7 +62,7 @@ use crate::machine::StateMachine;
 /// assert!(fsm_core::kit::check_id::<Order>("").is_err());
 /// ```
 pub fn check_id<M: StateMachine>(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > crate::MAX_KEY_LEN {
+    if id.is_empty() || id.len() > crate::MAX_KEY_LEN || id.contains('\0') {
         return Err(Error::InvalidId {
             machine: M::DEFINITION.name,
             len: id.len(),
@@ -121,4 +124,80 @@ pub fn new_token() -> String {
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     hex::encode(bytes)
+}
+
+/// A store's secret for sealing the [`Snapshot`]s it hands out, so that
+/// [`Store::fire_with`](crate::Store::fire_with) can tell a snapshot it issued, unchanged,
+/// from one the caller edited, built or deserialized (those are read afresh first).
+///
+/// The seal is a SHA-256 over a random per-store key, the machine, id, state, version
+/// and the context's fingerprint; clones share the key.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::kit::SnapshotSeal;
+/// use fsm_core::testing::{Order, OrderData, OrderState};
+/// use fsm_core::Snapshot;
+///
+/// let seal = SnapshotSeal::new();
+/// let mut snapshot = Snapshot::<Order>::new("o-1", OrderState::Created, 0, OrderData::default());
+/// assert!(!seal.is_intact(&snapshot));
+/// seal.seal(&mut snapshot);
+/// assert!(seal.is_intact(&snapshot));
+/// snapshot.state = OrderState::Shipped;
+/// assert!(!seal.is_intact(&snapshot), "an edited snapshot is not trusted");
+/// assert!(!SnapshotSeal::new().is_intact(&snapshot.clone()), "nor one of another store");
+/// ```
+#[derive(Clone)]
+pub struct SnapshotSeal {
+    key: Arc<[u8; 32]>,
+}
+
+impl SnapshotSeal {
+    /// A seal with a fresh random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        SnapshotSeal { key: Arc::new(key) }
+    }
+
+    fn tag<M: StateMachine>(&self, snapshot: &Snapshot<M>) -> Option<[u8; 32]> {
+        let context = fingerprint(&snapshot.context).ok()?;
+        let mut hasher = Sha256::new();
+        hasher.update(&self.key[..]);
+        for part in [
+            M::DEFINITION.name,
+            &snapshot.id,
+            M::state_name(snapshot.state),
+        ] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hasher.update(snapshot.version.to_le_bytes());
+        hasher.update(context.0);
+        Some(hasher.finalize().into())
+    }
+
+    /// Seals `snapshot` as this store's, as it stands.
+    pub fn seal<M: StateMachine>(&self, snapshot: &mut Snapshot<M>) {
+        snapshot.seal = self.tag(snapshot);
+    }
+
+    /// Whether `snapshot` was sealed by this store and not changed since.
+    pub fn is_intact<M: StateMachine>(&self, snapshot: &Snapshot<M>) -> bool {
+        snapshot.seal.is_some() && snapshot.seal == self.tag(snapshot)
+    }
+}
+
+impl Default for SnapshotSeal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SnapshotSeal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SnapshotSeal { .. }")
+    }
 }

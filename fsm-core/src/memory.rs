@@ -227,12 +227,7 @@ fn instance<'a, M: StateMachine>(
 
 impl<M: StateMachine> Instance<M> {
     fn snapshot(&self, id: &str) -> Snapshot<M> {
-        Snapshot {
-            id: id.to_owned(),
-            state: self.state,
-            version: self.version,
-            context: self.context.clone(),
-        }
+        Snapshot::new(id, self.state, self.version, self.context.clone())
     }
 
     /// Decides from the stored state and records the result: state, version, key,

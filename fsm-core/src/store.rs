@@ -14,6 +14,11 @@ use crate::kit::{check_id, now_ms};
 use crate::machine::{EdgeIndex, Rejection, StateMachine, Trigger, step, step_timer, timer_delay};
 
 /// One machine instance as stored: its state, version and context.
+///
+/// A store seals the snapshots it hands out: [`Store::fire_with`] trusts a snapshot to
+/// save its read only while its fields are exactly as the store left them. A snapshot
+/// changed by the caller, built with [`Snapshot::new`] or deserialized is read afresh
+/// first, so it can never be forged into a decision.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Snapshot<M: StateMachine> {
@@ -25,6 +30,22 @@ pub struct Snapshot<M: StateMachine> {
     pub version: u64,
     /// The context after the last transition.
     pub context: M::Context,
+    /// The issuing store's seal over the fields above, if a store issued it.
+    #[serde(skip)]
+    pub(crate) seal: Option<[u8; 32]>,
+}
+
+impl<M: StateMachine> Snapshot<M> {
+    /// A snapshot no store has sealed: `fire_with` reads the instance before deciding.
+    pub fn new(id: impl Into<String>, state: M::State, version: u64, context: M::Context) -> Self {
+        Snapshot {
+            id: id.into(),
+            state,
+            version,
+            context,
+            seal: None,
+        }
+    }
 }
 
 /// One applied transition, as kept in history.
@@ -230,7 +251,7 @@ impl<M: StateMachine> Prepared<M> {
             None => None,
             Some(key) => {
                 let stored = key.as_stored().into_owned();
-                if stored.is_empty() || stored.len() > MAX_KEY_LEN {
+                if stored.is_empty() || stored.len() > MAX_KEY_LEN || stored.contains('\0') {
                     return Err(Error::InvalidKey {
                         machine: M::DEFINITION.name,
                         id: id.to_owned(),
@@ -323,12 +344,12 @@ impl<M: StateMachine> Prepared<M> {
         let (transition, effects) =
             self.apply_in_place(&current.id, current.state, &mut context, version)?;
         Ok(Applied {
-            snapshot: Snapshot {
-                id: current.id.clone(),
-                state: transition.to,
-                version: transition.version,
+            snapshot: Snapshot::new(
+                current.id.clone(),
+                transition.to,
+                transition.version,
                 context,
-            },
+            ),
             transition,
             effects,
         })
@@ -500,6 +521,7 @@ impl<M: StateMachine> Clone for Snapshot<M> {
             state: self.state,
             version: self.version,
             context: self.context.clone(),
+            seal: self.seal,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 
-use fsm_core::kit::Prepared;
+use fsm_core::kit::{Prepared, SnapshotSeal};
 use fsm_core::{
     Command, Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Store,
     Transition,
@@ -43,6 +43,8 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) pool: Pool<D>,
     pub(crate) retry: RetryPolicy,
     pub(crate) concurrency: Concurrency,
+    /// Seals the snapshots this store hands out, so `fire_with` trusts only those.
+    pub(crate) seal: SnapshotSeal,
 }
 
 impl<D: Dialect> SqlStore<D> {
@@ -53,6 +55,7 @@ impl<D: Dialect> SqlStore<D> {
             pool,
             retry: RetryPolicy::default(),
             concurrency: Concurrency::Optimistic,
+            seal: SnapshotSeal::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             pool: self.pool.clone(),
             retry: self.retry,
             concurrency: self.concurrency,
+            seal: self.seal.clone(),
         }
     }
 }
@@ -143,11 +147,17 @@ impl<D: Dialect> fmt::Debug for SqlStore<D> {
 
 impl<D: Dialect> Store for SqlStore<D> {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
-        engine::create::<D, M>(&self.pool, id, context).await
+        let mut created = engine::create::<D, M>(&self.pool, id, context).await?;
+        match &mut created {
+            Created::New(snapshot) | Created::Existing(snapshot) => self.seal.seal(snapshot),
+        }
+        Ok(created)
     }
 
     async fn load<M: StateMachine>(&self, id: &str) -> Result<Snapshot<M>> {
-        engine::load::<D, M>(&self.pool, id).await
+        let mut snapshot = engine::load::<D, M>(&self.pool, id).await?;
+        self.seal.seal(&mut snapshot);
+        Ok(snapshot)
     }
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
@@ -171,8 +181,9 @@ impl<D: Dialect> Store for SqlStore<D> {
     ) -> Result<Outcome<M>> {
         let prepared = Prepared::new(&snapshot.id, command)?;
         let id = snapshot.id.clone();
-        let known = Some(snapshot.clone());
-        let (outcome, current) = engine::fire(
+        // Only a snapshot this store issued, unchanged, may stand in for the read.
+        let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());
+        let (outcome, mut current) = engine::fire(
             &self.pool,
             &self.retry,
             self.concurrency,
@@ -181,6 +192,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             known,
         )
         .await?;
+        self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)
     }

@@ -84,6 +84,10 @@ macro_rules! store_conformance_tests {
             fire_with_a_current_snapshot_advances_it,
             fire_with_a_stale_snapshot_decides_from_the_stored_version,
             ids_and_keys_compare_byte_for_byte,
+            a_snapshot_with_a_forged_state_decides_nothing,
+            a_snapshot_with_a_forged_context_passes_no_guard,
+            a_deserialized_snapshot_is_read_afresh,
+            nul_bytes_in_ids_and_keys_are_invalid_before_any_io,
         }
     };
 }
@@ -744,6 +748,10 @@ pub async fn ids_outside_1_to_255_bytes_are_invalid<S: Store>(store: Arc<S>) {
         );
         let err = store.fire(&id, pay(1)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
+        let err = store.load::<Order>(&id).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "load: {err:?}");
+        let err = store.history::<Order>(&id).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "history: {err:?}");
     }
     store
         .create::<Order>(&"i".repeat(255), order(1))
@@ -886,4 +894,83 @@ pub async fn ids_and_keys_compare_byte_for_byte<S: Store>(store: Arc<S>) {
     assert_eq!(again.transition().key.as_deref(), Some("k "));
     assert_eq!(store.history::<Order>("o").await.unwrap().len(), 3);
     assert!(store.history::<Order>("o ").await.unwrap().is_empty());
+}
+
+/// A snapshot whose state was changed by the caller is not a decision: `fire_with`
+/// decides from the stored state (`Created`, where `Deliver` is illegal) and writes
+/// nothing; the snapshot comes back as stored.
+pub async fn a_snapshot_with_a_forged_state_decides_nothing<S: Store>(store: Arc<S>) {
+    let mut snapshot = created(&*store, 500).await;
+    snapshot.state = OrderState::Shipped;
+    let err = store
+        .fire_with(&mut snapshot, Command::new(OrderEvent::Deliver))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IllegalTransition { state, event, .. } if state == "Created" && event == "Deliver"),
+        "{err:?}"
+    );
+    let stored = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((stored.state, stored.version), (OrderState::Created, 0));
+    assert!(store.history::<Order>(ID).await.unwrap().is_empty());
+}
+
+/// A snapshot whose context was changed by the caller does not get a payment of 1 cent
+/// past the `amount_matches` guard of a 500-cent order.
+pub async fn a_snapshot_with_a_forged_context_passes_no_guard<S: Store>(store: Arc<S>) {
+    let mut snapshot = created(&*store, 500).await;
+    snapshot.context.total_cents = 1;
+    let err = store.fire_with(&mut snapshot, pay(1)).await.unwrap_err();
+    assert!(matches!(err, Error::GuardRejected { .. }), "{err:?}");
+    let stored = store.load::<Order>(ID).await.unwrap();
+    assert_eq!((stored.version, stored.context.total_cents), (0, 500));
+    // The genuine snapshot still saves the read.
+    let mut genuine = store.load::<Order>(ID).await.unwrap();
+    store.fire_with(&mut genuine, pay(500)).await.unwrap();
+    assert_eq!((genuine.state, genuine.version), (OrderState::Paid, 1));
+}
+
+/// A snapshot that went through serde (a cache, a queue) and came back claiming another
+/// state is read afresh before anything is decided.
+pub async fn a_deserialized_snapshot_is_read_afresh<S: Store>(store: Arc<S>) {
+    let snapshot = created(&*store, 500).await;
+    let json = serde_json::to_string(&snapshot)
+        .unwrap()
+        .replace("\"Created\"", "\"Paid\"");
+    let mut forged: Snapshot<Order> = serde_json::from_str(&json).unwrap();
+    assert_eq!(forged.state, OrderState::Paid);
+    let err = store
+        .fire_with(&mut forged, Command::new(OrderEvent::Ship))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IllegalTransition { .. }), "{err:?}");
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 0);
+}
+
+/// A NUL byte cannot be stored in every database's text type, so an id or key holding
+/// one is `InvalidId` / `InvalidKey` on every store, before any I/O (a retry cannot fix
+/// it: the error is not transient).
+pub async fn nul_bytes_in_ids_and_keys_are_invalid_before_any_io<S: Store>(store: Arc<S>) {
+    let err = store.create::<Order>("o\0", order(1)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    for result in [
+        store.load::<Order>("o\0").await.map(|_| ()),
+        store.history::<Order>("o\0").await.map(|_| ()),
+        store.fire("o\0", pay(1)).await.map(|_| ()),
+    ] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
+    }
+    created(&*store, 500).await;
+    for command in [
+        pay(500).with_key("k\0"),
+        pay(500).from_source("billing\0", 7),
+        pay(500).with_token("\0"),
+    ] {
+        let err = store.fire(ID, command).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err:?}");
+        assert!(!err.is_transient());
+    }
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 0);
 }

@@ -120,12 +120,7 @@ pub(crate) async fn create<D: Dialect, M: StateMachine>(
         timers: timers_of::<M>(M::INITIAL, now),
     };
     if D::insert(pool, &new).await? {
-        return Ok(Created::New(Snapshot {
-            id: id.to_owned(),
-            state: M::INITIAL,
-            version: 0,
-            context,
-        }));
+        return Ok(Created::New(Snapshot::new(id, M::INITIAL, 0, context)));
     }
     let (row, _) = read(pool, M::DEFINITION.name, id, None)
         .await?

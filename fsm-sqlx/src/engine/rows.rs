@@ -132,12 +132,12 @@ pub(crate) fn decode_machine<M: StateMachine>(id: &str, row: MachineRow) -> Resu
             format!("context is not a valid {}: {e}", M::DEFINITION.context),
         )
     })?;
-    Ok(Snapshot {
-        id: id.to_owned(),
+    Ok(Snapshot::new(
+        id,
         state,
-        version: version::<M>(TABLE, id, row.version)?,
+        version::<M>(TABLE, id, row.version)?,
         context,
-    })
+    ))
 }
 
 /// Parses a history row, with the fingerprint its key was recorded with.
