@@ -1,6 +1,7 @@
 //! What the test files share: where the server is, unique names, cleanup after a
-//! failure, and one fixture per backend (a database of the test's own) for the
-//! conformance and durable suites of fsm-core.
+//! failure, one fixture per backend (a database of the test's own) for the
+//! conformance and durable suites of fsm-core, and the fault suite written once over
+//! those fixtures (`faults`).
 
 // Each test crate includes this module and uses only part of it.
 #![allow(dead_code)]
@@ -8,6 +9,8 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) mod faults;
 
 /// The server URL in env var `var`, or `None` when the tests should be skipped.
 ///
@@ -64,11 +67,14 @@ pub(crate) mod pg {
     use std::str::FromStr;
 
     use std::sync::Arc;
+    use std::time::Duration;
 
     use fsm_core::testing::{DurableFixture, Fixture};
     use fsm_sqlx::{Concurrency, PgStore};
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use sqlx::{Connection, Executor, PgConnection};
+
+    use super::faults::{Blocked, FaultFixture, KillFixture};
 
     /// Options connecting to `url` with `schema` as the `search_path`, shown as
     /// `application_name` in `pg_stat_activity`.
@@ -123,7 +129,7 @@ pub(crate) mod pg {
     }
 
     /// A [`PgStore`] whose connections' `search_path` is a fresh schema, dropped
-    /// afterwards: the fixture of the conformance and durable suites.
+    /// afterwards: the fixture of the conformance, durable and fault suites.
     pub(crate) struct PgSchema {
         store: Arc<PgStore>,
         schema: Schema,
@@ -145,11 +151,12 @@ pub(crate) mod pg {
         }
     }
 
-    /// A small pool on the test's own schema: tests run in parallel against one server.
+    /// A small pool on the test's own schema (tests run in parallel against one server),
+    /// its connections named after the schema in `pg_stat_activity`.
     pub(crate) async fn pool(schema: &Schema) -> sqlx::PgPool {
         PgPoolOptions::new()
             .max_connections(4)
-            .connect_with(schema.options("fsm-test"))
+            .connect_with(schema.options(&schema.name))
             .await
             .expect("connect to the PostgreSQL server")
     }
@@ -190,6 +197,75 @@ pub(crate) mod pg {
         }
     }
 
+    impl FaultFixture for PgSchema {
+        type Db = sqlx::Postgres;
+
+        async fn open() -> Option<Self> {
+            let url = super::server_url("FSM_POSTGRES_URL")?;
+            Some(PgSchema::new(url, Concurrency::Optimistic).await)
+        }
+
+        /// PostgreSQL keeps a `BIGINT` column's values numbers, so the row can only hold
+        /// text where the store expects a number once the column itself has the wrong
+        /// type, as after a hand-made schema change. Before anything reads the table: a
+        /// statement prepared against the old column type would fail with "cached plan
+        /// must not change result type" instead.
+        const VERSION_AS_TEXT: &'static [&'static str] =
+            &["ALTER TABLE fsm_machines ALTER COLUMN version TYPE TEXT USING 'seven'"];
+
+        /// Port 1 of this host, where nothing listens.
+        const UNREACHABLE_URL: &'static str = "postgres://postgres@127.0.0.1:1/test";
+    }
+
+    /// The store's connections are named after the schema in `pg_stat_activity`, the
+    /// test's own after the schema and their role.
+    impl KillFixture for PgSchema {
+        type ConnectionId = i32;
+
+        async fn connect(&self, role: &str) -> PgConnection {
+            let schema = self.schema();
+            PgConnection::connect_with(&schema.options(&format!("{}-{role}", schema.name)))
+                .await
+                .expect("connect to FSM_POSTGRES_URL")
+        }
+
+        async fn blocked(&self, conn: &mut PgConnection) -> Option<(i32, String)> {
+            sqlx::query_as(
+                "SELECT pid, query FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock' \
+                   AND query LIKE '%fsm_machines%'",
+            )
+            .bind(&self.schema().name)
+            .fetch_optional(conn)
+            .await
+            .expect("read pg_stat_activity")
+        }
+
+        const POLL: Duration = Duration::from_millis(20);
+
+        /// A transition is one statement, so the fire waits in it at either point.
+        fn waits_in(_: Blocked) -> &'static str {
+            "WITH updated AS ("
+        }
+
+        async fn kill(conn: &mut PgConnection, pid: i32) {
+            let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(conn)
+                .await
+                .expect("pg_terminate_backend");
+            assert!(terminated, "backend {pid} was not terminated");
+        }
+
+        async fn exists(conn: &mut PgConnection, pid: i32) -> bool {
+            sqlx::query_scalar("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(conn)
+                .await
+                .expect("read pg_stat_activity")
+        }
+    }
+
     async fn admin(url: &str, sql: String) {
         let mut conn = PgConnection::connect(url)
             .await
@@ -206,11 +282,14 @@ pub(crate) mod pg {
 pub(crate) mod mysql {
     use std::str::FromStr;
     use std::sync::Arc;
+    use std::time::Duration;
 
     use fsm_core::testing::{DurableFixture, Fixture};
     use fsm_sqlx::{Concurrency, MySqlStore};
     use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
     use sqlx::{Connection, Executor, MySqlConnection};
+
+    use super::faults::{Blocked, FaultFixture, KillFixture};
 
     /// A database, dropped with all it holds by `drop_now` or, if a test panicked, on drop.
     pub(crate) struct Database {
@@ -267,6 +346,81 @@ pub(crate) mod mysql {
         let _ = conn.close().await;
     }
 
+    impl FaultFixture for MySqlDatabase {
+        type Db = sqlx::MySql;
+
+        async fn open() -> Option<Self> {
+            let url = super::server_url("FSM_MYSQL_URL")?;
+            Some(MySqlDatabase::new(url, Concurrency::Optimistic).await)
+        }
+
+        /// A `BIGINT` column cannot hold text (strict mode rejects it, loose mode stores
+        /// 0), so the row can only hold text where the store expects a number once the
+        /// column itself has the wrong type, as after a hand-made schema change.
+        const VERSION_AS_TEXT: &'static [&'static str] = &[
+            "ALTER TABLE fsm_machines MODIFY version VARCHAR(16) NOT NULL",
+            "UPDATE fsm_machines SET version = 'seven'",
+        ];
+
+        /// Port 1 of this host, where nothing listens.
+        const UNREACHABLE_URL: &'static str = "mysql://root@127.0.0.1:1/test";
+    }
+
+    /// The store's connections are those to the fixture's database whose InnoDB
+    /// transaction waits for a lock.
+    impl KillFixture for MySqlDatabase {
+        type ConnectionId = i64;
+
+        async fn connect(&self, _role: &str) -> MySqlConnection {
+            MySqlConnection::connect_with(&self.database().options())
+                .await
+                .expect("connect to FSM_MYSQL_URL")
+        }
+
+        async fn blocked(&self, conn: &mut MySqlConnection) -> Option<(i64, String)> {
+            sqlx::query_as(
+                "SELECT CAST(p.id AS SIGNED), CAST(p.info AS CHAR) \
+                 FROM information_schema.processlist p \
+                 JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id \
+                 WHERE p.db = ? AND t.trx_state = 'LOCK WAIT' AND p.info LIKE '%fsm_%'",
+            )
+            .bind(&self.database().name)
+            .fetch_optional(conn)
+            .await
+            .expect("read the process list")
+        }
+
+        /// InnoDB refreshes `innodb_trx` only when it was not read for 0.1 s, hence the slow
+        /// poll.
+        const POLL: Duration = Duration::from_millis(200);
+
+        /// The compare-and-set, then the history insert: statements of their own.
+        fn waits_in(point: Blocked) -> &'static str {
+            match point {
+                Blocked::InCompareAndSet => "UPDATE fsm_machines",
+                Blocked::AfterCompareAndSet => "INSERT INTO fsm_transitions",
+            }
+        }
+
+        async fn kill(conn: &mut MySqlConnection, id: i64) {
+            // KILL takes no placeholder; `id` is a number the server gave.
+            conn.execute(format!("KILL CONNECTION {id}").as_str())
+                .await
+                .expect("KILL CONNECTION");
+        }
+
+        async fn exists(conn: &mut MySqlConnection, id: i64) -> bool {
+            let alive: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.processlist WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_one(conn)
+            .await
+            .expect("read the process list");
+            alive > 0
+        }
+    }
+
     /// A small pool on the test's own database: tests run in parallel against one server.
     pub(crate) async fn pool(database: &Database) -> sqlx::MySqlPool {
         MySqlPoolOptions::new()
@@ -276,8 +430,8 @@ pub(crate) mod mysql {
             .expect("connect to the MySQL server")
     }
 
-    /// A [`MySqlStore`] on a fresh database: the fixture of the conformance and durable
-    /// suites.
+    /// A [`MySqlStore`] on a fresh database: the fixture of the conformance, durable and
+    /// fault suites.
     pub(crate) struct MySqlDatabase {
         store: Arc<MySqlStore>,
         database: Database,
@@ -345,8 +499,10 @@ pub(crate) mod sqlite {
     use fsm_core::testing::{DurableFixture, Fixture};
     use fsm_sqlx::{Concurrency, SqliteStore};
 
-    /// A [`SqliteStore`] on a fresh file: the fixture of the conformance and durable
-    /// suites.
+    use super::faults::FaultFixture;
+
+    /// A [`SqliteStore`] on a fresh file: the fixture of the conformance, durable and
+    /// fault suites.
     pub(crate) struct SqliteFile {
         store: Arc<SqliteStore>,
         path: PathBuf,
@@ -415,6 +571,21 @@ pub(crate) mod sqlite {
         async fn cleanup(self) {
             Fixture::cleanup(self).await;
         }
+    }
+
+    impl FaultFixture for SqliteFile {
+        type Db = sqlx::Sqlite;
+
+        async fn open() -> Option<Self> {
+            Some(SqliteFile::new().await)
+        }
+
+        /// SQLite keeps what it is given where an `INTEGER` cannot be read from it.
+        const VERSION_AS_TEXT: &'static [&'static str] =
+            &["UPDATE fsm_machines SET version = 'seven'"];
+
+        /// A file in a directory that does not exist (and is not created).
+        const UNREACHABLE_URL: &'static str = "sqlite:/fsm-no-such-dir/deeper/x.db";
     }
 }
 
