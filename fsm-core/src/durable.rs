@@ -195,8 +195,11 @@ pub struct ClaimedEffect {
     pub seq: u32,
     /// The effect as stored JSON.
     pub effect: String,
-    /// Attempts so far, this claim included; also the claim's lease token.
+    /// Attempts so far, this claim included.
     pub attempts: u32,
+    /// Claims of this row so far, this one included: the claim's lease token, which never
+    /// repeats (a requeue resets `attempts`, not this).
+    pub claim: u64,
     /// The last handler error, if any.
     pub last_error: Option<String>,
 }
@@ -230,4 +233,7 @@ pub enum Settlement<'a> {
         /// Why.
         error: &'a str,
     },
+    /// Not started (the worker is shutting down): claimable again at once, the attempt
+    /// uncounted.
+    Release,
 }

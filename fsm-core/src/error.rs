@@ -163,6 +163,16 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A background worker (an outbox dispatcher's or a timer worker's task) died.
+    #[error("{machine}: {worker} worker died: {detail}")]
+    WorkerDied {
+        /// Machine type the worker served.
+        machine: &'static str,
+        /// `"outbox"` or `"timer"`.
+        worker: &'static str,
+        /// What ended it (a panic's message).
+        detail: String,
+    },
     /// The backend failed: connection refused or dropped, timeout, I/O. The source is
     /// kept (for sqlx stores, a `sqlx::Error`, reachable by downcasting).
     #[error("{operation}: database error: {source}")]

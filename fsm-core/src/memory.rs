@@ -73,6 +73,7 @@ type EffectKey = (&'static str, String, u64, u32);
 struct OutboxRow {
     effect: String,
     attempts: u32,
+    claims: u64,
     available_at: u64,
     lease_until: Option<u64>,
     done: bool,
@@ -271,6 +272,7 @@ impl<M: StateMachine> Instance<M> {
                 OutboxRow {
                     effect,
                     attempts: 0,
+                    claims: 0,
                     available_at: now,
                     lease_until: None,
                     done: false,
@@ -485,6 +487,7 @@ impl DurableStore for MemoryStore {
             .map(|(key, row)| {
                 row.lease_until = Some(lease_until);
                 row.attempts = row.attempts.saturating_add(1);
+                row.claims += 1;
                 claimed(key, row)
             })
             .collect();
@@ -511,9 +514,9 @@ impl DurableStore for MemoryStore {
         let Some(row) = tables.outbox.get_mut(&key) else {
             return Ok(false);
         };
-        // `attempts` is the claim's lease token: a worker whose lease expired and was
-        // claimed again settles nothing.
-        if row.attempts != effect.attempts {
+        // The claim's lease token: a worker whose lease expired and was claimed again
+        // settles nothing.
+        if row.claims != effect.claim {
             return Ok(false);
         }
         row.lease_until = None;
@@ -527,6 +530,7 @@ impl DurableStore for MemoryStore {
                 row.dead = true;
                 row.last_error = Some(error.to_owned());
             }
+            Settlement::Release => row.attempts = row.attempts.saturating_sub(1),
         }
         Ok(true)
     }
@@ -539,6 +543,7 @@ fn claimed((_, id, version, seq): &EffectKey, row: &OutboxRow) -> ClaimedEffect 
         seq: *seq,
         effect: row.effect.clone(),
         attempts: row.attempts,
+        claim: row.claims,
         last_error: row.last_error.clone(),
     }
 }

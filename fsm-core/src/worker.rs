@@ -30,14 +30,18 @@
 //! # Ok::<(), fsm_core::Error>(()) }).unwrap();
 //! ```
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::durable::{ClaimedEffect, Delivery, DurableStore, Settlement};
-use crate::error::{BoxError, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::machine::StateMachine;
 
 /// Runs `pass` until `shutdown` is cancelled, pausing `idle` whenever a pass found
@@ -145,11 +149,29 @@ impl<S: DurableStore> Dispatcher<S> {
 
     /// Claims one batch of due effects of machine type `M` and handles them in order.
     ///
+    /// A handler that panics counts as a failed attempt (retried, then dead-lettered),
+    /// like one that returns an error.
+    ///
     /// # Errors
     ///
     /// Backend errors while claiming or settling; handler errors are not errors here but
     /// retries or dead letters.
     pub async fn dispatch_once<M, H, Fut>(&self, handler: &H) -> Result<DispatchReport>
+    where
+        M: StateMachine,
+        H: Fn(Delivery<M::Effect>) -> Fut,
+        Fut: Future<Output = std::result::Result<(), BoxError>>,
+    {
+        self.dispatch_batch::<M, H, Fut>(handler, None).await
+    }
+
+    /// [`dispatch_once`](Self::dispatch_once), starting no handler once `shutdown` is
+    /// cancelled: the rows not started are released for other workers.
+    async fn dispatch_batch<M, H, Fut>(
+        &self,
+        handler: &H,
+        shutdown: Option<&CancellationToken>,
+    ) -> Result<DispatchReport>
     where
         M: StateMachine,
         H: Fn(Delivery<M::Effect>) -> Fut,
@@ -166,6 +188,12 @@ impl<S: DurableStore> Dispatcher<S> {
             ..DispatchReport::default()
         };
         for row in rows {
+            if shutdown.is_some_and(CancellationToken::is_cancelled) {
+                self.store
+                    .settle_effect(machine, &row, Settlement::Release)
+                    .await?;
+                continue;
+            }
             let outcome = self.handle::<M, _, _>(handler, &row).await;
             let settlement = match &outcome {
                 Ok(()) => {
@@ -215,19 +243,33 @@ impl<S: DurableStore> Dispatcher<S> {
             effect,
             attempt: row.attempts,
         };
-        handler(delivery)
-            .await
-            .map_err(|e| Failure::Handler(e.to_string()))
+        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| handler(delivery)))
+            .map(|future| CatchUnwind(Box::pin(future)));
+        let result = match handled {
+            Ok(future) => future.await,
+            Err(panic) => Err(panic),
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Handler(e.to_string())),
+            Err(panic) => Err(Failure::Handler(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+        }
     }
 
     /// Runs [`DispatchOptions::workers`] workers until `shutdown` is cancelled. Handlers
     /// in flight when it is cancelled finish, and their rows are settled, before this
-    /// returns. Backend errors are logged and retried after
-    /// [`DispatchOptions::idle_poll`], so a database restart does not stop dispatch.
+    /// returns; no handler starts after it, and the rest of a claimed batch is released
+    /// for other workers. Backend errors are logged and retried after
+    /// [`DispatchOptions::idle_poll`], so a database restart does not stop dispatch; a
+    /// handler's panic is a failed attempt.
     ///
     /// # Errors
     ///
-    /// Never returns an error today; the `Result` leaves room for fatal conditions.
+    /// [`Error::WorkerDied`] when a worker task dies anyway (a panic outside the handler);
+    /// the other workers are stopped.
     pub async fn run<M, H, Fut>(self, handler: H, shutdown: CancellationToken) -> Result<()>
     where
         M: StateMachine,
@@ -243,7 +285,7 @@ impl<S: DurableStore> Dispatcher<S> {
                 (Arc::clone(&this), Arc::clone(&handler), shutdown.clone());
             workers.spawn(async move {
                 poll_until_cancelled(&shutdown, this.options.idle_poll, || async {
-                    match this.dispatch_once::<M, _, _>(&*handler).await {
+                    match this.dispatch_batch::<M, _, _>(&*handler, Some(&shutdown)).await {
                         Ok(report) => report.claimed == 0,
                         Err(err) => {
                             tracing::warn!(machine = M::DEFINITION.name, error = %err, "outbox claim failed; retrying");
@@ -254,8 +296,56 @@ impl<S: DurableStore> Dispatcher<S> {
                 .await;
             });
         }
-        while workers.join_next().await.is_some() {}
-        Ok(())
+        join_workers::<M>(workers, "outbox").await
+    }
+}
+
+/// Waits for every worker; the first that died ends the others and is the error.
+async fn join_workers<M: StateMachine>(
+    mut workers: tokio::task::JoinSet<()>,
+    worker: &'static str,
+) -> Result<()> {
+    while let Some(joined) = workers.join_next().await {
+        if let Err(err) = joined {
+            workers.abort_all();
+            let detail = if err.is_panic() {
+                panic_message(err.into_panic().as_ref())
+            } else {
+                err.to_string()
+            };
+            tracing::error!(machine = M::DEFINITION.name, worker, %detail, "worker died");
+            return Err(Error::WorkerDied {
+                machine: M::DEFINITION.name,
+                worker,
+                detail,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A panic's message, when it is a string.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
+}
+
+/// Polls a future, turning a panic inside it into an `Err` with the panic's payload.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }
 

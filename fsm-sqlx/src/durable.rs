@@ -6,7 +6,7 @@ use std::time::Duration;
 use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
 use fsm_core::{DeadLetter, DurableStore, EffectId, Error, Result, StateMachine, Transition};
 
-use crate::dialect::{Arg, Dialect, claimed_effect, execute, fetch};
+use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch};
 use crate::engine;
 use crate::store::SqlStore;
 
@@ -52,8 +52,15 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         .await?;
         let mut fired = Vec::new();
         for timer in &due {
-            if let Some(transition) = engine::fire_timer::<D, M>(&self.pool, timer).await? {
-                fired.push((timer.machine_id.clone(), transition));
+            match engine::fire_timer::<D, M>(&self.pool, timer).await {
+                Ok(Some(transition)) => fired.push((timer.machine_id.clone(), transition)),
+                Ok(None) => {}
+                // One bad row never stops the batch: it stays leased, and is reported
+                // again when its lease expires.
+                Err(err @ Error::Corrupt { .. }) => {
+                    tracing::error!(error = %err, "timer skipped: its row is corrupt");
+                }
+                Err(err) => return Err(err),
             }
         }
         Ok(fired)
@@ -69,7 +76,8 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         )
         .await?;
         rows.iter()
-            .map(|row| Ok(DeadLetter::of(machine, claimed_effect::<D>(machine, row)?)))
+            .filter_map(|row| decodable(claimed_effect::<D>(machine, row)))
+            .map(|row| Ok(DeadLetter::of(machine, row)))
             .collect()
     }
 
@@ -116,9 +124,9 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
             Arg::Text(&effect.machine_id),
             Arg::Int(i64::try_from(effect.version).unwrap_or(i64::MAX)),
             Arg::Small(i32::try_from(effect.seq).unwrap_or(i32::MAX)),
-            // `attempts` is the claim's lease token: a worker whose lease expired and was
-            // claimed again settles nothing.
-            Arg::Small(i32::try_from(effect.attempts).unwrap_or(i32::MAX)),
+            // The claim's lease token: a worker whose lease expired and was claimed again
+            // settles nothing.
+            Arg::Int(i64::try_from(effect.claim).unwrap_or(i64::MAX)),
         ];
         let now = now_ms();
         let (sql, head) = match settlement {
@@ -128,6 +136,7 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
                 vec![Arg::Int(deadline(now, delay)), Arg::Text(error)],
             ),
             Settlement::Dead { error } => (D::SQL.effect_dead, vec![Arg::Text(error)]),
+            Settlement::Release => (D::SQL.effect_release, vec![]),
         };
         let args: Vec<Arg<'_>> = head.into_iter().chain(row).collect();
         let settled = execute(&self.pool, sql, &args, || {

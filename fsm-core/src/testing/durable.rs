@@ -74,6 +74,12 @@ macro_rules! durable_store_tests {
             concurrent_dispatchers_never_overlap,
             shutdown_lets_in_flight_handlers_finish,
             effects_are_queued_once_with_their_transition,
+            a_panicking_handler_is_a_failed_attempt,
+            run_keeps_dispatching_after_a_handler_panics,
+            no_handler_starts_after_shutdown_and_the_rest_is_released,
+            a_stale_worker_never_settles_a_requeued_effect,
+            durations_saturate_instead_of_wrapping,
+            a_handler_error_worded_like_a_decode_error_is_retried,
         }
     };
 }
@@ -611,4 +617,234 @@ pub async fn effects_are_queued_once_with_their_transition<F: DurableFixture>(h:
             (2, 0, OrderEffect::Noted("gift wrap".to_owned())),
         ]
     );
+}
+
+/// A handler that panics is a failed attempt: retried, then dead-lettered with the
+/// panic's message; the panic does not escape `dispatch_once`.
+pub async fn a_panicking_handler_is_a_failed_attempt<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let options = DispatchOptions {
+        max_attempts: 2,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        ..DispatchOptions::default()
+    };
+    let dispatcher = Dispatcher::new(store.clone()).with_options(options);
+    let panicking = |_: Delivery<OrderEffect>| async {
+        panic!("card processor client bug");
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
+    };
+    let first = dispatcher
+        .dispatch_once::<Order, _, _>(&panicking)
+        .await
+        .unwrap();
+    assert_eq!((first.claimed, first.retried, first.dead), (1, 1, 0));
+    let second = dispatcher
+        .dispatch_once::<Order, _, _>(&panicking)
+        .await
+        .unwrap();
+    assert_eq!((second.claimed, second.dead), (1, 1));
+    let dead = store.dead_letters::<Order>().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("panicked") && error.contains("card processor client bug"),
+        "{error}"
+    );
+}
+
+/// `run` treats a panic as a failed attempt and goes on: the effect is retried and done,
+/// and `run` ends cleanly at shutdown.
+pub async fn run_keeps_dispatching_after_a_handler_panics<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let options = DispatchOptions {
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        idle_poll: Duration::from_millis(10),
+        ..DispatchOptions::default()
+    };
+    let (done, handler) = {
+        let done = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&done);
+        let handler = move |d: Delivery<OrderEffect>| {
+            let notify = Arc::clone(&notify);
+            async move {
+                assert!(d.attempt > 1, "first attempt panics");
+                notify.notify_one();
+                Ok::<(), BoxError>(())
+            }
+        };
+        (done, handler)
+    };
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Dispatcher::new(store.clone())
+            .with_options(options)
+            .run::<Order, _, _>(handler, shutdown.clone()),
+    );
+    tokio::time::timeout(Duration::from_secs(10), done.notified())
+        .await
+        .expect("the second attempt succeeds");
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("stops")
+        .expect("the run task itself did not panic");
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+/// Once shutdown is cancelled no handler starts: of a claimed batch of three, the one in
+/// flight finishes and the two others are released, claimable at once with their
+/// attempt uncounted.
+pub async fn no_handler_starts_after_shutdown_and_the_rest_is_released<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    for i in 0..3 {
+        let id = format!("o-{i}");
+        store.create::<Order>(&id, order()).await.unwrap();
+        store.fire(&id, pay()).await.unwrap();
+    }
+    let started: Arc<Mutex<Vec<String>>> = Arc::default();
+    let first_started = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (started, first_started) = (Arc::clone(&started), Arc::clone(&first_started));
+        move |d: Delivery<OrderEffect>| {
+            let (started, first_started) = (Arc::clone(&started), Arc::clone(&first_started));
+            async move {
+                started.lock().unwrap().push(d.id.to_string());
+                first_started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<(), BoxError>(())
+            }
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let options = DispatchOptions {
+        batch: 3,
+        ..DispatchOptions::default()
+    };
+    let run = tokio::spawn(
+        Dispatcher::new(store.clone())
+            .with_options(options)
+            .run::<Order, _, _>(handler, shutdown.clone()),
+    );
+    first_started.notified().await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        started.lock().unwrap().len(),
+        1,
+        "{:?}",
+        started.lock().unwrap()
+    );
+    let (seen, handler) = recorder();
+    let rest = Dispatcher::new(store)
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!((rest.claimed, rest.done), (2, 2), "released at once");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, attempt)| *attempt == 1)
+    );
+}
+
+/// The lease token never repeats for a row: after a requeue, a worker holding a claim
+/// from before the dead-lettering cannot settle the new claim.
+pub async fn a_stale_worker_never_settles_a_requeued_effect<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let stale = store
+        .claim_effects("Order", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    // Its lease (zero) is over: another worker claims it and dead-letters it.
+    let second = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    assert_eq!(second.len(), 1);
+    let dead = crate::kit::Settlement::Dead { error: "gave up" };
+    assert!(
+        store
+            .settle_effect("Order", &second[0], dead)
+            .await
+            .unwrap()
+    );
+    let id = second[0].id("Order");
+    assert!(store.requeue(&id).await.unwrap());
+    let fresh = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    assert_eq!(
+        (fresh.len(), fresh[0].attempts),
+        (1, 1),
+        "a fresh attempt count"
+    );
+    let done = crate::kit::Settlement::Done;
+    assert!(
+        !store.settle_effect("Order", &stale[0], done).await.unwrap(),
+        "the first claim's holder settles nothing"
+    );
+    assert!(store.settle_effect("Order", &fresh[0], done).await.unwrap());
+    assert!(
+        store
+            .claim_effects("Order", MINUTE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `Duration::MAX` means "never" wherever a duration becomes a deadline: a token issued
+/// for it is valid, and a claim leased for it is not claimed again.
+pub async fn durations_saturate_instead_of_wrapping<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let token = store.issue_token::<Order>(ID, Duration::MAX).await.unwrap();
+    store.fire(ID, pay().with_token(&token)).await.unwrap();
+    let claimed = store
+        .claim_effects("Order", Duration::MAX, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store
+            .claim_effects("Order", MINUTE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "still leased"
+    );
+    let early = store
+        .fire_due_timers::<Order>(10, Duration::MAX)
+        .await
+        .unwrap();
+    assert!(early.is_empty());
+}
+
+/// Whether an effect is dead-lettered is decided by what failed, not by how the error
+/// reads: a handler error saying "effect does not decode" is retried like any other.
+pub async fn a_handler_error_worded_like_a_decode_error_is_retried<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    let failing = |_: Delivery<OrderEffect>| {
+        std::future::ready(Err::<(), BoxError>(
+            "effect does not decode at the processor".into(),
+        ))
+    };
+    let report = Dispatcher::new(store.clone())
+        .dispatch_once::<Order, _, _>(&failing)
+        .await
+        .unwrap();
+    assert_eq!((report.retried, report.dead), (1, 0));
+    assert!(store.dead_letters::<Order>().await.unwrap().is_empty());
 }

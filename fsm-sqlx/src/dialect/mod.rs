@@ -168,12 +168,15 @@ pub struct Statements {
     pub history: &'static str,
     /// Binds: machine, id, token, expires, machine, id.
     pub issue_token: &'static str,
-    /// Binds: done at, machine, id, version, seq, attempts.
+    /// Binds: done at, machine, id, version, seq, claim.
     pub effect_done: &'static str,
-    /// Binds: available at, error, machine, id, version, seq, attempts.
+    /// Binds: available at, error, machine, id, version, seq, claim.
     pub effect_retry: &'static str,
-    /// Binds: error, machine, id, version, seq, attempts.
+    /// Binds: error, machine, id, version, seq, claim.
     pub effect_dead: &'static str,
+    /// Gives a claimed row back unhandled, uncounting its attempt. Binds: machine, id,
+    /// version, seq, claim.
+    pub effect_release: &'static str,
     /// Binds: machine.
     pub dead_effects: &'static str,
     /// Binds: available at, machine, id, version, seq.
@@ -433,12 +436,14 @@ pub(crate) async fn fetch<D: Backend>(
     D::rows(&mut conn, sql, args).await.map_err(&failed)
 }
 
-/// An outbox row as selected (machine id, version, seq, effect, attempts, last error).
+/// An outbox row as selected (machine id, version, seq, effect, attempts, last error,
+/// claims).
 pub(crate) fn claimed_effect<D: Backend>(
     machine: &'static str,
     row: &D::Row,
 ) -> Result<ClaimedEffect> {
-    let decode = || -> sqlx::Result<(String, i64, i32, String, i32, Option<String>)> {
+    type Columns = (String, i64, i32, String, i32, Option<String>, i64);
+    let decode = || -> sqlx::Result<Columns> {
         Ok((
             D::text(row, 0)?,
             D::int(row, 1)?,
@@ -446,9 +451,10 @@ pub(crate) fn claimed_effect<D: Backend>(
             D::string(row, 3)?,
             D::small(row, 4)?,
             D::maybe_string(row, 5)?,
+            D::int(row, 6)?,
         ))
     };
-    let (machine_id, version, seq, effect, attempts, last_error) =
+    let (machine_id, version, seq, effect, attempts, last_error, claim) =
         decode().map_err(|e| undecodable(machine, "-", "fsm_outbox", &e))?;
     let out_of_range = |what: &str, value: i64| {
         undecodable(
@@ -462,6 +468,7 @@ pub(crate) fn claimed_effect<D: Backend>(
         version: u64::try_from(version).map_err(|_| out_of_range("version", version))?,
         seq: u32::try_from(seq).map_err(|_| out_of_range("seq", seq.into()))?,
         attempts: u32::try_from(attempts).map_err(|_| out_of_range("attempts", attempts.into()))?,
+        claim: u64::try_from(claim).map_err(|_| out_of_range("claims", claim))?,
         machine_id,
         effect,
         last_error,
@@ -496,7 +503,17 @@ async fn claim_returning<D: Backend, T>(
         format!("claim {what} rows")
     })
     .await?;
-    rows.iter().map(decode).collect()
+    Ok(rows
+        .iter()
+        .filter_map(|row| decodable(decode(row)))
+        .collect())
+}
+
+/// A claimed row that does not decode is skipped and reported, so one poison row never
+/// stops the good ones; its lease expires and it is reported again on a later claim.
+pub(crate) fn decodable<T>(row: Result<T>) -> Option<T> {
+    row.map_err(|err| tracing::error!(error = %err, "claimed row skipped: it does not decode"))
+        .ok()
 }
 
 /// The write paths of dialects whose transition is several statements in a

@@ -16,7 +16,7 @@ use fsm_core::Result;
 use fsm_core::kit::ClaimedEffect;
 
 use super::sealed::Backend;
-use super::{Arg, Dialect, Sql, Statements, Steps, claimed_effect, db_error, timer_row};
+use super::{Arg, Dialect, Sql, Statements, Steps, claimed_effect, db_error, decodable, timer_row};
 use crate::engine::rows::TimerRow;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -24,14 +24,15 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 // SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
 // MariaDB has no UPDATE ... RETURNING, so a claim is a locking read, then an update.
 const DUE_EFFECTS: &str = "\
-SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
 WHERE machine_type = ? AND done_at IS NULL AND NOT dead AND available_at <= ?
   AND (lease_until IS NULL OR lease_until <= ?)
 ORDER BY available_at, machine_id, version, seq LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
 const LEASE_EFFECT: &str = "\
-UPDATE fsm_outbox SET lease_until = ?, attempts = attempts + 1
+UPDATE fsm_outbox SET lease_until = ?,
+  attempts = CASE WHEN attempts < 2147483647 THEN attempts + 1 ELSE attempts END, claims = claims + 1
 WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
 
 const DUE_TIMERS: &str = "\
@@ -88,15 +89,18 @@ SELECT ?, ?, ?, ? FROM DUAL WHERE EXISTS
   (SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ?)",
         effect_done: "\
 UPDATE fsm_outbox SET done_at = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims = ?",
         effect_retry: "\
 UPDATE fsm_outbox SET available_at = ?, last_error = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims = ?",
         effect_dead: "\
 UPDATE fsm_outbox SET dead = TRUE, last_error = ?, lease_until = NULL
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND attempts = ?",
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims = ?",
+        effect_release: "\
+UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims = ?",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
 WHERE machine_type = ? AND dead ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = ?, last_error = NULL
@@ -143,10 +147,10 @@ DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ?
         let rows = MySql::rows(&mut tx, Self::SQL.claim_effects, &due)
             .await
             .map_err(&failed)?;
-        let mut effects = rows
+        let mut effects: Vec<_> = rows
             .iter()
-            .map(|row| claimed_effect::<MySql>(machine, row))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|row| decodable(claimed_effect::<MySql>(machine, row)))
+            .collect();
         for effect in &mut effects {
             let lease = [
                 Arg::Int(lease_until),
@@ -158,7 +162,8 @@ DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ?
             MySql::run(&mut tx, LEASE_EFFECT, &lease)
                 .await
                 .map_err(&failed)?;
-            effect.attempts += 1;
+            effect.attempts = effect.attempts.saturating_add(1).min(i32::MAX as u32);
+            effect.claim += 1;
         }
         tx.commit().await.map_err(&failed)?;
         Ok(effects)
@@ -182,10 +187,10 @@ DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ?
         let rows = MySql::rows(&mut tx, Self::SQL.claim_timers, &due)
             .await
             .map_err(&failed)?;
-        let timers = rows
+        let timers: Vec<_> = rows
             .iter()
-            .map(|row| timer_row::<MySql>(machine, row))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|row| decodable(timer_row::<MySql>(machine, row)))
+            .collect();
         for timer in &timers {
             let lease = [
                 Arg::Int(lease_until),

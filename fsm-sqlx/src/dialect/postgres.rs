@@ -67,7 +67,9 @@ SELECT count(*) FROM updated";
 
 // SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
 const CLAIM_EFFECTS: &str = "\
-UPDATE fsm_outbox o SET lease_until = $3, attempts = o.attempts + 1
+UPDATE fsm_outbox o SET lease_until = $3,
+  attempts = CASE WHEN o.attempts < 2147483647 THEN o.attempts + 1 ELSE o.attempts END,
+  claims = o.claims + 1
 FROM (
   SELECT machine_type, machine_id, version, seq FROM fsm_outbox
   WHERE machine_type = $1 AND done_at IS NULL AND NOT dead AND available_at <= $2
@@ -76,7 +78,7 @@ FROM (
   FOR UPDATE SKIP LOCKED) due
 WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
   AND o.version = due.version AND o.seq = due.seq
-RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error";
+RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error, o.claims";
 
 const CLAIM_TIMERS: &str = "\
 UPDATE fsm_timers o SET lease_until = $3
@@ -115,15 +117,18 @@ SELECT $1, $2, $3, $4 WHERE EXISTS
   (SELECT 1 FROM fsm_machines WHERE machine_type = $5 AND machine_id = $6)",
         effect_done: "\
 UPDATE fsm_outbox SET done_at = $1, lease_until = NULL
-WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND attempts = $6",
+WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND claims = $6",
         effect_retry: "\
 UPDATE fsm_outbox SET available_at = $1, lease_until = NULL, last_error = $2
-WHERE machine_type = $3 AND machine_id = $4 AND version = $5 AND seq = $6 AND attempts = $7",
+WHERE machine_type = $3 AND machine_id = $4 AND version = $5 AND seq = $6 AND claims = $7",
         effect_dead: "\
 UPDATE fsm_outbox SET dead = TRUE, lease_until = NULL, last_error = $1
-WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND attempts = $6",
+WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND claims = $6",
+        effect_release: "\
+UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4 AND claims = $5",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
 WHERE machine_type = $1 AND dead ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = $1, last_error = NULL

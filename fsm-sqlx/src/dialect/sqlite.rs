@@ -33,13 +33,14 @@ WHERE m.machine_type = ?2 AND m.machine_id = ?3";
 
 // One statement: SQLite runs it under its single write lock, so claims never overlap.
 const CLAIM_EFFECTS: &str = "\
-UPDATE fsm_outbox SET lease_until = ?3, attempts = attempts + 1
+UPDATE fsm_outbox SET lease_until = ?3,
+  attempts = CASE WHEN attempts < 2147483647 THEN attempts + 1 ELSE attempts END, claims = claims + 1
 WHERE rowid IN (
   SELECT rowid FROM fsm_outbox
   WHERE machine_type = ?1 AND done_at IS NULL AND dead = 0 AND available_at <= ?2
     AND (lease_until IS NULL OR lease_until <= ?2)
   ORDER BY available_at, machine_id, version, seq LIMIT ?4)
-RETURNING machine_id, version, seq, effect, attempts, last_error";
+RETURNING machine_id, version, seq, effect, attempts, last_error, claims";
 
 const CLAIM_TIMERS: &str = "\
 UPDATE fsm_timers SET lease_until = ?3
@@ -85,15 +86,18 @@ SELECT ?1, ?2, ?3, ?4 WHERE EXISTS
   (SELECT 1 FROM fsm_machines WHERE machine_type = ?5 AND machine_id = ?6)",
         effect_done: "\
 UPDATE fsm_outbox SET done_at = ?1, lease_until = NULL
-WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND attempts = ?6",
+WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND claims = ?6",
         effect_retry: "\
 UPDATE fsm_outbox SET available_at = ?1, lease_until = NULL, last_error = ?2
-WHERE machine_type = ?3 AND machine_id = ?4 AND version = ?5 AND seq = ?6 AND attempts = ?7",
+WHERE machine_type = ?3 AND machine_id = ?4 AND version = ?5 AND seq = ?6 AND claims = ?7",
         effect_dead: "\
 UPDATE fsm_outbox SET dead = 1, lease_until = NULL, last_error = ?1
-WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND attempts = ?6",
+WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND claims = ?6",
+        effect_release: "\
+UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND claims = ?5",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
 WHERE machine_type = ?1 AND dead = 1 ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = 0, attempts = 0, available_at = ?1, last_error = NULL
