@@ -201,7 +201,8 @@ pub struct Steps {
     /// exists. Binds: machine, id, state, context, init fingerprint, created, updated.
     pub insert: &'static str,
     /// The compare-and-set. Binds: state, version, context, updated, machine, id,
-    /// expected version.
+    /// expected version, then the claimed state (or NULL), again, and the claimed
+    /// context: a write decided on a caller's snapshot also checks what it claims.
     pub compare_and_set: &'static str,
     /// The history row. Binds: machine, id, version, from, event, trigger, to, key,
     /// fingerprint, at.
@@ -583,6 +584,9 @@ mod transaction {
             Arg::Text(w.machine),
             Arg::Text(w.id),
             Arg::Int(w.expected),
+            Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
+            Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
+            Arg::MaybeText(w.claimed.as_ref().map(|c| c.context.as_str())),
         ];
         let updated = D::run(conn, steps::<D>().compare_and_set, &cas)
             .await

@@ -72,7 +72,8 @@ INSERT INTO fsm_machines
 VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
             compare_and_set: "\
 UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
-WHERE machine_type = ? AND machine_id = ? AND version = ?",
+WHERE machine_type = ? AND machine_id = ? AND version = ?
+  AND (? IS NULL OR (state = ? AND CAST(context AS BINARY) = CAST(? AS BINARY)))",
             record: "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)

@@ -48,6 +48,7 @@ const WRITE: &str = "\
 WITH updated AS (
     UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
     WHERE machine_type = $1 AND machine_id = $2 AND version = $3
+      AND ($16::text IS NULL OR (state = $16 AND context = $17))
     RETURNING machine_type, machine_id, version, state, updated_at
 ), recorded AS (
     INSERT INTO fsm_transitions
@@ -220,6 +221,8 @@ async fn write_on(conn: &mut PgConnection, w: &TransitionWrite<'_>) -> Result<Wr
         .bind(&w.effects)
         .bind(&timers.0)
         .bind(&timers.1)
+        .bind(w.claimed.as_ref().map(|c| c.state))
+        .bind(w.claimed.as_ref().map(|c| c.context.as_str()))
         .fetch_one(conn)
         .await;
     match written {

@@ -69,7 +69,8 @@ VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
 ON CONFLICT (machine_type, machine_id) DO NOTHING",
             compare_and_set: "\
 UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
-WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7",
+WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7
+  AND (?8 IS NULL OR (state = ?9 AND context = ?10))",
             record: "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)

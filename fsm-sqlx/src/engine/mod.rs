@@ -125,6 +125,16 @@ pub(crate) async fn create<D: Dialect, M: StateMachine>(
     let (row, _) = read(pool, M::DEFINITION.name, id, None)
         .await?
         .ok_or_else(|| Error::not_found::<M>(id))?;
+    if row.init_fingerprint.len() != init.0.len() {
+        return Err(Error::corrupt::<M>(
+            "fsm_machines",
+            id,
+            format!(
+                "init_fingerprint of {} bytes, expected 32",
+                row.init_fingerprint.len()
+            ),
+        ));
+    }
     let same_origin = row.init_fingerprint == init.0;
     let existing = decode_machine::<M>(id, row)?;
     if same_origin {
@@ -165,10 +175,12 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
         || format!("history of {machine} {id}"),
     )
     .await?;
-    // No rows: a new instance or an unknown id; the instance read tells which.
-    if rows.is_empty() && read(pool, machine, id, None).await?.is_none() {
-        return Err(Error::not_found::<M>(id));
-    }
+    // The instance's version says how many rows there must be (and an unknown id has
+    // none); read after the history, so a transition committed in between only adds a
+    // row the version also counts, never the other way round.
+    let (instance, _) = read(pool, machine, id, None)
+        .await?
+        .ok_or_else(|| Error::not_found::<M>(id))?;
     let mut history = Vec::with_capacity(rows.len());
     for (expected, row) in (1..).zip(&rows) {
         let row = transition_row::<D>(row, 0)
@@ -186,6 +198,17 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
             ));
         }
         history.push(transition);
+    }
+    let stored = u64::try_from(instance.version).unwrap_or(0);
+    if (history.len() as u64) < stored {
+        return Err(Error::corrupt::<M>(
+            "fsm_transitions",
+            id,
+            format!(
+                "{} history rows for an instance at version {stored}",
+                history.len()
+            ),
+        ));
     }
     Ok(history)
 }
@@ -252,7 +275,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
             Err(_) if !verified => continue,
             Err(err) => return Err(err),
         };
-        let write = write_of(id, &prepared, snapshot.version, &applied)?;
+        let write = write_of(id, &prepared, &snapshot, verified, &applied)?;
         let written = match locked {
             Some(tx) => D::write_locked(tx, &write).await?,
             None => D::write(pool, &write).await?,
@@ -301,7 +324,7 @@ pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
             let prepared = Prepared::<M>::timer(edge);
             match prepared.apply(&snapshot) {
                 Ok(applied) => {
-                    let write = write_of(id, &prepared, snapshot.version, &applied)?;
+                    let write = write_of(id, &prepared, &snapshot, true, &applied)?;
                     match D::write(pool, &write).await? {
                         WriteOutcome::Committed => Some(applied.transition),
                         _ => None,

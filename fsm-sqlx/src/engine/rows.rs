@@ -82,6 +82,16 @@ pub struct TransitionWrite<'a> {
     pub timers: Vec<PendingTimer>,
     /// A single-use token to consume (delete-returning) in the same transaction.
     pub token: Option<&'a str>,
+    /// What a caller's snapshot claims the row holds, when the decision was made from it
+    /// instead of a read: the compare-and-set checks it along with the version.
+    pub claimed: Option<Claimed>,
+}
+
+/// The state and context a caller's snapshot claims, as stored.
+#[derive(Debug)]
+pub struct Claimed {
+    pub state: &'static str,
+    pub context: String,
 }
 
 /// How a compare-and-set write ended.
@@ -187,9 +197,18 @@ pub(crate) fn to_json<M: StateMachine, T: serde::Serialize + ?Sized>(
 pub(crate) fn write_of<'a, M: StateMachine>(
     id: &'a str,
     prepared: &'a Prepared<M>,
-    expected: u64,
+    current: &Snapshot<M>,
+    verified: bool,
     applied: &Applied<M>,
 ) -> Result<TransitionWrite<'a>> {
+    let expected = current.version;
+    let claimed = match verified {
+        true => None,
+        false => Some(Claimed {
+            state: M::state_name(current.state),
+            context: to_json::<M, _>(id, "context", &current.context)?,
+        }),
+    };
     let t = &applied.transition;
     Ok(TransitionWrite {
         machine: M::DEFINITION.name,
@@ -211,6 +230,7 @@ pub(crate) fn write_of<'a, M: StateMachine>(
             .collect::<Result<_>>()?,
         timers: timers_of::<M>(t.to, t.at_ms),
         token: prepared.key().and_then(|key| key.token()),
+        claimed,
     })
 }
 

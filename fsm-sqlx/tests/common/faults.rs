@@ -40,6 +40,11 @@ macro_rules! fault_tests {
             corrupt_history_rows_are_reported_not_skipped,
             oversized_key_is_rejected_before_any_io,
             unreachable_database_is_a_database_error_keeping_the_sqlx_source,
+            fire_with_never_overwrites_a_row_corrupted_since_its_snapshot,
+            a_missing_last_history_row_is_corrupt,
+            a_truncated_initial_fingerprint_is_corrupt,
+            a_poison_outbox_row_does_not_stop_the_others,
+            a_timer_row_naming_no_timer_edge_does_not_stop_the_batch,
         }
     };
 }
@@ -294,6 +299,136 @@ pub(crate) async fn oversized_key_is_rejected_before_any_io<F: FaultFixture>(fix
     assert!(matches!(err, Error::InvalidKey { len: 256, .. }), "{err:?}");
     let err = store.fire(ID, cancel()).await.unwrap_err();
     assert!(matches!(err, Error::Database { .. }), "{err:?}");
+}
+
+/// A snapshot the store issued, then the row corrupted behind its back: `fire_with`
+/// checks what the snapshot claims along with the version, reads, and reports the
+/// corruption instead of overwriting it.
+pub(crate) async fn fire_with_never_overwrites_a_row_corrupted_since_its_snapshot<
+    F: FaultFixture,
+>(
+    fixture: &F,
+) {
+    let store = fixture.store();
+    let mut snapshot = store.load::<Order>(ID).await.unwrap();
+    fixture.exec("UPDATE fsm_machines SET state = 'Lost'").await;
+    let err = store.fire_with(&mut snapshot, cancel()).await.unwrap_err();
+    assert_corrupt(&err, "fsm_machines", "\"Lost\"");
+    fixture
+        .exec("UPDATE fsm_machines SET state = 'Created'")
+        .await;
+    let mut snapshot = store.load::<Order>(ID).await.unwrap();
+    fixture
+        .exec("UPDATE fsm_machines SET context = '{\"total_cents\": '")
+        .await;
+    let err = store.fire_with(&mut snapshot, cancel()).await.unwrap_err();
+    assert_corrupt(&err, "fsm_machines", "context");
+    assert_eq!(
+        fixture.rows("fsm_transitions").await,
+        0,
+        "nothing was written"
+    );
+}
+
+/// An instance at version 2 whose history holds one row is reported, not shortened.
+pub(crate) async fn a_missing_last_history_row_is_corrupt<F: FaultFixture>(fixture: &F) {
+    let store = fixture.store();
+    store
+        .fire(
+            ID,
+            Command::new(OrderEvent::Annotate(fsm_core::testing::Note("a".into()))),
+        )
+        .await
+        .unwrap();
+    store.fire(ID, cancel()).await.unwrap();
+    fixture
+        .exec("DELETE FROM fsm_transitions WHERE version = 2")
+        .await;
+    let err = store.history::<Order>(ID).await.unwrap_err();
+    assert_corrupt(
+        &err,
+        "fsm_transitions",
+        "1 history rows for an instance at version 2",
+    );
+}
+
+/// A stored initial-context fingerprint of the wrong length is corruption, not a
+/// different context (`AlreadyExists`).
+pub(crate) async fn a_truncated_initial_fingerprint_is_corrupt<F: FaultFixture>(fixture: &F) {
+    let store = fixture.store();
+    fixture
+        .exec("UPDATE fsm_machines SET init_fingerprint = SUBSTR(init_fingerprint, 1, 16)")
+        .await;
+    let total = OrderData {
+        total_cents: 500,
+        ..OrderData::default()
+    };
+    let err = store.create::<Order>(ID, total).await.unwrap_err();
+    assert_corrupt(&err, "fsm_machines", "init_fingerprint of 16 bytes");
+}
+
+/// An outbox row whose attempts counter is at its maximum does not stop the claim of
+/// the good rows (it saturates and is dead-lettered).
+pub(crate) async fn a_poison_outbox_row_does_not_stop_the_others<F: FaultFixture>(fixture: &F) {
+    let store = fixture.store();
+    store.fire(ID, pay(500)).await.unwrap();
+    let total = OrderData {
+        total_cents: 500,
+        ..OrderData::default()
+    };
+    store.create::<Order>("o-2", total).await.unwrap();
+    store.fire("o-2", pay(500)).await.unwrap();
+    fixture
+        .exec("UPDATE fsm_outbox SET attempts = 2147483647 WHERE machine_id = 'o-1'")
+        .await;
+    let handled: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&handled);
+    let handler = move |d: fsm_core::Delivery<fsm_core::testing::OrderEffect>| {
+        sink.lock().unwrap().push(d.id.to_string());
+        std::future::ready(Ok::<(), fsm_core::BoxError>(()))
+    };
+    let report = fsm_core::Dispatcher::new(SqlStore::clone(&store))
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .expect("the claim goes through");
+    assert_eq!(report.claimed, 2, "{report:?}");
+    assert!(
+        handled
+            .lock()
+            .unwrap()
+            .contains(&"Order/o-2/1/0".to_owned())
+    );
+}
+
+/// A timer row naming an edge that is not a timer is skipped and reported; the good
+/// timers of the same batch fire.
+pub(crate) async fn a_timer_row_naming_no_timer_edge_does_not_stop_the_batch<F: FaultFixture>(
+    fixture: &F,
+) {
+    let store = fixture.store();
+    let total = OrderData {
+        total_cents: 500,
+        ..OrderData::default()
+    };
+    store.create::<Order>("o-2", total).await.unwrap();
+    fixture.exec("UPDATE fsm_timers SET due_at = 0").await;
+    fixture
+        .exec("UPDATE fsm_timers SET edge = 0 WHERE machine_id = 'o-1'")
+        .await;
+    let fired =
+        fsm_core::DurableStore::fire_due_timers::<Order>(&*store, 10, Duration::from_secs(60))
+            .await
+            .expect("the batch goes on");
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, "o-2");
+    assert_eq!(
+        store.load::<Order>("o-2").await.unwrap().state,
+        OrderState::Expired
+    );
+    assert_eq!(
+        store.load::<Order>(ID).await.unwrap().state,
+        OrderState::Created
+    );
 }
 
 /// See each backend's [`FaultFixture::UNREACHABLE_URL`] for what is there. A server's
