@@ -71,6 +71,30 @@ pub fn check_id<M: StateMachine>(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `what` (`"context"`, `"event"`, `"effect"`) of instance `id` can be
+/// stored as JSON and read back: every float finite, nesting no deeper than JSON readers
+/// accept. Stores call it before any write, so an accepted write stays readable.
+///
+/// # Errors
+///
+/// [`Error::Serialization`] saying what is wrong and where.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::testing::Order;
+/// assert!(fsm_core::kit::check_storable::<Order, _>("o-1", "context", &1.5).is_ok());
+/// let err = fsm_core::kit::check_storable::<Order, _>("o-1", "context", &f64::NAN).unwrap_err();
+/// assert!(err.to_string().contains("non-finite float NaN"), "{err}");
+/// ```
+pub fn check_storable<M: StateMachine, T: serde::Serialize + ?Sized>(
+    id: &str,
+    what: &'static str,
+    value: &T,
+) -> Result<()> {
+    crate::storable::check_storable(value).map_err(|e| Error::serialization::<M>(id, what, e))
+}
+
 /// Milliseconds since the Unix epoch, now.
 ///
 /// # Examples

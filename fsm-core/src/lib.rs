@@ -39,6 +39,7 @@ mod error;
 pub mod kit;
 mod machine;
 mod memory;
+mod storable;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

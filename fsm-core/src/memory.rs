@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::command::{Command, Fingerprint, fingerprint};
 use crate::durable::{ClaimedEffect, DeadLetter, DurableStore, EffectId, Settlement};
 use crate::error::{Error, Result};
-use crate::kit::{check_id, millis, new_token, now_ms, timer_delay};
+use crate::kit::{check_id, check_storable, millis, new_token, now_ms, timer_delay};
 use crate::machine::{EdgeIndex, StateMachine};
 use crate::store::{Created, Outcome, Prepared, Snapshot, Store, Transition};
 
@@ -241,24 +241,18 @@ impl<M: StateMachine> Instance<M> {
         outbox: &mut BTreeMap<EffectKey, OutboxRow>,
         timers: &mut BTreeMap<TimerKey, u64>,
     ) -> Result<Transition<M>> {
-        let (transition, effects) = if M::DEFINITION.effect.is_some() {
-            // Effects are serialized before anything changes, so a failure changes nothing.
-            let mut context = self.context.clone();
-            let (transition, effects) =
-                prepared.apply_in_place(id, self.state, &mut context, self.version)?;
-            let effects = effects
-                .iter()
-                .map(|e| {
-                    serde_json::to_string(e).map_err(|s| Error::serialization::<M>(id, "effect", s))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.context = context;
-            (transition, effects)
-        } else {
-            let (transition, _) =
-                prepared.apply_in_place(id, self.state, &mut self.context, self.version)?;
-            (transition, Vec::new())
-        };
+        // Decided on a copy: an action that panics or leaves an unstorable context changes
+        // nothing, as a rolled-back database transaction would not.
+        let mut context = self.context.clone();
+        let (transition, effects) =
+            prepared.apply_in_place(id, self.state, &mut context, self.version)?;
+        let effects = effects
+            .iter()
+            .map(|e| {
+                serde_json::to_string(e).map_err(|s| Error::serialization::<M>(id, "effect", s))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.context = context;
         self.state = transition.to;
         self.version = transition.version;
         if let (Some(key), Some(fingerprint)) = (prepared.stored_key(), prepared.fingerprint()) {
@@ -317,6 +311,7 @@ fn downcast<'a, M: StateMachine>(
 impl Store for MemoryStore {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
         check_id::<M>(id)?;
+        check_storable::<M, _>(id, "context", &context)?;
         let initial =
             fingerprint(&context).map_err(|s| Error::serialization::<M>(id, "context", s))?;
         let now = self.now();

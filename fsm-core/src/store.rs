@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN, fingerprint};
 use crate::error::{Error, Result};
-use crate::kit::{check_id, now_ms};
+use crate::kit::{check_id, check_storable, now_ms};
 use crate::machine::{EdgeIndex, Rejection, StateMachine, Trigger, step, step_timer, timer_delay};
 
 /// One machine instance as stored: its state, version and context.
@@ -261,6 +261,8 @@ impl<M: StateMachine> Prepared<M> {
                 Some(stored)
             }
         };
+        // Every store writes the event into history: refuse what could not be read back.
+        check_storable::<M, _>(id, "event", &command.event)?;
         let fingerprint = match stored_key {
             None => None,
             Some(_) => Some(
@@ -355,8 +357,8 @@ impl<M: StateMachine> Prepared<M> {
         })
     }
 
-    /// [`apply`](Self::apply) on parts a store holds itself; `context` changes only on
-    /// success.
+    /// [`apply`](Self::apply) on parts a store holds itself, changing `context` in place:
+    /// on an error it may be half-changed, so pass a copy unless it is thrown away then.
     ///
     /// # Errors
     ///
@@ -373,6 +375,10 @@ impl<M: StateMachine> Prepared<M> {
             Trigger::Timer { edge, .. } => step_timer::<M>(state, context, *edge),
         };
         let taken = taken.map_err(|rejection| self.rejected(id, state, rejection))?;
+        check_storable::<M, _>(id, "context", context)?;
+        for effect in taken.effects.as_slice() {
+            check_storable::<M, _>(id, "effect", effect)?;
+        }
         let transition = Transition {
             version: version + 1,
             from: taken.from,

@@ -80,6 +80,7 @@ macro_rules! durable_store_tests {
             a_stale_worker_never_settles_a_requeued_effect,
             durations_saturate_instead_of_wrapping,
             a_handler_error_worded_like_a_decode_error_is_retried,
+            eleven_thousand_effects_from_one_action_are_all_queued,
         }
     };
 }
@@ -847,4 +848,29 @@ pub async fn a_handler_error_worded_like_a_decode_error_is_retried<F: DurableFix
         .unwrap();
     assert_eq!((report.retried, report.dead), (1, 0));
     assert!(store.dead_letters::<Order>().await.unwrap().is_empty());
+}
+
+/// One action may emit more effects than a statement takes parameters (MySQL allows
+/// 65,535): every one is queued, in order, in the transition's commit.
+pub async fn eleven_thousand_effects_from_one_action_are_all_queued<F: DurableFixture>(h: &F) {
+    use super::{Meter, MeterData, MeterEvent};
+    let store = h.store();
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    let outcome = store
+        .fire("m-1", Command::<Meter>::new(MeterEvent::Burst(11_000)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.transition().version, 1);
+    let queued = store.claim_effects("Meter", MINUTE, 20_000).await.unwrap();
+    assert_eq!(queued.len(), 11_000);
+    assert!(
+        queued
+            .iter()
+            .zip(0..)
+            .all(|(row, seq)| row.seq == seq && row.version == 1)
+    );
+    assert_eq!(queued[10_999].effect, r#"{"Tick":10999}"#);
 }

@@ -38,8 +38,10 @@ use crate::{
 };
 
 pub mod durable;
+mod meter;
 
 pub use durable::DurableFixture;
+pub use meter::{Meter, MeterData, MeterEffect, MeterEvent, MeterState, Sample, nested};
 
 /// A fresh store for one conformance test, and how to clean it up afterwards.
 pub trait Fixture: Send + Sized + 'static {
@@ -88,6 +90,10 @@ macro_rules! store_conformance_tests {
             a_snapshot_with_a_forged_context_passes_no_guard,
             a_deserialized_snapshot_is_read_afresh,
             nul_bytes_in_ids_and_keys_are_invalid_before_any_io,
+            non_finite_floats_are_refused_before_any_write,
+            values_nested_past_what_json_reads_back_are_refused,
+            an_action_result_that_cannot_be_stored_changes_nothing,
+            an_action_that_panics_changes_nothing,
         }
     };
 }
@@ -973,4 +979,151 @@ pub async fn nul_bytes_in_ids_and_keys_are_invalid_before_any_io<S: Store>(store
         assert!(!err.is_transient());
     }
     assert_eq!(store.load::<Order>(ID).await.unwrap().version, 0);
+}
+
+fn reading(value: f64) -> Command<Meter> {
+    Command::new(MeterEvent::Record(Sample {
+        value,
+        detail: None,
+    }))
+}
+
+/// serde_json writes NaN and infinities as `null`, which would not read back (and would
+/// fingerprint like `None`): a context or event holding one is refused before any
+/// write, on every store, and the key of a refused command stays free.
+pub async fn non_finite_floats_are_refused_before_any_write<S: Store>(store: Arc<S>) {
+    let nan = MeterData {
+        last_inverse: Some(f64::NAN),
+        ..MeterData::default()
+    };
+    let err = store.create::<Meter>("m-1", nan).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Serialization {
+                what: "context",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("NaN"), "{err}");
+    let err = store.load::<Meter>("m-1").await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "nothing stored: {err:?}"
+    );
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = store
+            .fire("m-1", reading(value).with_key("k"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Serialization { what: "event", .. }),
+            "{err:?}"
+        );
+    }
+    let outcome = store.fire("m-1", reading(2.0).with_key("k")).await.unwrap();
+    assert!(
+        !outcome.is_duplicate(),
+        "the refused commands took no key: {outcome:?}"
+    );
+    let stored = store.load::<Meter>("m-1").await.unwrap();
+    assert_eq!(
+        (stored.version, stored.context.last_inverse),
+        (1, Some(0.5))
+    );
+}
+
+/// A context or payload nested deeper than JSON readers accept would be written and then
+/// never read again: it is refused at write; one that reads back is accepted.
+pub async fn values_nested_past_what_json_reads_back_are_refused<S: Store>(store: Arc<S>) {
+    let deep = MeterData {
+        detail: Some(nested(200)),
+        ..MeterData::default()
+    };
+    let err = store.create::<Meter>("m-1", deep).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Serialization {
+                what: "context",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    let deep = Command::new(MeterEvent::Record(Sample {
+        value: 1.0,
+        detail: Some(nested(200)),
+    }));
+    let err = store.fire("m-1", deep.with_key("k")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Serialization { what: "event", .. }),
+        "{err:?}"
+    );
+    let fine = Command::new(MeterEvent::Record(Sample {
+        value: 1.0,
+        detail: Some(nested(100)),
+    }));
+    store.fire("m-1", fine.clone().with_key("k")).await.unwrap();
+    assert!(
+        store
+            .fire("m-1", fine.with_key("k"))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    assert_eq!(
+        store.load::<Meter>("m-1").await.unwrap().context.detail,
+        Some(nested(100))
+    );
+    assert_eq!(store.history::<Meter>("m-1").await.unwrap().len(), 1);
+}
+
+/// An action that leaves the context unstorable (`1 / 0` is infinite) is an error and
+/// changes nothing, on every store.
+pub async fn an_action_result_that_cannot_be_stored_changes_nothing<S: Store>(store: Arc<S>) {
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    let err = store.fire("m-1", reading(0.0)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Serialization {
+                what: "context",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let stored = store.load::<Meter>("m-1").await.unwrap();
+    assert_eq!((stored.version, stored.context.samples), (0, 0));
+    assert!(store.history::<Meter>("m-1").await.unwrap().is_empty());
+}
+
+/// An action that panics after changing the context leaves the instance as it was.
+pub async fn an_action_that_panics_changes_nothing<S: Store>(store: Arc<S>) {
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    let racer = Arc::clone(&store);
+    let fired = tokio::spawn(async move { racer.fire("m-1", reading(-1.0)).await }).await;
+    assert!(fired.is_err_and(|e| e.is_panic()), "the action panicked");
+    let stored = store.load::<Meter>("m-1").await.unwrap();
+    assert_eq!((stored.version, stored.context.samples), (0, 0));
+    store.fire("m-1", reading(4.0)).await.unwrap();
+    let stored = store.load::<Meter>("m-1").await.unwrap();
+    assert_eq!((stored.version, stored.context.samples), (1, 1));
 }

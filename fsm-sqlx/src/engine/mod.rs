@@ -7,7 +7,7 @@ pub(crate) mod rows;
 
 use sqlx::Pool;
 
-use fsm_core::kit::{Prepared, check_id, fingerprint, now_ms, timer_delay};
+use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, timer_delay};
 use fsm_core::{
     Created, EdgeIndex, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition,
 };
@@ -108,6 +108,7 @@ pub(crate) async fn create<D: Dialect, M: StateMachine>(
     context: M::Context,
 ) -> Result<Created<M>> {
     check_id::<M>(id)?;
+    check_storable::<M, _>(id, "context", &context)?;
     let init = fingerprint(&context).map_err(|e| Error::serialization::<M>(id, "context", e))?;
     let now = now_ms();
     let new = NewMachine {
