@@ -19,7 +19,7 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.at AS t_at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = :key
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = :key OR (t.idem_key = :key AND t.legacy_key))
 WHERE m.machine_type = 'Order' AND m.machine_id = :client_id
 \gset
 
@@ -28,6 +28,7 @@ WHERE m.machine_type = 'Order' AND m.machine_id = :client_id
 WITH updated AS (
     UPDATE fsm_machines SET state = 'Paid', version = :next, context = :context, updated_at = :at
     WHERE machine_type = 'Order' AND machine_id = :client_id AND version = :version
+      AND (NULL::text IS NULL OR (state = NULL AND context = NULL))
     RETURNING machine_type, machine_id, version, state, updated_at
 ), recorded AS (
     INSERT INTO fsm_transitions

@@ -247,8 +247,8 @@ pub(crate) async fn write_checkout<DB: Database>(
 }
 
 /// The store's read `sql` of instance `id` and of the transition recorded under `key`,
-/// bound in the order every dialect's statement takes (`idem_key`, `machine_type`,
-/// `machine_id`).
+/// bound in the order every dialect's statement takes (`idem_key`, its fsm 0.1.0 form
+/// which for a client key is itself, `machine_type`, `machine_id`).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn read<'q, DB>(
     sql: &'q str,
@@ -260,7 +260,11 @@ where
     &'q str: Encode<'q, DB> + Type<DB>,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query(sql).bind(Some(key)).bind(MACHINE).bind(id)
+    sqlx::query(sql)
+        .bind(Some(key))
+        .bind(Some(key))
+        .bind(MACHINE)
+        .bind(id)
 }
 
 /// The compare-and-set `UPDATE` `cas` of instance `id` from `read` to `w` and the history
@@ -294,7 +298,11 @@ where
         .bind(w.at)
         .bind(MACHINE)
         .bind(id)
-        .bind(read.version);
+        .bind(read.version)
+        // Decided on a read, not a caller's snapshot: no claim to check.
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(None::<&str>);
     let record = sqlx::query(record)
         .bind(MACHINE)
         .bind(id)

@@ -23,11 +23,12 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ? OR (t.idem_key = ? AND t.legacy_key))
 WHERE m.machine_type = ? AND m.machine_id = ?";
 const CAS: &str = "\
 UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
-WHERE machine_type = ? AND machine_id = ? AND version = ?";
+WHERE machine_type = ? AND machine_id = ? AND version = ?
+  AND (? IS NULL OR (state = ? AND CAST(context AS BINARY) = CAST(? AS BINARY)))";
 const RECORD: &str = "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
@@ -125,6 +126,7 @@ impl Db for MySqlDb {
     async fn baseline(&self, id: &str, key: &str, note: &str) -> Res<()> {
         let mut conn = self.pool.acquire().await?;
         let row = sqlx::query(READ)
+            .bind(Some(key))
             .bind(Some(key))
             .bind(MACHINE)
             .bind(id)

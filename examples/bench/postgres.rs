@@ -21,12 +21,13 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $1
-WHERE m.machine_type = $2 AND m.machine_id = $3";
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = $1 OR (t.idem_key = $2 AND t.legacy_key))
+WHERE m.machine_type = $3 AND m.machine_id = $4";
 const WRITE: &str = "\
 WITH updated AS (
     UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
     WHERE machine_type = $1 AND machine_id = $2 AND version = $3
+      AND ($16::text IS NULL OR (state = $16 AND context = $17))
     RETURNING machine_type, machine_id, version, state, updated_at
 ), recorded AS (
     INSERT INTO fsm_transitions
@@ -142,6 +143,9 @@ impl Db for PgDb {
             // No timer to arm: `Paid` has no `after(..)` edge.
             .bind(Vec::<i32>::new())
             .bind(Vec::<i64>::new())
+            // Decided on a read, not a caller's snapshot: no claim to check.
+            .bind(None::<&str>)
+            .bind(None::<&str>)
             .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;

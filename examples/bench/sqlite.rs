@@ -24,11 +24,12 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?1
-WHERE m.machine_type = ?2 AND m.machine_id = ?3";
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ?1 OR (t.idem_key = ?2 AND t.legacy_key))
+WHERE m.machine_type = ?3 AND m.machine_id = ?4";
 const CAS: &str = "\
 UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
-WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7";
+WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7
+  AND (?8 IS NULL OR (state = ?9 AND context = ?10))";
 const RECORD: &str = "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)

@@ -12,7 +12,7 @@
 //! use fsm_core::kit::fingerprint;
 //!
 //! let key = IdempotencyKey::from_source("billing", 42);
-//! assert_eq!(key.as_stored(), "billing#42");
+//! assert_eq!(IdempotencyKey::display_stored(&key.as_stored()), "billing#42");
 //!
 //! let a = fingerprint(&serde_json::json!({"amount": 5, "currency": "EUR"})).unwrap();
 //! let b = fingerprint(&serde_json::json!({"currency": "EUR", "amount": 5})).unwrap();
@@ -30,19 +30,23 @@ use crate::machine::{MachineEvent, StateMachine};
 /// Longest idempotency key or machine id accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
 
+/// Starts every stored key that is not a client's.
+const KIND_MARK: char = '\u{1f}';
+const SOURCE_MARK: &str = "\u{1f}source:";
+
 /// What identifies a request across retries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IdempotencyKey {
     /// A client-chosen string, such as an HTTP `Idempotency-Key` header.
     Client(String),
-    /// A message source and its sequence number (stored as `source#seq`).
+    /// A message source and its sequence number (shown as `source#seq`).
     Source {
         /// The producer, e.g. a queue or an upstream service.
         source: String,
         /// The producer's sequence number.
         seq: u64,
     },
-    /// A single-use token issued by the store (stored as `token:<token>`).
+    /// A single-use token issued by the store (shown as `token:<token>`).
     Token(String),
 }
 
@@ -60,13 +64,45 @@ impl IdempotencyKey {
         }
     }
 
-    /// The form kept in the store's key column.
+    /// The form kept in the store's key column. Client keys are kept as given (they may
+    /// not contain control characters); source and token keys start with U+001F, which
+    /// no client key can, so the three kinds never share a slot.
     pub fn as_stored(&self) -> Cow<'_, str> {
         match self {
             IdempotencyKey::Client(key) => Cow::Borrowed(key),
-            IdempotencyKey::Source { source, seq } => Cow::Owned(format!("{source}#{seq}")),
-            IdempotencyKey::Token(token) => Cow::Owned(format!("token:{token}")),
+            IdempotencyKey::Source { source, seq } => {
+                Cow::Owned(format!("{KIND_MARK}source:{source}#{seq}"))
+            }
+            IdempotencyKey::Token(token) => Cow::Owned(format!("{KIND_MARK}token:{token}")),
         }
+    }
+
+    /// The form fsm 0.1.0 stored a source or token key in (`billing#7`, `token:<T>`),
+    /// which stores also look up, so a retry that spans the upgrade finds its transition.
+    pub fn legacy_stored(&self) -> Option<String> {
+        match self {
+            IdempotencyKey::Client(_) => None,
+            IdempotencyKey::Source { source, seq } => Some(format!("{source}#{seq}")),
+            IdempotencyKey::Token(token) => Some(format!("token:{token}")),
+        }
+    }
+
+    /// How a stored key reads in history and errors: the client's string, `billing#7`, or
+    /// `token:<T>`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fsm_core::IdempotencyKey;
+    /// let key = IdempotencyKey::from_source("billing", 7);
+    /// assert_ne!(key.as_stored(), IdempotencyKey::client("billing#7").as_stored());
+    /// assert_eq!(IdempotencyKey::display_stored(&key.as_stored()), "billing#7");
+    /// ```
+    pub fn display_stored(stored: &str) -> &str {
+        stored
+            .strip_prefix(SOURCE_MARK)
+            .or_else(|| stored.strip_prefix(KIND_MARK))
+            .unwrap_or(stored)
     }
 
     /// The token, if this key is one.
@@ -298,9 +334,20 @@ mod tests {
     }
 
     #[test]
-    fn keys_have_one_stored_form_each() {
-        assert_eq!(IdempotencyKey::client("abc").as_stored(), "abc");
-        assert_eq!(IdempotencyKey::from_source("q", 7).as_stored(), "q#7");
-        assert_eq!(IdempotencyKey::Token("t1".into()).as_stored(), "token:t1");
+    fn keys_have_one_stored_form_each_and_kinds_never_collide() {
+        let client = IdempotencyKey::client("abc");
+        let source = IdempotencyKey::from_source("q", 7);
+        let token = IdempotencyKey::Token("t1".into());
+        assert_eq!(client.as_stored(), "abc");
+        assert_eq!(source.as_stored(), "\u{1f}source:q#7");
+        assert_eq!(token.as_stored(), "\u{1f}token:t1");
+        for (key, shown) in [(&client, "abc"), (&source, "q#7"), (&token, "token:t1")] {
+            assert_eq!(IdempotencyKey::display_stored(&key.as_stored()), shown);
+            // A client spelling the shown form gets a slot of its own.
+            assert!(key == &client || IdempotencyKey::client(shown).as_stored() != key.as_stored());
+        }
+        assert_eq!(source.legacy_stored().as_deref(), Some("q#7"));
+        assert_eq!(token.legacy_stored().as_deref(), Some("token:t1"));
+        assert_eq!(client.legacy_stored(), None);
     }
 }

@@ -60,7 +60,8 @@ pub struct Transition<M: StateMachine> {
     pub event: Trigger<M::Event>,
     /// The state after.
     pub to: M::State,
-    /// The idempotency key it was recorded under, in stored form.
+    /// The idempotency key it was recorded under, as shown: the client's string,
+    /// `source#seq` or `token:<T>`.
     pub key: Option<String>,
     /// When it was applied, as milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -225,6 +226,7 @@ pub struct Prepared<M: StateMachine> {
     trigger: Trigger<M::Event>,
     key: Option<IdempotencyKey>,
     stored_key: Option<String>,
+    legacy_key: Option<String>,
     fingerprint: Option<Fingerprint>,
 }
 
@@ -251,7 +253,13 @@ impl<M: StateMachine> Prepared<M> {
             None => None,
             Some(key) => {
                 let stored = key.as_stored().into_owned();
-                if stored.is_empty() || stored.len() > MAX_KEY_LEN || stored.contains('\0') {
+                let client_control =
+                    matches!(key, IdempotencyKey::Client(k) if k.contains(char::is_control));
+                if stored.is_empty()
+                    || stored.len() > MAX_KEY_LEN
+                    || stored.contains('\0')
+                    || client_control
+                {
                     return Err(Error::InvalidKey {
                         machine: M::DEFINITION.name,
                         id: id.to_owned(),
@@ -270,7 +278,9 @@ impl<M: StateMachine> Prepared<M> {
                     .map_err(|source| Error::serialization::<M>(id, "event", source))?,
             ),
         };
+        let legacy_key = command.key.as_ref().and_then(IdempotencyKey::legacy_stored);
         Ok(Prepared {
+            legacy_key,
             trigger: Trigger::Event(command.event),
             key: command.key,
             stored_key,
@@ -286,6 +296,7 @@ impl<M: StateMachine> Prepared<M> {
             trigger: Trigger::Timer { edge, after },
             key: None,
             stored_key: None,
+            legacy_key: None,
             fingerprint: None,
         }
     }
@@ -293,6 +304,18 @@ impl<M: StateMachine> Prepared<M> {
     /// The key in stored form, if the command has one.
     pub fn stored_key(&self) -> Option<&str> {
         self.stored_key.as_deref()
+    }
+
+    /// The form fsm 0.1.0 stored this source or token key in, to look up as well.
+    pub fn legacy_key(&self) -> Option<&str> {
+        self.legacy_key.as_deref()
+    }
+
+    /// The key as history shows it.
+    fn shown_key(&self) -> Option<String> {
+        self.stored_key
+            .as_deref()
+            .map(|k| IdempotencyKey::display_stored(k).to_owned())
     }
 
     /// The key as given.
@@ -328,7 +351,7 @@ impl<M: StateMachine> Prepared<M> {
             Err(Error::KeyReused {
                 machine: M::DEFINITION.name,
                 id: id.to_owned(),
-                key: self.stored_key.clone().unwrap_or_default(),
+                key: self.shown_key().unwrap_or_default(),
                 version: recorded.version,
             })
         }
@@ -384,7 +407,7 @@ impl<M: StateMachine> Prepared<M> {
             from: taken.from,
             event: self.trigger.clone(),
             to: taken.to,
-            key: self.stored_key.clone(),
+            key: self.shown_key(),
             at_ms: now_ms(),
         };
         Ok((transition, taken.effects.into_vec()))

@@ -81,6 +81,7 @@ macro_rules! durable_store_tests {
             durations_saturate_instead_of_wrapping,
             a_handler_error_worded_like_a_decode_error_is_retried,
             eleven_thousand_effects_from_one_action_are_all_queued,
+            key_kinds_never_share_a_slot,
         }
     };
 }
@@ -873,4 +874,37 @@ pub async fn eleven_thousand_effects_from_one_action_are_all_queued<F: DurableFi
             .all(|(row, seq)| row.seq == seq && row.version == 1)
     );
     assert_eq!(queued[10_999].effect, r#"{"Tick":10999}"#);
+}
+
+/// A client key spelled like a token's or a source's stored form takes no slot of
+/// theirs: the token's holder and the source's message still apply.
+pub async fn key_kinds_never_share_a_slot<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let token = store.issue_token::<Order>(ID, MINUTE).await.unwrap();
+    let client = store
+        .fire(ID, annotate("client").with_key(format!("token:{token}")))
+        .await
+        .unwrap();
+    assert!(!client.is_duplicate());
+    let holder = store.fire(ID, pay().with_token(&token)).await.unwrap();
+    assert!(matches!(holder, Outcome::Applied(_)), "{holder:?}");
+    store
+        .fire(ID, annotate("client").with_key("billing#7"))
+        .await
+        .unwrap();
+    let source = store
+        .fire(ID, annotate("source").from_source("billing", 7))
+        .await
+        .unwrap();
+    assert!(matches!(source, Outcome::Applied(_)), "{source:?}");
+    assert_eq!(source.transition().key.as_deref(), Some("billing#7"));
+    assert!(
+        store
+            .fire(ID, annotate("source").from_source("billing", 7))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    assert_eq!(store.load::<Order>(ID).await.unwrap().version, 4);
 }

@@ -955,7 +955,8 @@ pub async fn a_deserialized_snapshot_is_read_afresh<S: Store>(store: Arc<S>) {
 
 /// A NUL byte cannot be stored in every database's text type, so an id or key holding
 /// one is `InvalidId` / `InvalidKey` on every store, before any I/O (a retry cannot fix
-/// it: the error is not transient).
+/// it: the error is not transient). Client keys hold no control character at all (the
+/// stored forms of source and token keys start with one).
 pub async fn nul_bytes_in_ids_and_keys_are_invalid_before_any_io<S: Store>(store: Arc<S>) {
     let err = store.create::<Order>("o\0", order(1)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
@@ -971,6 +972,9 @@ pub async fn nul_bytes_in_ids_and_keys_are_invalid_before_any_io<S: Store>(store
     created(&*store, 500).await;
     for command in [
         pay(500).with_key("k\0"),
+        pay(500).with_key("k\u{1f}"),
+        pay(500).with_key("\u{1f}source:billing#7"),
+        pay(500).with_key("line\nbreak"),
         pay(500).from_source("billing\0", 7),
         pay(500).with_token("\0"),
     ] {

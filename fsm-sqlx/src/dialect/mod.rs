@@ -153,7 +153,8 @@ pub(crate) mod sealed {
 pub struct Statements {
     /// `BEGIN` variant for a write transaction, if not the plain one.
     pub begin_write: Option<&'static str>,
-    /// The instance and the transition under a key. Binds: key, machine, id.
+    /// The instance and the transition under a key. Binds: key, the key's fsm 0.1.0 form
+    /// (or the key again), machine, id.
     pub read: &'static str,
     /// Locks the instance's row, if the write transaction does not already. Binds:
     /// machine, id.

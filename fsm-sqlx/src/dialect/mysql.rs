@@ -55,7 +55,7 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = ?
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ? OR (t.idem_key = ? AND t.legacy_key))
 WHERE m.machine_type = ? AND m.machine_id = ?",
         // Locks first, reads after: the key lookup runs once the lock is held.
         lock: Some("SELECT 1 FROM fsm_machines WHERE machine_type = ? AND machine_id = ? FOR UPDATE"),

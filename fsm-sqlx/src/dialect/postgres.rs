@@ -24,8 +24,8 @@ SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
-  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND t.idem_key = $1
-WHERE m.machine_type = $2 AND m.machine_id = $3";
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = $1 OR (t.idem_key = $2 AND t.legacy_key))
+WHERE m.machine_type = $3 AND m.machine_id = $4";
 
 // The timers of the initial state are armed only if the row was inserted.
 const INSERT: &str = "\

@@ -19,6 +19,21 @@ use rows::{
     decode_transition, timers_of, to_json, undecodable, write_of,
 };
 
+/// The idempotency key a read looks for: its stored form and, for a source or token key,
+/// the form fsm 0.1.0 stored it in.
+#[derive(Debug, Clone, Copy)]
+struct KeyLookup<'a> {
+    stored: Option<&'a str>,
+    legacy: Option<&'a str>,
+}
+
+impl KeyLookup<'_> {
+    const NONE: Self = KeyLookup {
+        stored: None,
+        legacy: None,
+    };
+}
+
 /// A machine row's columns from `at`: state, version, context, init fingerprint.
 fn machine_row<D: Dialect>(row: &D::Row) -> sqlx::Result<MachineRow> {
     Ok(MachineRow {
@@ -50,9 +65,14 @@ async fn read_on<D: Dialect>(
     conn: &mut D::Connection,
     machine: &'static str,
     id: &str,
-    key: Option<&str>,
+    key: KeyLookup<'_>,
 ) -> Result<InstanceRead> {
-    let args = [Arg::MaybeText(key), Arg::Text(machine), Arg::Text(id)];
+    let args = [
+        Arg::MaybeText(key.stored),
+        Arg::MaybeText(key.legacy.or(key.stored)),
+        Arg::Text(machine),
+        Arg::Text(id),
+    ];
     let row = D::row(conn, D::SQL.read, &args)
         .await
         .map_err(db_error(|| format!("read {machine} {id}")))?;
@@ -69,7 +89,7 @@ async fn read<D: Dialect>(
     pool: &Pool<D>,
     machine: &'static str,
     id: &str,
-    key: Option<&str>,
+    key: KeyLookup<'_>,
 ) -> Result<InstanceRead> {
     let mut conn = pool
         .acquire()
@@ -85,7 +105,7 @@ async fn lock<D: Dialect>(
     pool: &Pool<D>,
     machine: &'static str,
     id: &str,
-    key: Option<&str>,
+    key: KeyLookup<'_>,
 ) -> Result<Option<(sqlx::Transaction<'static, D>, InstanceRead)>> {
     let operation = || format!("lock {machine} {id}");
     let mut tx = begin_write(pool, operation).await?;
@@ -123,7 +143,7 @@ pub(crate) async fn create<D: Dialect, M: StateMachine>(
     if D::insert(pool, &new).await? {
         return Ok(Created::New(Snapshot::new(id, M::INITIAL, 0, context)));
     }
-    let (row, _) = read(pool, M::DEFINITION.name, id, None)
+    let (row, _) = read(pool, M::DEFINITION.name, id, KeyLookup::NONE)
         .await?
         .ok_or_else(|| Error::not_found::<M>(id))?;
     if row.init_fingerprint.len() != init.0.len() {
@@ -156,7 +176,7 @@ pub(crate) async fn load<D: Dialect, M: StateMachine>(
     id: &str,
 ) -> Result<Snapshot<M>> {
     check_id::<M>(id)?;
-    let (row, _) = read(pool, M::DEFINITION.name, id, None)
+    let (row, _) = read(pool, M::DEFINITION.name, id, KeyLookup::NONE)
         .await?
         .ok_or_else(|| Error::not_found::<M>(id))?;
     decode_machine(id, row)
@@ -179,7 +199,7 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
     // The instance's version says how many rows there must be (and an unknown id has
     // none); read after the history, so a transition committed in between only adds a
     // row the version also counts, never the other way round.
-    let (instance, _) = read(pool, machine, id, None)
+    let (instance, _) = read(pool, machine, id, KeyLookup::NONE)
         .await?
         .ok_or_else(|| Error::not_found::<M>(id))?;
     let mut history = Vec::with_capacity(rows.len());
@@ -228,7 +248,10 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
     mut known: Option<Snapshot<M>>,
 ) -> Result<(Outcome<M>, Snapshot<M>)> {
     let machine = M::DEFINITION.name;
-    let key = prepared.stored_key();
+    let key = KeyLookup {
+        stored: prepared.stored_key(),
+        legacy: prepared.legacy_key(),
+    };
     let mut attempt = 1;
     let mut token_rejected = false;
     loop {
@@ -319,7 +342,7 @@ pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
                 format!("{} is not a timer edge", timer.edge),
             )
         })?;
-    let fired = match read(pool, machine, id, None).await? {
+    let fired = match read(pool, machine, id, KeyLookup::NONE).await? {
         Some((row, _)) if row.version == timer.version => {
             let snapshot = decode_machine::<M>(id, row)?;
             let prepared = Prepared::<M>::timer(edge);

@@ -178,7 +178,9 @@ pub(crate) fn decode_transition<M: StateMachine>(
         from: parse_state::<M>(TABLE, id, &row.from_state)?,
         event,
         to: parse_state::<M>(TABLE, id, &row.to_state)?,
-        key: row.idem_key,
+        key: row
+            .idem_key
+            .map(|k| fsm_core::IdempotencyKey::display_stored(&k).to_owned()),
         at_ms: u64::try_from(row.at_ms).unwrap_or(0),
     };
     Ok((transition, fingerprint))

@@ -596,7 +596,7 @@ pub(crate) mod upgrade {
     use std::time::Duration;
 
     use fsm_core::kit::fingerprint;
-    use fsm_core::testing::{Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
+    use fsm_core::testing::{Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
     use fsm_core::{Command, DurableStore, Trigger};
     use sqlx::migrate::Migrator;
 
@@ -638,8 +638,14 @@ pub(crate) mod upgrade {
         OrderEvent::Pay(Payment { amount_cents: 500 })
     }
 
-    /// Rows as the previous release wrote them for order `o-1`, paid at version 1 under
-    /// key `k`, its `Charge` effect pending; `bytes` spells a binary literal.
+    fn annotate() -> OrderEvent {
+        OrderEvent::Annotate(Note("gift".to_owned()))
+    }
+
+    /// Rows as the previous release wrote them for order `o-1`: paid at version 1 under
+    /// key `k`, its `Charge` effect pending, annotated at version 2 under the source key
+    /// `billing#7` (stored as fsm 0.1.0 stored source keys); `bytes` spells a binary
+    /// literal.
     pub(crate) fn previous_rows(bytes: impl Fn(&[u8]) -> String) -> Vec<String> {
         let created = OrderData {
             total_cents: 500,
@@ -647,19 +653,29 @@ pub(crate) mod upgrade {
         };
         let init = bytes(&fingerprint(&created).unwrap().0);
         let key = bytes(&fingerprint(&pay()).unwrap().0);
-        let context = serde_json::to_string(&paid()).unwrap();
+        let note_key = bytes(&fingerprint(&annotate()).unwrap().0);
+        let mut annotated = paid();
+        annotated.notes.push("gift".to_owned());
+        let context = serde_json::to_string(&annotated).unwrap();
         let trigger = serde_json::to_string(&Trigger::Event(pay())).unwrap();
+        let note = serde_json::to_string(&Trigger::Event(annotate())).unwrap();
         let effect = serde_json::to_string(&OrderEffect::Charge { cents: 500 }).unwrap();
         vec![
             format!(
                 "INSERT INTO fsm_machines (machine_type, machine_id, state, version, context, \
                  init_fingerprint, created_at, updated_at) \
-                 VALUES ('Order', 'o-1', 'Paid', 1, '{context}', {init}, 1000, 2000)"
+                 VALUES ('Order', 'o-1', 'Paid', 2, '{context}', {init}, 1000, 3000)"
             ),
             format!(
                 "INSERT INTO fsm_transitions (machine_type, machine_id, version, from_state, \
                  event, payload, to_state, idem_key, fingerprint, at) \
                  VALUES ('Order', 'o-1', 1, 'Created', 'Pay', '{trigger}', 'Paid', 'k', {key}, 2000)"
+            ),
+            format!(
+                "INSERT INTO fsm_transitions (machine_type, machine_id, version, from_state, \
+                 event, payload, to_state, idem_key, fingerprint, at) \
+                 VALUES ('Order', 'o-1', 2, 'Paid', 'Annotate', '{note}', 'Paid', 'billing#7', \
+                 {note_key}, 3000)"
             ),
             format!(
                 "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, \
@@ -668,17 +684,18 @@ pub(crate) mod upgrade {
         ]
     }
 
-    /// After `migrate()`: the instance, its history, its key and its pending effect are
-    /// as the previous release left them, and the instance goes on.
+    /// After `migrate()`: the instance, its history, its keys (a source key's message
+    /// redelivered across the upgrade included) and its pending effect are as the
+    /// previous release left them, and the instance goes on.
     pub(crate) async fn previous_rows_read_back<S: DurableStore>(store: &S) {
         let order = store
             .load::<Order>("o-1")
             .await
             .expect("load after upgrade");
-        assert_eq!((order.state, order.version), (OrderState::Paid, 1));
-        assert_eq!(order.context, paid());
+        assert_eq!((order.state, order.version), (OrderState::Paid, 2));
+        assert_eq!(order.context.notes, ["gift"]);
         let history = store.history::<Order>("o-1").await.expect("history");
-        assert_eq!(history.len(), 1);
+        assert_eq!(history.len(), 2);
         let first = &history[0];
         assert_eq!(
             (first.from, first.to),
@@ -689,11 +706,23 @@ pub(crate) mod upgrade {
             first.event,
             Trigger::Event(OrderEvent::Pay(Payment { amount_cents: 500 }))
         ));
+        assert_eq!(history[1].key.as_deref(), Some("billing#7"));
         let replay = store
             .fire("o-1", Command::<Order>::new(pay()).with_key("k"))
             .await
             .expect("the old key replays");
         assert!(replay.is_duplicate(), "{replay:?}");
+        let redelivered = store
+            .fire(
+                "o-1",
+                Command::<Order>::new(annotate()).from_source("billing", 7),
+            )
+            .await
+            .expect("the old source key replays");
+        assert!(
+            redelivered.is_duplicate() && redelivered.transition().version == 2,
+            "a message redelivered across the upgrade applies once: {redelivered:?}"
+        );
         let pending = store
             .claim_effects("Order", Duration::from_secs(60), 10)
             .await
@@ -706,6 +735,6 @@ pub(crate) mod upgrade {
             .fire("o-1", Command::<Order>::new(OrderEvent::Ship))
             .await
             .expect("fire after upgrade");
-        assert_eq!(shipped.transition().version, 2);
+        assert_eq!(shipped.transition().version, 3);
     }
 }
