@@ -394,6 +394,177 @@ async fn a_body_that_is_not_json_is_400_and_one_that_is_no_event_is_422() {
 }
 
 #[tokio::test]
+async fn every_rejection_is_problem_json() {
+    let service = Service::start().await;
+    let http = &service.http;
+    let url = |path: &str| format!("{}{path}", service.base);
+    let json_body = |path: &str, body: String| {
+        http.post(url(path))
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "\"k-1\"")
+            .body(body)
+    };
+    let over_limit = format!(
+        r#"{{"id":"{}","total_cents":1}}"#,
+        "x".repeat(app::BODY_LIMIT)
+    );
+
+    // (what, request, status, problem type, Allow)
+    let cases = [
+        (
+            "bad percent-encoding in {id}",
+            http.get(url("/orders/%FF")),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            None,
+        ),
+        (
+            "bad percent-encoding in {id}/history",
+            http.get(url("/orders/%FF/history")),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            None,
+        ),
+        (
+            "bad percent-encoding in {id}/events",
+            json_body("/orders/%C3%28/events", pay(4_200).to_string()),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            None,
+        ),
+        (
+            "DELETE on /orders/{id}",
+            http.delete(url("/orders/o-1")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            Some("GET,HEAD"),
+        ),
+        (
+            "GET on /orders",
+            http.get(url("/orders")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            Some("POST"),
+        ),
+        (
+            "an unknown route",
+            http.get(url("/customers/c-1")),
+            StatusCode::NOT_FOUND,
+            "no-route",
+            None,
+        ),
+        (
+            "a body over the limit",
+            json_body("/orders", over_limit),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            None,
+        ),
+        (
+            "malformed JSON",
+            json_body("/orders", "{\"id\": ".into()),
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            None,
+        ),
+        (
+            "JSON of the wrong shape",
+            json_body("/orders", r#"{"id":"o-1","total_cents":"lots"}"#.into()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unexpected-body",
+            None,
+        ),
+        (
+            "a wrong content type",
+            http.post(url("/orders"))
+                .header(CONTENT_TYPE, "text/plain")
+                .body(r#"{"id":"o-1","total_cents":1}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            None,
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for (what, request, status, kind, allow) in cases {
+        let reply = service.send(request).await;
+        let problem_json = reply.header("content-type") == Some("application/problem+json");
+        let body: Option<Value> = serde_json::from_str(&reply.text).ok();
+        let member = |name: &str| body.as_ref().map(|b| b[name].clone());
+        let ok = reply.status == status
+            && problem_json
+            && member("type") == Some(json!(format!("urn:fsm:problem:{kind}")))
+            && member("title").is_some_and(|t| t.is_string())
+            && member("status") == Some(json!(status.as_u16()))
+            && member("detail").is_some_and(|d| d.is_string())
+            && reply.header("allow") == allow;
+        if !ok {
+            failures.push(format!(
+                "{what}: expected {status} {kind} allow={allow:?}, got {} {:?} allow={:?}: {}",
+                reply.status,
+                reply.header("content-type"),
+                reply.header("allow"),
+                reply.text
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn idempotency_keys_that_are_not_structured_field_strings_are_400() {
+    let service = Service::start().await;
+    service.order("o-1").await;
+
+    // A payment of the wrong amount: a key that is accepted reaches the guard (422) and
+    // records nothing, so every key below is judged on its own.
+    let mut accepted = Vec::new();
+    for key in [
+        "a b",            // a space outside a quoted string
+        "a\"b",           // a quote inside a token
+        "\"unterminated", // no closing quote
+        "\"bad\\q\"",     // only \" and \\ are escapes
+        "\"a\"b\"",       // an unescaped quote inside the string
+        "\"abc\"x",       // something after the closing quote
+        "\"abc\";p=1",    // parameters: the key is a bare sf-string
+        "\"tab\there\"",  // HTAB is not in 0x20-0x7E
+        "\"trailing\\\"", // the escape eats the closing quote
+        "1abc",           // a token starts with ALPHA or `*`
+        "a,b",            // `,` is no tchar
+        "(abc)",
+    ] {
+        let reply = service.fire("o-1", Some(key), pay(100)).await;
+        let is_400_problem = reply.status == StatusCode::BAD_REQUEST
+            && reply.header("content-type") == Some("application/problem+json")
+            && reply.json()["type"] == "urn:fsm:problem:invalid-idempotency-key";
+        if !is_400_problem {
+            accepted.push(format!("{key}: {} {}", reply.status, reply.text));
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "not rejected as invalid keys:\n{}",
+        accepted.join("\n")
+    );
+    assert_eq!(service.get("/orders/o-1").await.json()["version"], 0);
+
+    // What is a string (or a token) is the key it spells, escapes undone.
+    let quoted = service.fire("o-1", Some("\"abc\""), pay(4_200)).await;
+    assert_eq!(quoted.status, StatusCode::OK, "{}", quoted.text);
+    assert_eq!(quoted.json()["transition"]["key"], "abc");
+    let token = service.fire("o-1", Some("abc"), pay(4_200)).await;
+    assert_eq!(token.header("idempotent-replayed"), Some("true"));
+    assert_eq!(token.text, quoted.text);
+
+    service.order("o-2").await;
+    let escaped = service
+        .fire("o-2", Some(r#""a \"b\" \\ c~""#), pay(4_200))
+        .await;
+    assert_eq!(escaped.status, StatusCode::OK, "{}", escaped.text);
+    assert_eq!(escaped.json()["transition"]["key"], r#"a "b" \ c~"#);
+}
+
+#[tokio::test]
 async fn the_diagram_is_an_svg_drawn_from_the_definition() {
     let service = Service::start().await;
 

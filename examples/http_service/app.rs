@@ -12,9 +12,11 @@
 //! Status codes of `POST /orders/{id}/events` follow the IETF httpapi
 //! `Idempotency-Key` draft:
 //!
-//! * no `Idempotency-Key`, or one that is not a valid key (empty, over 255 bytes, not
-//!   visible ASCII): **400**. The key is a Structured Field string (`"abc"`); a bare
-//!   token (`abc`) is accepted too and means the same key;
+//! * no `Idempotency-Key`, or one that is not a valid key: **400**. The key is an
+//!   RFC 8941 Structured Field string (`"abc"`, printable ASCII with `\"` and `\\`
+//!   escaped); a bare sf-token (`abc`) is accepted too and means the same key; anything
+//!   else (`a b`, `a"b`, `"unterminated`, `"bad\q"`, parameters) is 400, and so is an
+//!   empty key or one over 255 bytes, which the store refuses;
 //! * the key was used before with the same event: the original response, **same status
 //!   and same body**, plus `Idempotent-Replayed: true`. The body is built from the
 //!   recorded transition only (`{id, state, version, transition}`), never from the
@@ -33,16 +35,26 @@
 //! * stored data that does not parse: **500**; the database unreachable: **503**, with
 //!   the backend's own error logged on stderr and not sent.
 //!
+//! Every error is `application/problem+json`, axum's own rejections included: an `{id}`
+//! whose percent-encoding is not UTF-8 (`/orders/%FF`) is **400**, an unknown route
+//! **404**, a method a route does not have **405** with `Allow`, a body over
+//! [`BODY_LIMIT`] **413**, besides the 400/415/422 of bodies above. The handlers take
+//! [`ProblemPath`] and [`ProblemJson`], which reject with a [`Problem`]; the router has a
+//! `fallback` and a `method_not_allowed_fallback`. (Requests that hyper refuses before
+//! the router sees them, such as a malformed request line or header, still get hyper's
+//! bare answer.)
+//!
 //! An order whose id is `diagram.svg` can be created and fired at, but
 //! `GET /orders/diagram.svg` is the diagram: a static segment wins over `{id}`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -66,6 +78,10 @@ pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idem
 /// The media type of every error body.
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The largest request body read, in bytes; a larger one is 413. An order or an event
+/// is well under a kilobyte.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
 /// What every handler shares: the store and the diagram, rendered once.
 struct App<S> {
     store: S,
@@ -84,8 +100,45 @@ pub(crate) fn router<S: Store>(store: S) -> Router {
         .route("/orders/{id}", get(get_order::<S>))
         .route("/orders/{id}/events", post(fire_event::<S>))
         .route("/orders/{id}/history", get(get_history::<S>))
+        // Applies to the routes above, so it comes after them; axum adds `Allow`.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Arc::new(App { store, diagram }))
+}
+
+/// [`Path`], rejecting with a [`Problem`] (e.g. 400 for `/orders/%FF`).
+#[derive(Debug)]
+struct ProblemPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for ProblemPath<T>
+where
+    Path<T>: FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ProblemPath(value))
+    }
+}
+
+/// [`Json`] as a request body, rejecting with a [`Problem`] (400, 413, 415 or 422).
+#[derive(Debug)]
+struct ProblemJson<T>(T);
+
+impl<T, S> FromRequest<S> for ProblemJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(ProblemJson(value))
+    }
 }
 
 /// Body of `POST /orders`.
@@ -105,9 +158,8 @@ struct NewOrder {
 /// requests exactly one answers 201.
 async fn create_order<S: Store>(
     State(app): Shared<S>,
-    body: Result<Json<NewOrder>, JsonRejection>,
+    ProblemJson(new): ProblemJson<NewOrder>,
 ) -> Result<Response, Problem> {
-    let Json(new) = body?;
     let context = OrderData {
         total_cents: new.total_cents,
         ..OrderData::default()
@@ -126,7 +178,7 @@ async fn create_order<S: Store>(
 /// `GET /orders/{id}`: the snapshot.
 async fn get_order<S: Store>(
     State(app): Shared<S>,
-    Path(id): Path<String>,
+    ProblemPath(id): ProblemPath<String>,
 ) -> Result<Json<Snapshot<Order>>, Problem> {
     Ok(Json(app.store.load::<Order>(&id).await?))
 }
@@ -134,7 +186,7 @@ async fn get_order<S: Store>(
 /// `GET /orders/{id}/history`: the applied transitions, version 1 first.
 async fn get_history<S: Store>(
     State(app): Shared<S>,
-    Path(id): Path<String>,
+    ProblemPath(id): ProblemPath<String>,
 ) -> Result<Json<Vec<Transition<Order>>>, Problem> {
     Ok(Json(app.store.history::<Order>(&id).await?))
 }
@@ -165,12 +217,13 @@ struct Fired<'a> {
 /// `Idempotency-Key`.
 async fn fire_event<S: Store>(
     State(app): Shared<S>,
-    Path(id): Path<String>,
+    ProblemPath(id): ProblemPath<String>,
     headers: HeaderMap,
-    body: Result<Json<OrderEvent>, JsonRejection>,
+    // Taken as a `Result` so that a missing or invalid key is reported before the body.
+    body: Result<ProblemJson<OrderEvent>, Problem>,
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
-    let Json(event) = body?;
+    let ProblemJson(event) = body?;
     let outcome = app
         .store
         .fire::<Order>(&id, Command::new(event).with_key(key))
@@ -191,8 +244,25 @@ async fn fire_event<S: Store>(
     Ok(response)
 }
 
-/// Reads `Idempotency-Key`: a Structured Field string (`"k"`), or, leniently, the bare
-/// value. Length is left to the store, which answers [`Error::InvalidKey`].
+/// Reads `Idempotency-Key`, which the IETF draft defines as an RFC 8941 sf-string:
+///
+/// ```text
+/// sf-string = DQUOTE *( unescaped / "\" ( DQUOTE / "\" ) ) DQUOTE
+/// unescaped = %x20-21 / %x23-5B / %x5D-7E
+/// ```
+///
+/// For convenience a bare sf-token is accepted too and is the same key as the quoted
+/// string (`pay-1` is `"pay-1"`):
+///
+/// ```text
+/// sf-token  = ( ALPHA / "*" ) *( tchar / ":" / "/" )
+/// ```
+///
+/// Anything else is 400: a space or a `"` outside a string (`a b`, `a"b`), a missing
+/// closing quote, an escape other than `\"` and `\\`, a byte outside 0x20-0x7E,
+/// parameters or anything else after the closing quote. As in RFC 8941 parsing, spaces
+/// around the value are ignored. Length is left to the store, which answers
+/// [`Error::InvalidKey`].
 fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
@@ -204,34 +274,60 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
              e.g. Idempotency-Key: \"8e03978e\"",
         ));
     };
-    let invalid = |why: &str| {
+    parse_key(value.as_bytes()).map_err(|why| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-idempotency-key",
             "Invalid Idempotency-Key",
-            format!("Idempotency-Key {why}"),
+            format!(
+                "Idempotency-Key {why}; send a Structured Field string, \
+                 e.g. Idempotency-Key: \"8e03978e\""
+            ),
         )
+    })
+}
+
+/// The key an `Idempotency-Key` value spells (see [`idempotency_key`]), or why it spells
+/// none.
+fn parse_key(raw: &[u8]) -> Result<String, &'static str> {
+    let start = raw.iter().position(|&b| b != b' ').unwrap_or(raw.len());
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    let raw = &raw[start..end];
+    let Some(quoted) = raw.strip_prefix(b"\"") else {
+        return match raw.split_first() {
+            Some((first, rest))
+                if (first.is_ascii_alphabetic() || *first == b'*')
+                    && rest.iter().all(|&b| is_tchar(b) || b == b':' || b == b'/') =>
+            {
+                // All ASCII, checked just above.
+                Ok(raw.iter().map(|&b| char::from(b)).collect())
+            }
+            _ => Err("is neither a quoted string nor a token"),
+        };
     };
-    let raw = value
-        .to_str()
-        .map_err(|_| invalid("must be visible ASCII"))?;
-    let Some(quoted) = raw.strip_prefix('"') else {
-        return Ok(raw.to_owned());
-    };
-    // sf-string: `"` *( unescaped / `\"` / `\\` ) `"`
     let mut key = String::with_capacity(quoted.len());
-    let mut chars = quoted.chars();
-    loop {
-        match chars.next() {
-            Some('"') if chars.as_str().is_empty() => return Ok(key),
-            Some('\\') => match chars.next() {
-                Some(c @ ('"' | '\\')) => key.push(c),
-                _ => return Err(invalid("has a bad escape in its quoted string")),
+    let mut bytes = quoted.iter();
+    while let Some(&byte) = bytes.next() {
+        match byte {
+            b'\\' => match bytes.next() {
+                Some(&escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
+                _ => return Err("has an escape other than \\\" or \\\\ in its quoted string"),
             },
-            Some('"') | None => return Err(invalid("is not a well-formed quoted string")),
-            Some(c) => key.push(c),
+            b'"' if bytes.as_slice().is_empty() => return Ok(key),
+            b'"' => return Err("has something after its closing quote (an unescaped \"?)"),
+            0x20..=0x7e => key.push(char::from(byte)),
+            _ => return Err("has a character outside printable ASCII (0x20-0x7E)"),
         }
     }
+    Err("has no closing quote")
+}
+
+/// RFC 9110 `tchar`: the characters of a token.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// Percent-encodes an id for use as one path segment.
@@ -248,12 +344,28 @@ fn encode_segment(id: &str) -> String {
 }
 
 /// Any path the router does not know.
-async fn no_route() -> Problem {
+async fn no_route(method: Method, uri: Uri) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "no-route",
         "No such route",
-        "see the routes in examples/http_service/app.rs",
+        format!(
+            "no route for {method} {}; see the routes in examples/http_service/app.rs",
+            uri.path()
+        ),
+    )
+}
+
+/// A known path with a method it does not have; axum adds the `Allow` header.
+async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!(
+            "{} does not accept {method}; the Allow header lists what it does",
+            uri.path()
+        ),
     )
 }
 
@@ -337,9 +449,37 @@ impl From<JsonRejection> for Problem {
                 "unsupported-media-type",
                 "Expected Content-Type: application/json",
             ),
+            JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(
+                FailedToBufferBody::LengthLimitError(_),
+            )) => {
+                return Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Body too large",
+                    format!("the body is over the limit of {BODY_LIMIT} bytes"),
+                )
+                .with("limit", BODY_LIMIT);
+            }
             _ => ("unreadable-body", "Body could not be read"),
         };
         Problem::new(rejection.status(), kind, title, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for Problem {
+    fn from(rejection: PathRejection) -> Self {
+        let status = rejection.status();
+        if status.is_server_error() {
+            // The route and its handler disagree on the parameters: this service's bug.
+            eprintln!("error: {}", rejection.body_text());
+            return Problem::internal("the route's path parameters do not fit its handler");
+        }
+        Problem::new(
+            status,
+            "invalid-path",
+            "Invalid path segment",
+            rejection.body_text(),
+        )
     }
 }
 

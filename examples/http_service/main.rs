@@ -17,12 +17,16 @@
 //!      -H 'Idempotency-Key: "pay-1"' -d '{"Pay":{"amount_cents":4200}}' # 200, again: replayed
 //! curl -i -X POST localhost:3000/orders/o-1/events -H 'content-type: application/json' \
 //!      -H 'Idempotency-Key: "deliver-1"' -d '"Deliver"'                  # 409 problem+json
+//! curl -i -X DELETE localhost:3000/orders/o-1           # 405 problem+json, Allow: GET,HEAD
+//! curl -i localhost:3000/orders/%FF                      # 400 problem+json (not UTF-8)
 //! curl localhost:3000/orders/o-1
 //! curl localhost:3000/orders/o-1/history
 //! curl -o order.svg localhost:3000/orders/diagram.svg
 //! ```
 //!
-//! Routes and status codes are listed in `app.rs`. Ctrl-C (or SIGTERM) stops accepting,
+//! Routes and status codes are listed in `app.rs`; every error, axum's own rejections
+//! (bad path, unknown route, wrong method, body too large, bad JSON) included, is an
+//! RFC 9457 `application/problem+json` body. Ctrl-C (or SIGTERM) stops accepting,
 //! lets requests in flight finish, and exits.
 
 mod app;
