@@ -39,7 +39,7 @@ mod durable {
 
 #[tokio::test]
 async fn a_database_of_the_previous_release_upgrades_in_place() {
-    use common::upgrade::{previous_migrator, previous_rows, previous_rows_read_back};
+    use common::upgrade::{hex, previous_migrator, previous_rows, previous_rows_read_back};
     let Some(url) = common::server_url(URL_VAR) else {
         return;
     };
@@ -56,8 +56,4 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
     store.migrate().await.expect("upgrade");
     previous_rows_read_back(&store).await;
     store.pool().close().await;
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -35,7 +35,7 @@ mod durable {
 
 #[tokio::test]
 async fn a_database_of_the_previous_release_upgrades_in_place() {
-    use common::upgrade::{previous_migrator, previous_rows, previous_rows_read_back};
+    use common::upgrade::{hex, previous_migrator, previous_rows, previous_rows_read_back};
     let path = std::env::temp_dir().join(format!("{}.db", common::unique_name()));
     let store = SqliteStore::open(&path).await.expect("open SQLite file");
     previous_migrator("sqlite")
@@ -54,8 +54,4 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

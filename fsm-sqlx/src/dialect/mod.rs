@@ -115,13 +115,8 @@ pub(crate) mod sealed {
             lease_until: i64,
             limit: i64,
         ) -> impl Future<Output = Result<Vec<ClaimedEffect>>> + Send {
-            let args = [
-                Arg::Text(machine),
-                Arg::Int(now),
-                Arg::Int(lease_until),
-                Arg::Int(limit),
-            ];
-            claim_returning(pool, Self::SQL.claim_effects, args, move |row| {
+            let times = [now, lease_until, limit];
+            claim_returning(pool, Self::SQL.claim_effects, machine, times, move |row| {
                 claimed_effect::<Self>(machine, row)
             })
         }
@@ -135,13 +130,8 @@ pub(crate) mod sealed {
             lease_until: i64,
             limit: i64,
         ) -> impl Future<Output = Result<Vec<TimerRow>>> + Send {
-            let args = [
-                Arg::Text(machine),
-                Arg::Int(now),
-                Arg::Int(lease_until),
-                Arg::Int(limit),
-            ];
-            claim_returning(pool, Self::SQL.claim_timers, args, move |row| {
+            let times = [now, lease_until, limit];
+            claim_returning(pool, Self::SQL.claim_timers, machine, times, move |row| {
                 timer_row::<Self>(machine, row)
             })
         }
@@ -494,17 +484,17 @@ pub(crate) fn timer_row<D: Backend>(machine: &'static str, row: &D::Row) -> Resu
 async fn claim_returning<D: Backend, T>(
     pool: &Pool<D>,
     sql: &'static str,
-    [machine, now, lease_until, limit]: [Arg<'_>; 4],
+    machine: &'static str,
+    [now, lease_until, limit]: [i64; 3],
     decode: impl Fn(&D::Row) -> Result<T>,
 ) -> Result<Vec<T>> {
-    let what = match machine {
-        Arg::Text(machine) => machine,
-        _ => "-",
-    };
-    let rows = fetch(pool, sql, &[machine, now, lease_until, limit], || {
-        format!("claim {what} rows")
-    })
-    .await?;
+    let args = [
+        Arg::Text(machine),
+        Arg::Int(now),
+        Arg::Int(lease_until),
+        Arg::Int(limit),
+    ];
+    let rows = fetch(pool, sql, &args, || format!("claim {machine} rows")).await?;
     Ok(rows
         .iter()
         .filter_map(|row| decodable(decode(row)))

@@ -600,6 +600,11 @@ pub(crate) mod upgrade {
     use fsm_core::{Command, DurableStore, Trigger};
     use sqlx::migrate::Migrator;
 
+    /// `bytes` as lowercase hex digits, for a backend's binary literal.
+    pub(crate) fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The first migration of this release; everything before it is the previous schema.
     const FIRST_NEW: i64 = 20261202000001;
 
