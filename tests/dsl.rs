@@ -216,7 +216,7 @@ fn a_line_with_several_sources_leaves_each_of_them() {
 
 #[test]
 fn timers_fire_through_step_timer() {
-    let expire = timer_edge("Created");
+    let expire = Duration::from_secs(30 * 60);
     let mut ctx = order(100);
     let step = fsm::step_timer::<Order>(OrderState::Created, &mut ctx, expire).unwrap();
     assert_eq!(step.to, OrderState::Expired);
@@ -228,7 +228,7 @@ fn timers_fire_through_step_timer() {
 
 #[test]
 fn guarded_timers_run_their_guard_and_action() {
-    let remind = timer_edge("PartlyPaid");
+    let remind = fsm::kit::timer_delay::<Order>(timer_edge("PartlyPaid")).unwrap();
     let mut ctx = order(100);
     for n in 1..=2 {
         let step = fsm::step_timer::<Order>(OrderState::PartlyPaid, &mut ctx, remind).unwrap();

@@ -290,12 +290,15 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
     Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
     let cas = sqlx::query(cas)
         .bind(STATE)
         .bind(w.version)
         .bind(&w.context)
         .bind(w.at)
+        // A self-loop: the instance does not re-enter its state.
+        .bind(None::<i64>)
         .bind(MACHINE)
         .bind(id)
         .bind(read.version)

@@ -26,7 +26,8 @@ LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ? OR (t.idem_key = ? AND t.legacy_key))
 WHERE m.machine_type = ? AND m.machine_id = ?";
 const CAS: &str = "\
-UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
+UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?,
+  entered_at = COALESCE(?, entered_at)
 WHERE machine_type = ? AND machine_id = ? AND version = ?
   AND (? IS NULL OR (state = ? AND CAST(context AS BINARY) = CAST(? AS BINARY)))";
 const RECORD: &str = "\
@@ -38,8 +39,8 @@ const OUTBOX_HEAD: &str =
 const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
 const SEED: &str = "\
 INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-VALUES (?, ?, ?, 0, ?, ?, ?, ?)";
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)";
 
 pub(crate) struct MySqlDb {
     store: Arc<MySqlStore>,
@@ -111,6 +112,7 @@ impl Db for MySqlDb {
                 .bind(STATE)
                 .bind(&context)
                 .bind(&init)
+                .bind(now)
                 .bind(now)
                 .bind(now)
                 .execute(&mut *tx)

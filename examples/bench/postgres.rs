@@ -25,7 +25,8 @@ LEFT JOIN fsm_transitions t
 WHERE m.machine_type = $3 AND m.machine_id = $4";
 const WRITE: &str = "\
 WITH updated AS (
-    UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
+    UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7,
+      entered_at = COALESCE($18, entered_at)
     WHERE machine_type = $1 AND machine_id = $2 AND version = $3
       AND ($16::text IS NULL OR (state = $16 AND context = $17))
     RETURNING machine_type, machine_id, version, state, updated_at
@@ -39,15 +40,15 @@ WITH updated AS (
     SELECT u.machine_type, u.machine_id, u.version, e.seq - 1, e.effect, u.updated_at
     FROM updated u, unnest($13::text[]) WITH ORDINALITY AS e(effect, seq)
 ), armed AS (
-    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
-    SELECT u.machine_type, u.machine_id, u.version, t.edge, t.due_at
-    FROM updated u, unnest($14::int4[], $15::int8[]) AS t(edge, due_at)
+    INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, u.state, t.after_ms, t.due_at
+    FROM updated u, unnest($14::int8[], $15::int8[]) AS t(after_ms, due_at)
 )
 SELECT count(*) FROM updated";
 const SEED: &str = "\
 INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-SELECT $1, id, $3, 0, $4, $5, $6, $6 FROM unnest($2::text[]) AS s(id)";
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+SELECT $1, id, $3, 0, $4, $5, $6, $6, $6 FROM unnest($2::text[]) AS s(id)";
 
 pub(crate) struct PgDb {
     store: Arc<PgStore>,
@@ -141,11 +142,13 @@ impl Db for PgDb {
             .bind(Some(&FINGERPRINT[..]))
             .bind(&w.effects)
             // No timer to arm: `Paid` has no `after(..)` edge.
-            .bind(Vec::<i32>::new())
+            .bind(Vec::<i64>::new())
             .bind(Vec::<i64>::new())
             // Decided on a read, not a caller's snapshot: no claim to check.
             .bind(None::<&str>)
             .bind(None::<&str>)
+            // A self-loop: the instance does not re-enter its state.
+            .bind(None::<i64>)
             .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;

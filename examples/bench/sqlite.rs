@@ -27,9 +27,10 @@ LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ?1 OR (t.idem_key = ?2 AND t.legacy_key))
 WHERE m.machine_type = ?3 AND m.machine_id = ?4";
 const CAS: &str = "\
-UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
-WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7
-  AND (?8 IS NULL OR (state = ?9 AND context = ?10))";
+UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4,
+  entered_at = COALESCE(?5, entered_at)
+WHERE machine_type = ?6 AND machine_id = ?7 AND version = ?8
+  AND (?9 IS NULL OR (state = ?10 AND context = ?11))";
 const RECORD: &str = "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
@@ -41,8 +42,8 @@ const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
 const BEGIN: &str = "BEGIN IMMEDIATE";
 const SEED: &str = "\
 INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?6)";
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?6, ?6)";
 
 pub(crate) struct SqliteDb {
     store: Arc<SqliteStore>,

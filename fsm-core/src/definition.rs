@@ -15,10 +15,10 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false },
-//!         StateInfo { name: "On", doc: "", initial: false, terminal: false },
+//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[] },
+//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"] },
 //!     ],
-//!     events: &[EventInfo { name: "Flip", doc: "", payload: None }],
+//!     events: &[EventInfo { name: "Flip", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
 //!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On" },
 //!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off" },
@@ -26,6 +26,8 @@
 //! };
 //! assert_eq!(TOGGLE.initial().name, "Off");
 //! assert!(TOGGLE.state("On").is_some());
+//! // A stored name from before a rename still reads as the state it became.
+//! assert_eq!(TOGGLE.state("Lit").map(|s| s.name), Some("On"));
 //! ```
 
 use std::time::Duration;
@@ -60,6 +62,9 @@ pub struct StateInfo {
     pub initial: bool,
     /// Whether no edge leaves this state.
     pub terminal: bool,
+    /// Names this state was stored under before a rename (`#[renamed_from(Old)]`): rows
+    /// holding one of them still load, as this state.
+    pub renamed_from: &'static [&'static str],
 }
 
 /// One event of a machine.
@@ -71,6 +76,23 @@ pub struct EventInfo {
     pub doc: &'static str,
     /// The payload type as written, if the event carries one.
     pub payload: Option<&'static str>,
+    /// Names this event was recorded under before a rename (`#[renamed_from(Old)]`):
+    /// history rows holding one of them still read, as this event.
+    pub renamed_from: &'static [&'static str],
+}
+
+impl StateInfo {
+    /// The names rows may hold for this state: its name, then its former names.
+    pub fn stored_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.name).chain(self.renamed_from.iter().copied())
+    }
+}
+
+impl EventInfo {
+    /// The names history may hold for this event: its name, then its former names.
+    pub fn stored_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.name).chain(self.renamed_from.iter().copied())
+    }
 }
 
 /// What makes an edge fire.
@@ -111,14 +133,20 @@ impl Definition {
             .expect("a definition has exactly one initial state")
     }
 
-    /// Looks a state up by its stored name.
+    /// Looks a state up by a stored name: its current name or one it was renamed from.
     pub fn state(&self, name: &str) -> Option<&StateInfo> {
-        self.states.iter().find(|s| s.name == name)
+        self.states
+            .iter()
+            .find(|s| s.name == name)
+            .or_else(|| self.states.iter().find(|s| s.renamed_from.contains(&name)))
     }
 
-    /// Looks an event up by name.
+    /// Looks an event up by a recorded name: its current name or one it was renamed from.
     pub fn event(&self, name: &str) -> Option<&EventInfo> {
-        self.events.iter().find(|e| e.name == name)
+        self.events
+            .iter()
+            .find(|e| e.name == name)
+            .or_else(|| self.events.iter().find(|e| e.renamed_from.contains(&name)))
     }
 
     /// Timer edges (`after(..)`), in declaration order, with their index in `edges`.
@@ -127,6 +155,18 @@ impl Definition {
             .iter()
             .enumerate()
             .filter(|(_, e)| matches!(e.on, On::After(_)))
+    }
+
+    /// Whether a timer armed in state `state` (a stored name) with delay `after` is one
+    /// this definition has: a timer is named by its source state and its delay, never by
+    /// its position, so edits elsewhere in the machine leave pending timers valid.
+    pub fn has_timer(&self, state: &str, after: Duration) -> bool {
+        let Some(state) = self.state(state) else {
+            return false;
+        };
+        self.edges
+            .iter()
+            .any(|e| e.from == state.name && e.on == On::After(after))
     }
 
     /// Whether some edge on `event` leads into `state`: firing that event again once the

@@ -58,10 +58,14 @@ pub trait DurableStore: Store + Clone {
     /// the version it was armed with; returns the transitions that applied (timers of
     /// instances that moved on are dropped). Claimed timers are leased for `lease`.
     ///
+    /// A timer is named by its source state and delay. One the current definition does
+    /// not know (dropped, or its delay changed) is skipped with an error in the log and
+    /// kept, never deleted: an instance of the service still running the old definition
+    /// may fire it, and [`Store::verify`](crate::Store::verify) reports it.
+    ///
     /// # Errors
     ///
-    /// Backend errors; [`Error::Corrupt`](crate::Error::Corrupt) for a timer row naming no
-    /// timer edge.
+    /// Backend errors.
     fn fire_due_timers<M: StateMachine>(
         &self,
         limit: usize,
@@ -112,6 +116,72 @@ pub trait DurableStore: Store + Clone {
         effect: &ClaimedEffect,
         settlement: Settlement<'_>,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The timers armed for instance `id` that are still pending, soonest first (the
+    /// timers of versions the instance has left included: they fire as no-ops).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`](crate::Error::InvalidId); backend errors.
+    fn pending_timers<M: StateMachine>(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<ArmedTimer>>> + Send;
+
+    /// Every outbox row of instance `id` (pending, done and dead), in emission order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`](crate::Error::InvalidId); backend errors.
+    fn outbox<M: StateMachine>(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry<M::Effect>>>> + Send;
+}
+
+/// A pending timer of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmedTimer {
+    /// The state it was armed in, as stored.
+    pub state: String,
+    /// Its delay: with `state`, the timer's name.
+    pub after: Duration,
+    /// The version it was armed at; it fires only while the instance is still there.
+    pub version: u64,
+    /// When it is due, ms since the Unix epoch.
+    pub due_at_ms: u64,
+}
+
+/// Where an outbox row stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EffectStatus {
+    /// Waiting for (or in) delivery.
+    Pending,
+    /// Handled.
+    Done,
+    /// Its handler kept failing: a dead letter.
+    Dead,
+}
+
+/// One outbox row of an instance.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry<E> {
+    /// The effect's id.
+    pub id: EffectId,
+    /// The effect, unless its stored JSON no longer decodes.
+    pub effect: Option<E>,
+    /// The stored JSON.
+    pub raw: String,
+    /// Where it stands.
+    pub status: EffectStatus,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last handler error, if any.
+    pub last_error: Option<String>,
+    /// When it is (or was) next claimable, ms since the Unix epoch.
+    pub available_at_ms: u64,
+    /// When it was handled.
+    pub done_at_ms: Option<u64>,
 }
 
 /// The stable identity of one effect: the transition that emitted it and its position.

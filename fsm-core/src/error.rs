@@ -163,6 +163,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A listing query that cannot run: a cursor that is not one this store issued (or
+    /// was issued for another ordering or machine), or a limit outside 1..=1000.
+    #[error("{machine}: invalid query: {detail}")]
+    InvalidQuery {
+        /// Machine type.
+        machine: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A background worker (an outbox dispatcher's or a timer worker's task) died.
     #[error("{machine}: {worker} worker died: {detail}")]
     WorkerDied {

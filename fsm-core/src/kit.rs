@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 pub use crate::command::{fingerprint, fingerprint_json};
 pub use crate::durable::{ClaimedEffect, Settlement};
 pub use crate::machine::timer_delay;
+pub use crate::query::{ListedRow, Order, Plan, timer_name};
 pub use crate::store::{Applied, Prepared};
 
 // SnapshotSeal is defined below.

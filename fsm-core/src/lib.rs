@@ -39,6 +39,7 @@ mod error;
 pub mod kit;
 mod machine;
 mod memory;
+mod query;
 mod storable;
 mod store;
 #[cfg(feature = "testing")]
@@ -47,11 +48,17 @@ mod worker;
 
 pub use command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN};
 pub use definition::{Definition, Edge, EventInfo, On, StateInfo, format_duration};
-pub use durable::{DeadLetter, Delivery, DurableStore, EffectId};
+pub use durable::{
+    ArmedTimer, DeadLetter, Delivery, DurableStore, EffectId, EffectStatus, OutboxEntry,
+};
 pub use error::{BoxError, Error, Result, UnknownName};
 pub use machine::{
     EdgeIndex, Effects, MachineEvent, Rejection, StateMachine, Step, Trigger, step, step_timer,
 };
 pub use memory::MemoryStore;
+pub use query::{
+    Cursor, Listed, MAX_PAGE, Page, Query, StateCounts, Unknown, UnknownKind, Unreadable,
+    VerifyReport,
+};
 pub use store::{Created, Outcome, RetryPolicy, Snapshot, Store, Transition};
 pub use worker::{DispatchOptions, DispatchReport, Dispatcher, TimerWorker};

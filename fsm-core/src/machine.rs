@@ -142,9 +142,12 @@ pub enum Trigger<E> {
     /// An event carried by a command.
     Event(E),
     /// An `after(..)` timer armed when the machine entered the source state.
+    ///
+    /// A timer is named by its source state (the transition's `from`) and its delay,
+    /// never by the position of its edge, so a definition edited elsewhere still reads
+    /// and fires it. History written by fsm 0.1.0 also holds the edge's index, which is
+    /// ignored.
     Timer {
-        /// Index of the timer edge in [`Definition::edges`].
-        edge: EdgeIndex,
         /// The timer's delay.
         #[serde(with = "duration_ms")]
         after: Duration,
@@ -173,13 +176,13 @@ impl<E: MachineEvent> Trigger<E> {
     /// use fsm_core::testing::OrderEvent;
     ///
     /// assert_eq!(Trigger::Event(OrderEvent::Ship).label(), "Ship");
-    /// let timer = Trigger::<OrderEvent>::Timer { edge: 7, after: Duration::from_secs(1800) };
+    /// let timer = Trigger::<OrderEvent>::Timer { after: Duration::from_secs(1800) };
     /// assert_eq!(timer.label(), "after(30 min)");
     /// ```
     pub fn label(&self) -> String {
         match self {
             Trigger::Event(e) => <E::Machine as StateMachine>::event_name(e).to_owned(),
-            Trigger::Timer { after, .. } => {
+            Trigger::Timer { after } => {
                 format!("after({})", crate::definition::format_duration(*after))
             }
         }
@@ -261,35 +264,43 @@ pub fn step<M: StateMachine>(
     Err(rejection::<M>(state, M::event_name(event), candidates))
 }
 
-/// Takes the timer edge `edge` from `state`, if it leaves `state` and its guard passes.
+/// Fires the timer `after(..)` of `state`: the first timer edge (in declaration order)
+/// leaving `state` with that delay whose guard passes wins, as for an event.
 ///
 /// # Errors
 ///
-/// [`Rejection::Illegal`] when `edge` is not a timer edge of `state` (the machine moved
-/// on); [`Rejection::GuardRejected`] when its guard fails.
+/// [`Rejection::Illegal`] when `state` has no timer with this delay (the machine moved
+/// on, or the definition dropped it); [`Rejection::GuardRejected`] when every guard of
+/// its edges failed.
 #[inline]
 pub fn step_timer<M: StateMachine>(
     state: M::State,
     context: &mut M::Context,
-    edge: EdgeIndex,
+    after: Duration,
 ) -> Result<Step<M>, Rejection> {
-    if !M::timer_edges(state).contains(&edge) {
+    let mut candidates = M::timer_edges(state)
+        .iter()
+        .copied()
+        .filter(|&edge| timer_delay::<M>(edge) == Some(after))
+        .peekable();
+    if candidates.peek().is_none() {
         return Err(Rejection::Illegal { repeat: false });
     }
-    if !M::guard(edge, context, None) {
-        let guard = M::DEFINITION.edges[usize::from(edge)].guard;
-        return Err(Rejection::GuardRejected {
-            guards: guard.into_iter().collect(),
-        });
+    let mut guards = Vec::new();
+    for edge in candidates {
+        if M::guard(edge, context, None) {
+            let mut effects = Effects::new();
+            M::act(edge, context, None, &mut effects);
+            return Ok(Step {
+                edge,
+                from: state,
+                to: M::target(edge),
+                effects,
+            });
+        }
+        guards.extend(M::DEFINITION.edges[usize::from(edge)].guard);
     }
-    let mut effects = Effects::new();
-    M::act(edge, context, None, &mut effects);
-    Ok(Step {
-        edge,
-        from: state,
-        to: M::target(edge),
-        effects,
-    })
+    Err(Rejection::GuardRejected { guards })
 }
 
 #[cold]

@@ -30,11 +30,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::command::{Command, Fingerprint, fingerprint};
-use crate::durable::{ClaimedEffect, DeadLetter, DurableStore, EffectId, Settlement};
+use crate::command::{Command, Fingerprint, IdempotencyKey, fingerprint};
+use crate::durable::{
+    ArmedTimer, ClaimedEffect, DeadLetter, DurableStore, EffectId, EffectStatus, OutboxEntry,
+    Settlement,
+};
 use crate::error::{Error, Result};
-use crate::kit::{check_id, check_storable, millis, new_token, now_ms, timer_delay};
-use crate::machine::{EdgeIndex, StateMachine};
+use crate::kit::{
+    ListedRow, check_id, check_storable, millis, new_token, now_ms, timer_delay, timer_name,
+};
+use crate::machine::{StateMachine, Trigger};
+use crate::query::{Page, Query, StateCounts, Unknown, UnknownKind, VerifyReport};
 use crate::store::{Created, Outcome, Prepared, Snapshot, Store, Transition};
 
 /// Instances by machine type, then id. Few machine types per store: a scan beats hashing
@@ -44,8 +50,7 @@ struct Instances {
     by_type: Vec<(&'static str, ById)>,
 }
 
-/// The instances of one machine type; each is an `Instance<M>` behind `Any`.
-type ById = HashMap<String, Box<dyn Any + Send>>;
+type ById = HashMap<String, Entry>;
 
 impl Instances {
     fn of_type(&mut self, machine: &'static str) -> Option<&mut ById> {
@@ -67,6 +72,43 @@ impl Instances {
     }
 }
 
+/// One instance. What depends on the machine type (state and context) is typed, behind
+/// `Any`, and can be encoded in stored form: another type of the same machine name (a
+/// changed definition) then reads it by name, as a database store reads its rows.
+struct Entry {
+    typed: Box<dyn Any + Send>,
+    /// The typed part's stored state name and context JSON.
+    encode: fn(&(dyn Any + Send)) -> Result<(&'static str, String)>,
+    version: u64,
+    initial: Fingerprint,
+    created_at: u64,
+    entered_at: u64,
+    updated_at: u64,
+    /// History in stored form: names and JSON, decoded when read.
+    history: Vec<Recorded>,
+    /// Stored key -> (index in `history`, fingerprint of the request).
+    keys: HashMap<String, (usize, Fingerprint)>,
+}
+
+/// The typed part of an instance of `M`.
+struct Typed<M: StateMachine> {
+    state: M::State,
+    context: M::Context,
+}
+
+/// A history row as stored.
+struct Recorded {
+    version: u64,
+    from: &'static str,
+    /// The event's name; `None` for a timer.
+    event: Option<&'static str>,
+    /// The serialized [`Trigger`].
+    trigger: String,
+    to: &'static str,
+    key: Option<String>,
+    at_ms: u64,
+}
+
 /// (machine type, id, version, seq), ordered as the outbox table's key.
 type EffectKey = (&'static str, String, u64, u32);
 
@@ -76,13 +118,21 @@ struct OutboxRow {
     claims: u64,
     available_at: u64,
     lease_until: Option<u64>,
-    done: bool,
+    done_at: Option<u64>,
     dead: bool,
     last_error: Option<String>,
 }
 
-/// (machine type, id, version armed at, edge).
-type TimerKey = (&'static str, String, u64, EdgeIndex);
+/// (machine type, id, version armed at, delay in ms): a timer is named by its state and
+/// delay, as in the database stores.
+type TimerKey = (&'static str, String, u64, u64);
+
+struct TimerRow {
+    /// The state it was armed in.
+    state: &'static str,
+    due_at: u64,
+    lease_until: Option<u64>,
+}
 
 /// (machine type, id, token) -> expiry in ms.
 type Tokens = HashMap<(&'static str, String, String), u64>;
@@ -92,8 +142,7 @@ type Tokens = HashMap<(&'static str, String, String), u64>;
 struct Tables {
     instances: Instances,
     outbox: BTreeMap<EffectKey, OutboxRow>,
-    /// Due time of each armed timer.
-    timers: BTreeMap<TimerKey, u64>,
+    timers: BTreeMap<TimerKey, TimerRow>,
     tokens: Tokens,
 }
 
@@ -115,16 +164,6 @@ pub struct MemoryStore {
     shared: Arc<Shared>,
 }
 
-struct Instance<M: StateMachine> {
-    state: M::State,
-    version: u64,
-    context: M::Context,
-    initial: Fingerprint,
-    history: Vec<Transition<M>>,
-    /// Stored key -> (index in `history`, fingerprint of the request).
-    keys: HashMap<String, (usize, Fingerprint)>,
-}
-
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -132,8 +171,9 @@ impl MemoryStore {
     }
 
     /// Moves this store's clock ahead by `by`, for every clone: timers, token expiry,
-    /// leases and retry backoff then see the later time. Lets a unit test fire a
-    /// 30-minute timer without waiting (the history's `at_ms` stays wall-clock time).
+    /// leases, retry backoff and the times listings filter on (creation, entering a
+    /// state) then see the later time. Lets a unit test fire a 30-minute timer without
+    /// waiting (the history's `at_ms` stays wall-clock time).
     pub fn advance_clock(&self, by: Duration) {
         self.shared
             .clock_offset_ms
@@ -169,13 +209,11 @@ impl MemoryStore {
             timers,
             tokens,
         } = &mut *tables;
-        let instance = instance::<M>(instances, id)?;
-        if let Some((index, recorded)) =
-            prepared.stored_key().and_then(|key| instance.keys.get(key))
-        {
-            let original = instance.history[*index].clone();
+        let entry = entry::<M>(instances, id)?;
+        if let Some((index, recorded)) = prepared.stored_key().and_then(|key| entry.keys.get(key)) {
+            let original = decode_transition::<M>(id, &entry.history[*index])?;
             let outcome = prepared.replay(id, original, recorded)?;
-            return Ok((outcome, snapshot.then(|| instance.snapshot(id))));
+            return Ok((outcome, snapshot.then(|| entry.snapshot::<M>(id))));
         }
         let token = match prepared.key().and_then(|key| key.token()) {
             None => None,
@@ -194,67 +232,148 @@ impl MemoryStore {
         };
         // Under the lock the stored version is the one decided from; a caller's stale
         // snapshot is superseded, as after a lost database race.
-        let transition = instance.commit(id, prepared, now, outbox, timers)?;
+        let transition = entry.commit(id, prepared, now, outbox, timers)?;
         if let Some(slot) = token {
             tokens.remove(&slot);
         }
         Ok((
             Outcome::Applied(transition),
-            snapshot.then(|| instance.snapshot(id)),
+            snapshot.then(|| entry.snapshot::<M>(id)),
         ))
     }
 
-    fn with_instance<M: StateMachine, T>(
+    fn with_entry<M: StateMachine, T>(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Instance<M>) -> T,
+        f: impl FnOnce(&mut Entry) -> Result<T>,
     ) -> Result<T> {
         check_id::<M>(id)?;
         let mut tables = self.lock();
-        instance::<M>(&mut tables.instances, id).map(f)
+        entry::<M>(&mut tables.instances, id).and_then(f)
     }
 }
 
-fn instance<'a, M: StateMachine>(
-    instances: &'a mut Instances,
-    id: &str,
-) -> Result<&'a mut Instance<M>> {
-    let instance = instances
+/// The instance `id` of `M`, its typed part converted to `M` first if another type of
+/// the same name wrote it. A conversion that fails (a state `M` does not know, a context
+/// that does not parse) changes nothing and is [`Error::Corrupt`], as the row would be
+/// in a database store.
+fn entry<'a, M: StateMachine>(instances: &'a mut Instances, id: &str) -> Result<&'a mut Entry> {
+    let entry = instances
         .of_type(M::DEFINITION.name)
         .and_then(|by_id| by_id.get_mut(id))
         .ok_or_else(|| Error::not_found::<M>(id))?;
-    downcast::<M>(instance.as_mut(), id)
+    if !entry.typed.is::<Typed<M>>() {
+        let (state, context) = (entry.encode)(entry.typed.as_ref())?;
+        let typed = decode_typed::<M>(id, state, &context)?;
+        entry.typed = Box::new(typed);
+        entry.encode = encode::<M>;
+    }
+    Ok(entry)
 }
 
-impl<M: StateMachine> Instance<M> {
-    fn snapshot(&self, id: &str) -> Snapshot<M> {
-        Snapshot::new(id, self.state, self.version, self.context.clone())
+fn encode<M: StateMachine>(typed: &(dyn Any + Send)) -> Result<(&'static str, String)> {
+    let typed = typed
+        .downcast_ref::<Typed<M>>()
+        .expect("an entry's encoder is the one of its typed part");
+    let context = serde_json::to_string(&typed.context)
+        .map_err(|s| Error::serialization::<M>("-", "context", s))?;
+    Ok((M::state_name(typed.state), context))
+}
+
+fn decode_typed<M: StateMachine>(id: &str, state: &str, context: &str) -> Result<Typed<M>> {
+    let parsed = M::parse_state(state).ok_or_else(|| {
+        Error::corrupt::<M>("memory", id, format!("unknown state name {state:?}"))
+    })?;
+    let context = serde_json::from_str(context).map_err(|e| {
+        Error::corrupt::<M>(
+            "memory",
+            id,
+            format!("context is not a valid {}: {e}", M::DEFINITION.context),
+        )
+    })?;
+    Ok(Typed {
+        state: parsed,
+        context,
+    })
+}
+
+fn decode_transition<M: StateMachine>(id: &str, row: &Recorded) -> Result<Transition<M>> {
+    let state = |name: &str| {
+        M::parse_state(name).ok_or_else(|| {
+            Error::corrupt::<M>(
+                "memory",
+                id,
+                format!("unknown state name {name:?} in history"),
+            )
+        })
+    };
+    let event: Trigger<M::Event> = serde_json::from_str(&row.trigger).map_err(|e| {
+        Error::corrupt::<M>(
+            "memory",
+            id,
+            format!("trigger of version {} does not parse: {e}", row.version),
+        )
+    })?;
+    Ok(Transition {
+        version: row.version,
+        from: state(row.from)?,
+        event,
+        to: state(row.to)?,
+        key: row.key.clone(),
+        at_ms: row.at_ms,
+    })
+}
+
+impl Entry {
+    fn typed<M: StateMachine>(&self) -> &Typed<M> {
+        self.typed
+            .downcast_ref()
+            .expect("`entry` converted the typed part")
+    }
+
+    fn state_name(&self) -> Result<&'static str> {
+        (self.encode)(self.typed.as_ref()).map(|(state, _)| state)
+    }
+
+    fn snapshot<M: StateMachine>(&self, id: &str) -> Snapshot<M> {
+        let typed = self.typed::<M>();
+        Snapshot::new(id, typed.state, self.version, typed.context.clone())
     }
 
     /// Decides from the stored state and records the result: state, version, key,
     /// history, the effects in the outbox and the timers of the target state.
-    fn commit(
+    fn commit<M: StateMachine>(
         &mut self,
         id: &str,
         prepared: &Prepared<M>,
         now: u64,
         outbox: &mut BTreeMap<EffectKey, OutboxRow>,
-        timers: &mut BTreeMap<TimerKey, u64>,
+        timers: &mut BTreeMap<TimerKey, TimerRow>,
     ) -> Result<Transition<M>> {
+        let typed: &mut Typed<M> = self
+            .typed
+            .downcast_mut()
+            .expect("`entry` converted the typed part");
         // Decided on a copy: an action that panics or leaves an unstorable context changes
         // nothing, as a rolled-back database transaction would not.
-        let mut context = self.context.clone();
+        let mut context = typed.context.clone();
         let (transition, effects) =
-            prepared.apply_in_place(id, self.state, &mut context, self.version)?;
+            prepared.apply_in_place(id, typed.state, &mut context, self.version)?;
         let effects = effects
             .iter()
             .map(|e| {
                 serde_json::to_string(e).map_err(|s| Error::serialization::<M>(id, "effect", s))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.context = context;
-        self.state = transition.to;
+        let trigger = serde_json::to_string(&transition.event)
+            .map_err(|s| Error::serialization::<M>(id, "event", s))?;
+        typed.context = context;
+        typed.state = transition.to;
         self.version = transition.version;
+        self.updated_at = now;
+        if transition.from != transition.to {
+            self.entered_at = now;
+        }
         if let (Some(key), Some(fingerprint)) = (prepared.stored_key(), prepared.fingerprint()) {
             self.keys
                 .insert(key.to_owned(), (self.history.len(), *fingerprint));
@@ -269,43 +388,58 @@ impl<M: StateMachine> Instance<M> {
                     claims: 0,
                     available_at: now,
                     lease_until: None,
-                    done: false,
+                    done_at: None,
                     dead: false,
                     last_error: None,
                 },
             );
         }
         arm::<M>(timers, id, transition.to, transition.version, now);
-        self.history.push(transition.clone());
+        self.history.push(Recorded {
+            version: transition.version,
+            from: M::state_name(transition.from),
+            event: transition.event.event().map(M::event_name),
+            trigger,
+            to: M::state_name(transition.to),
+            key: prepared
+                .stored_key()
+                .map(|k| IdempotencyKey::display_stored(k).to_owned()),
+            at_ms: transition.at_ms,
+        });
         Ok(transition)
     }
 }
 
-/// Arms the timers of `state`, entered at `version`.
+/// Arms the timers of `state`, entered at `version`: one per delay.
 fn arm<M: StateMachine>(
-    timers: &mut BTreeMap<TimerKey, u64>,
+    timers: &mut BTreeMap<TimerKey, TimerRow>,
     id: &str,
     state: M::State,
     version: u64,
     now: u64,
 ) {
     for &edge in M::timer_edges(state) {
-        let due = now.saturating_add(millis(timer_delay::<M>(edge).unwrap_or_default()));
-        timers.insert((M::DEFINITION.name, id.to_owned(), version, edge), due);
+        let after = millis(timer_delay::<M>(edge).unwrap_or_default());
+        let key = (M::DEFINITION.name, id.to_owned(), version, after);
+        timers.entry(key).or_insert(TimerRow {
+            state: M::state_name(state),
+            due_at: now.saturating_add(after),
+            lease_until: None,
+        });
     }
 }
 
-fn downcast<'a, M: StateMachine>(
-    instance: &'a mut (dyn Any + Send),
-    id: &str,
-) -> Result<&'a mut Instance<M>> {
-    instance.downcast_mut::<Instance<M>>().ok_or_else(|| {
-        Error::corrupt::<M>(
-            "memory",
-            id,
-            "instance was created by another machine type of the same name".into(),
-        )
-    })
+/// An instance's listing row; the context is left out (the page decodes from the entry).
+fn listed_row(id: &str, entry: &Entry, state: &str) -> ListedRow {
+    ListedRow {
+        id: id.to_owned(),
+        state: state.to_owned(),
+        version: i64::try_from(entry.version).unwrap_or(i64::MAX),
+        context: String::new(),
+        created_at_ms: entry.created_at,
+        entered_at_ms: entry.entered_at,
+        updated_at_ms: entry.updated_at,
+    }
 }
 
 impl Store for MemoryStore {
@@ -316,35 +450,47 @@ impl Store for MemoryStore {
             fingerprint(&context).map_err(|s| Error::serialization::<M>(id, "context", s))?;
         let now = self.now();
         let mut tables = self.lock();
-        let by_id = tables.instances.of_type_or_new(M::DEFINITION.name);
-        if let Some(existing) = by_id.get_mut(id) {
-            let existing = downcast::<M>(existing.as_mut(), id)?;
+        let exists = tables
+            .instances
+            .of_type(M::DEFINITION.name)
+            .is_some_and(|by_id| by_id.contains_key(id));
+        if exists {
+            let existing = entry::<M>(&mut tables.instances, id)?;
             if existing.initial != initial {
                 return Err(Error::AlreadyExists {
                     machine: M::DEFINITION.name,
                     id: id.to_owned(),
-                    state: M::state_name(existing.state).to_owned(),
+                    state: M::state_name(existing.typed::<M>().state).to_owned(),
                     version: existing.version,
                 });
             }
             return Ok(Created::Existing(existing.snapshot(id)));
         }
-        let instance = Instance::<M> {
-            state: M::INITIAL,
+        let entry = Entry {
+            typed: Box::new(Typed::<M> {
+                state: M::INITIAL,
+                context,
+            }),
+            encode: encode::<M>,
             version: 0,
-            context,
             initial,
+            created_at: now,
+            entered_at: now,
+            updated_at: now,
             history: Vec::new(),
             keys: HashMap::new(),
         };
-        let snapshot = instance.snapshot(id);
-        by_id.insert(id.to_owned(), Box::new(instance));
+        let snapshot = entry.snapshot(id);
+        tables
+            .instances
+            .of_type_or_new(M::DEFINITION.name)
+            .insert(id.to_owned(), entry);
         arm::<M>(&mut tables.timers, id, M::INITIAL, 0, now);
         Ok(Created::New(snapshot))
     }
 
     async fn load<M: StateMachine>(&self, id: &str) -> Result<Snapshot<M>> {
-        self.with_instance::<M, _>(id, |instance| instance.snapshot(id))
+        self.with_entry::<M, _>(id, |entry| Ok(entry.snapshot(id)))
     }
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
@@ -367,7 +513,142 @@ impl Store for MemoryStore {
     }
 
     async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
-        self.with_instance::<M, _>(id, |instance| instance.history.clone())
+        check_id::<M>(id)?;
+        let mut tables = self.lock();
+        let entry = tables
+            .instances
+            .of_type(M::DEFINITION.name)
+            .and_then(|by_id| by_id.get(id))
+            .ok_or_else(|| Error::not_found::<M>(id))?;
+        // History reads by name, whether or not the instance itself still loads.
+        entry
+            .history
+            .iter()
+            .map(|row| decode_transition::<M>(id, row))
+            .collect()
+    }
+
+    async fn list<M: StateMachine>(&self, query: &Query<M>) -> Result<Page<M>> {
+        let plan = query.plan(self.now())?;
+        let mut tables = self.lock();
+        let Some(by_id) = tables.instances.of_type(M::DEFINITION.name) else {
+            return Ok(plan.page::<M>(Vec::new(), |_| unreachable!("no rows")));
+        };
+        let ids: Vec<String> = by_id.keys().cloned().collect();
+        let mut rows = Vec::new();
+        let mut unreadable = HashMap::new();
+        for id in ids {
+            let state = match entry::<M>(&mut tables.instances, &id) {
+                Ok(entry) => M::state_name(entry.typed::<M>().state),
+                Err(error) => {
+                    let Some(entry) = tables
+                        .instances
+                        .of_type(M::DEFINITION.name)
+                        .and_then(|by_id| by_id.get(&id))
+                    else {
+                        continue;
+                    };
+                    let name = entry.state_name().unwrap_or("");
+                    unreadable.insert(id.clone(), error);
+                    name
+                }
+            };
+            let by_id = tables
+                .instances
+                .of_type(M::DEFINITION.name)
+                .expect("listed above");
+            let entry = &by_id[&id];
+            let time = plan.sort_time(entry.created_at, entry.entered_at);
+            if plan.matches(&id, state, entry.entered_at) && plan.is_after(time, &id) {
+                rows.push(listed_row(&id, entry, state));
+            }
+        }
+        let by_id = tables
+            .instances
+            .of_type(M::DEFINITION.name)
+            .expect("listed above");
+        let unreadable = Mutex::new(unreadable);
+        Ok(plan.page::<M>(rows, |row| {
+            if let Some(error) = unreadable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&row.id)
+            {
+                return Err(error);
+            }
+            Ok(by_id[&row.id].snapshot(&row.id))
+        }))
+    }
+
+    async fn count_by_state<M: StateMachine>(&self) -> Result<StateCounts<M>> {
+        let mut tables = self.lock();
+        let Some(by_id) = tables.instances.of_type(M::DEFINITION.name) else {
+            return Ok(StateCounts::from_stored([]));
+        };
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        for entry in by_id.values() {
+            *counts.entry(entry.state_name()?).or_default() += 1;
+        }
+        Ok(StateCounts::from_stored(
+            counts.into_iter().map(|(name, n)| (name.to_owned(), n)),
+        ))
+    }
+
+    async fn verify<M: StateMachine>(&self) -> Result<VerifyReport> {
+        let tables = self.lock();
+        let machine = M::DEFINITION.name;
+        let definition = M::DEFINITION;
+        let mut found: HashMap<(UnknownKind, String), Unknown> = HashMap::new();
+        let mut counts = [0u64; 3];
+        let mut note = |kind, name: &str, id: &str| {
+            let known = match kind {
+                UnknownKind::State | UnknownKind::HistoryState => definition.state(name).is_some(),
+                UnknownKind::Event => definition.event(name).is_some(),
+                UnknownKind::Timer => false,
+            };
+            if known {
+                return;
+            }
+            let unknown = found
+                .entry((kind, name.to_owned()))
+                .or_insert_with(|| Unknown {
+                    kind,
+                    name: name.to_owned(),
+                    count: 0,
+                    sample_ids: Vec::new(),
+                });
+            unknown.count += 1;
+            if unknown.sample_ids.len() < 3 && !unknown.sample_ids.iter().any(|s| s == id) {
+                unknown.sample_ids.push(id.to_owned());
+            }
+        };
+        if let Some((_, by_id)) = tables.instances.by_type.iter().find(|(m, _)| *m == machine) {
+            for (id, entry) in by_id {
+                counts[0] += 1;
+                counts[1] += entry.history.len() as u64;
+                note(UnknownKind::State, entry.state_name()?, id);
+                for row in &entry.history {
+                    note(UnknownKind::HistoryState, row.from, id);
+                    if row.to != row.from {
+                        note(UnknownKind::HistoryState, row.to, id);
+                    }
+                    if let Some(event) = row.event {
+                        note(UnknownKind::Event, event, id);
+                    }
+                }
+            }
+        }
+        for ((m, id, _, after), row) in &tables.timers {
+            if *m != machine {
+                continue;
+            }
+            counts[2] += 1;
+            let after = Duration::from_millis(*after);
+            if !definition.has_timer(row.state, after) {
+                note(UnknownKind::Timer, &timer_name(row.state, after), id);
+            }
+        }
+        Ok(VerifyReport::of::<M>(counts, found.into_values()))
     }
 }
 
@@ -376,7 +657,13 @@ impl DurableStore for MemoryStore {
         check_id::<M>(id)?;
         let expires_at = self.now().saturating_add(millis(ttl));
         let mut tables = self.lock();
-        instance::<M>(&mut tables.instances, id)?;
+        let exists = tables
+            .instances
+            .of_type(M::DEFINITION.name)
+            .is_some_and(|by_id| by_id.contains_key(id));
+        if !exists {
+            return Err(Error::not_found::<M>(id));
+        }
         let token = new_token();
         let slot = (M::DEFINITION.name, id.to_owned(), token.clone());
         tables.tokens.insert(slot, expires_at);
@@ -386,10 +673,8 @@ impl DurableStore for MemoryStore {
     async fn fire_due_timers<M: StateMachine>(
         &self,
         limit: usize,
-        _lease: Duration,
+        lease: Duration,
     ) -> Result<Vec<(String, Transition<M>)>> {
-        // Claiming and firing happen under one lock, so no other claimer can see the
-        // batch: the lease has nothing to protect here.
         let now = self.now();
         let mut tables = self.lock();
         let Tables {
@@ -398,26 +683,52 @@ impl DurableStore for MemoryStore {
             timers,
             ..
         } = &mut *tables;
+        let machine = M::DEFINITION.name;
         let mut due: Vec<(u64, TimerKey)> = timers
             .iter()
-            .filter(|((machine, ..), due_at)| *machine == M::DEFINITION.name && **due_at <= now)
-            .map(|(key, &due_at)| (due_at, key.clone()))
+            .filter(|((m, ..), row)| {
+                *m == machine
+                    && row.due_at <= now
+                    && row.lease_until.is_none_or(|until| until <= now)
+            })
+            .map(|(key, row)| (row.due_at, key.clone()))
             .collect();
         due.sort();
         due.truncate(limit);
         let mut fired = Vec::new();
         for (_, key) in due {
-            timers.remove(&key);
-            let (_, id, version, edge) = key;
-            let Ok(instance) = instance::<M>(instances, &id) else {
-                continue;
+            let (_, id, version, after) = &key;
+            let after = Duration::from_millis(*after);
+            let state = timers[&key].state;
+            let entry = match entry::<M>(instances, id) {
+                Ok(entry) => entry,
+                Err(Error::NotFound { .. }) => {
+                    timers.remove(&key);
+                    continue;
+                }
+                // An instance this definition cannot read: kept, and tried again once the
+                // lease runs out, as a database store does.
+                Err(err) => {
+                    tracing::error!(machine, id = %id, error = %err, "timer skipped: its instance does not load");
+                    lease_timer(timers, &key, now, lease);
+                    continue;
+                }
             };
-            if instance.version != version {
+            if entry.version != *version {
+                // The instance moved on: the timer can never fire.
+                timers.remove(&key);
                 continue;
             }
-            let prepared = Prepared::<M>::timer(edge);
-            match instance.commit(&id, &prepared, now, outbox, timers) {
-                Ok(transition) => fired.push((id, transition)),
+            if !M::DEFINITION.has_timer(state, after) {
+                tracing::error!(machine, id = %id, timer = %timer_name(state, after), "timer skipped: the definition has no such timer; kept");
+                lease_timer(timers, &key, now, lease);
+                continue;
+            }
+            let prepared = Prepared::<M>::timer(after);
+            let result = entry.commit(id, &prepared, now, outbox, timers);
+            timers.remove(&key);
+            match result {
+                Ok(transition) => fired.push((key.1, transition)),
                 Err(Error::IllegalTransition { .. } | Error::GuardRejected { .. }) => {}
                 Err(err) => return Err(err),
             }
@@ -469,7 +780,7 @@ impl DurableStore for MemoryStore {
             .iter_mut()
             .filter(|((m, ..), row)| {
                 *m == machine
-                    && !row.done
+                    && row.done_at.is_none()
                     && !row.dead
                     && row.available_at <= now
                     && row.lease_until.is_none_or(|until| until <= now)
@@ -516,7 +827,7 @@ impl DurableStore for MemoryStore {
         }
         row.lease_until = None;
         match settlement {
-            Settlement::Done => row.done = true,
+            Settlement::Done => row.done_at = Some(now),
             Settlement::Retry { delay, error } => {
                 row.available_at = now.saturating_add(millis(delay));
                 row.last_error = Some(error.to_owned());
@@ -528,6 +839,67 @@ impl DurableStore for MemoryStore {
             Settlement::Release => row.attempts = row.attempts.saturating_sub(1),
         }
         Ok(true)
+    }
+
+    async fn pending_timers<M: StateMachine>(&self, id: &str) -> Result<Vec<ArmedTimer>> {
+        check_id::<M>(id)?;
+        let tables = self.lock();
+        let mut armed: Vec<ArmedTimer> = tables
+            .timers
+            .iter()
+            .filter(|((m, i, ..), _)| *m == M::DEFINITION.name && i == id)
+            .map(|((_, _, version, after), row)| ArmedTimer {
+                state: row.state.to_owned(),
+                after: Duration::from_millis(*after),
+                version: *version,
+                due_at_ms: row.due_at,
+            })
+            .collect();
+        armed.sort_by_key(|t| (t.due_at_ms, t.version, t.after));
+        Ok(armed)
+    }
+
+    async fn outbox<M: StateMachine>(&self, id: &str) -> Result<Vec<OutboxEntry<M::Effect>>> {
+        check_id::<M>(id)?;
+        let machine = M::DEFINITION.name;
+        let tables = self.lock();
+        let from = (machine, id.to_owned(), 0, 0);
+        Ok(tables
+            .outbox
+            .range(from..)
+            .take_while(|((m, i, ..), _)| *m == machine && i == id)
+            .map(|((_, _, version, seq), row)| OutboxEntry {
+                id: EffectId {
+                    machine,
+                    id: id.to_owned(),
+                    version: *version,
+                    seq: *seq,
+                },
+                effect: serde_json::from_str(&row.effect).ok(),
+                raw: row.effect.clone(),
+                status: match (row.dead, row.done_at) {
+                    (true, _) => EffectStatus::Dead,
+                    (false, Some(_)) => EffectStatus::Done,
+                    (false, None) => EffectStatus::Pending,
+                },
+                attempts: row.attempts,
+                last_error: row.last_error.clone(),
+                available_at_ms: row.available_at,
+                done_at_ms: row.done_at,
+            })
+            .collect())
+    }
+}
+
+/// Keeps a timer that cannot fire now out of the next claims until `lease` has passed.
+fn lease_timer(
+    timers: &mut BTreeMap<TimerKey, TimerRow>,
+    key: &TimerKey,
+    now: u64,
+    lease: Duration,
+) {
+    if let Some(row) = timers.get_mut(key) {
+        row.lease_until = Some(now.saturating_add(millis(lease)));
     }
 }
 

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN, fingerprint};
 use crate::error::{Error, Result};
 use crate::kit::{check_id, check_storable, now_ms};
-use crate::machine::{EdgeIndex, Rejection, StateMachine, Trigger, step, step_timer, timer_delay};
+use crate::machine::{Rejection, StateMachine, Trigger, step, step_timer};
+use crate::query::{Page, Query, StateCounts, VerifyReport};
 
 /// One machine instance as stored: its state, version and context.
 ///
@@ -219,6 +220,37 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Vec<Transition<M>>>> + Send;
+
+    /// One page of the instances of `M` matching `query`, in its order (see [`Query`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidQuery`] for a cursor this store did not issue for this ordering;
+    /// backend errors. A row that does not decode is reported in
+    /// [`Page::unreadable`](crate::Page::unreadable), not as an error.
+    fn list<M: StateMachine>(
+        &self,
+        query: &Query<M>,
+    ) -> impl Future<Output = Result<Page<M>>> + Send;
+
+    /// How many instances of `M` are in each state.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn count_by_state<M: StateMachine>(
+        &self,
+    ) -> impl Future<Output = Result<StateCounts<M>>> + Send;
+
+    /// Scans everything stored for `M` (instances, history, pending timers) and reports
+    /// every state, event and timer the current definition does not know, with counts
+    /// and sample ids. Reads only; run it against a copy of production before deploying
+    /// a changed definition.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn verify<M: StateMachine>(&self) -> impl Future<Output = Result<VerifyReport>> + Send;
 }
 
 /// A command checked and fingerprinted before any I/O.
@@ -288,12 +320,11 @@ impl<M: StateMachine> Prepared<M> {
         })
     }
 
-    /// A timer firing of edge `edge`; timers carry no key, their version stamp makes
-    /// them idempotent.
-    pub fn timer(edge: EdgeIndex) -> Self {
-        let after = timer_delay::<M>(edge).unwrap_or_default();
+    /// A firing of the timer `after(..)` of the state the instance is in; timers carry
+    /// no key, their version stamp makes them idempotent.
+    pub fn timer(after: Duration) -> Self {
         Prepared {
-            trigger: Trigger::Timer { edge, after },
+            trigger: Trigger::Timer { after },
             key: None,
             stored_key: None,
             legacy_key: None,
@@ -395,7 +426,7 @@ impl<M: StateMachine> Prepared<M> {
     ) -> Result<(Transition<M>, Vec<M::Effect>)> {
         let taken = match &self.trigger {
             Trigger::Event(event) => step::<M>(state, context, event),
-            Trigger::Timer { edge, .. } => step_timer::<M>(state, context, *edge),
+            Trigger::Timer { after } => step_timer::<M>(state, context, *after),
         };
         let taken = taken.map_err(|rejection| self.rejected(id, state, rejection))?;
         check_storable::<M, _>(id, "context", context)?;

@@ -138,14 +138,13 @@ pub(crate) fn marker(m: &Machine, names: &Names, doc: &str) -> TokenStream {
 /// `OrderState`: one fieldless variant per state.
 pub(crate) fn state_enum(m: &Machine, names: &Names) -> TokenStream {
     let machine = name(&m.name);
-    let variants: Vec<(&Ident, TokenStream)> = m
+    let variants: Vec<Variant> = m
         .states
         .iter()
-        .map(|s| {
-            (
-                &s.name,
-                docs_or(&s.docs, format!("The `{}` state.", name(&s.name))),
-            )
+        .map(|s| Variant {
+            ident: &s.name,
+            docs: docs_or(&s.docs, format!("The `{}` state.", name(&s.name))),
+            renamed_from: &s.renamed_from,
         })
         .collect();
     let doc = format!("A state of the [`{machine}`] machine.");
@@ -164,9 +163,10 @@ pub(crate) fn event_enums(m: &Machine, names: &Names) -> TokenStream {
         .collect();
     let variants = m.events.iter().zip(&docs).map(|(e, docs)| {
         let variant = &e.name;
+        let aliases = serde_aliases(&e.renamed_from);
         match e.payload() {
-            Some(ty) => quote!(#docs #variant(#ty)),
-            None => quote!(#docs #variant),
+            Some(ty) => quote!(#docs #aliases #variant(#ty)),
+            None => quote!(#docs #aliases #variant),
         }
     });
     let kind_arms = m.events.iter().map(|e| {
@@ -177,11 +177,15 @@ pub(crate) fn event_enums(m: &Machine, names: &Names) -> TokenStream {
         };
         quote!(#pattern => #kind::#variant,)
     });
-    let kinds: Vec<(&Ident, TokenStream)> = m
+    let kinds: Vec<Variant> = m
         .events
         .iter()
-        .map(|e| &e.name)
         .zip(docs.iter().cloned())
+        .map(|(e, docs)| Variant {
+            ident: &e.name,
+            docs,
+            renamed_from: &e.renamed_from,
+        })
         .collect();
     let event_doc = format!("An event of the [`{machine}`] machine, with its payload.");
     let kind_doc = format!("The kind of an [`{event}`]: its name, without the payload.");
@@ -218,19 +222,43 @@ pub(crate) fn event_enums(m: &Machine, names: &Names) -> TokenStream {
     }
 }
 
+/// One variant of a generated enum of names.
+struct Variant<'a> {
+    ident: &'a Ident,
+    docs: TokenStream,
+    /// Former names, still read by serde and `FromStr`.
+    renamed_from: &'a [Ident],
+}
+
+/// `#[serde(alias = "Old")]` for each former name.
+fn serde_aliases(renamed_from: &[Ident]) -> TokenStream {
+    let names = renamed_from.iter().map(name);
+    quote!(#(#[serde(alias = #names)])*)
+}
+
 /// A fieldless enum of names with `ALL`, `as_str`, `Display` and `FromStr`.
 fn fieldless_enum(
     m: &Machine,
     ty: &Ident,
     doc: &str,
-    variants: &[(&Ident, TokenStream)],
+    variants: &[Variant<'_>],
     kind: &str,
 ) -> TokenStream {
     let vis = &m.vis;
     let machine = name(&m.name);
-    let idents: Vec<&Ident> = variants.iter().map(|(v, _)| *v).collect();
-    let docs = variants.iter().map(|(_, d)| d);
+    let idents: Vec<&Ident> = variants.iter().map(|v| v.ident).collect();
+    let docs = variants.iter().map(|v| {
+        let (docs, aliases) = (&v.docs, serde_aliases(v.renamed_from));
+        quote!(#docs #aliases)
+    });
     let names: Vec<String> = idents.iter().map(|v| name(v)).collect();
+    let former = variants.iter().flat_map(|v| {
+        let ident = v.ident;
+        v.renamed_from.iter().map(move |old| {
+            let old = name(old);
+            quote!(#old => ::core::result::Result::Ok(Self::#ident),)
+        })
+    });
     let count = idents.len();
     let all_doc = format!("Every {kind}, in order of first appearance in the machine.");
     let as_str_doc = format!("The {kind}'s stable name, as stored and as `FromStr` reads it.");
@@ -281,6 +309,7 @@ fn fieldless_enum(
             fn from_str(#from_str: &str) -> ::core::result::Result<Self, Self::Err> {
                 match #from_str {
                     #(#names => ::core::result::Result::Ok(Self::#idents),)*
+                    #(#former)*
                     _ => ::core::result::Result::Err(::fsm::UnknownName {
                         machine: #machine,
                         kind: #kind,
@@ -380,13 +409,28 @@ fn definition_tokens(d: &Definition) -> TokenStream {
     }
     let states = d.states.iter().map(|s| {
         let (name, doc, initial, terminal) = (s.name, s.doc, s.initial, s.terminal);
+        let renamed_from = s.renamed_from;
         quote! {
-            ::fsm::StateInfo { name: #name, doc: #doc, initial: #initial, terminal: #terminal }
+            ::fsm::StateInfo {
+                name: #name,
+                doc: #doc,
+                initial: #initial,
+                terminal: #terminal,
+                renamed_from: &[#(#renamed_from),*],
+            }
         }
     });
     let events = d.events.iter().map(|e| {
         let (name, doc, payload) = (e.name, e.doc, option(e.payload));
-        quote!(::fsm::EventInfo { name: #name, doc: #doc, payload: #payload })
+        let renamed_from = e.renamed_from;
+        quote! {
+            ::fsm::EventInfo {
+                name: #name,
+                doc: #doc,
+                payload: #payload,
+                renamed_from: &[#(#renamed_from),*],
+            }
+        }
     });
     let edges = d.edges.iter().map(|e| {
         let on = match e.on {

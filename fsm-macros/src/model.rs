@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub(crate) declared: Vec<Ident>,
     pub(crate) docs: Vec<Attribute>,
     pub(crate) terminal_attr: Option<Attribute>,
+    /// Former stored names, from `#[renamed_from(..)]`.
+    pub(crate) renamed_from: Vec<Ident>,
 }
 
 pub(crate) struct Event {
@@ -55,6 +57,8 @@ pub(crate) struct Event {
     pub(crate) docs: Vec<Attribute>,
     /// Every payload type written for this event, in order; the first one counts.
     pub(crate) payloads: Vec<Type>,
+    /// Former recorded names, from `#[renamed_from(..)]`.
+    pub(crate) renamed_from: Vec<Ident>,
 }
 
 impl Event {
@@ -208,6 +212,7 @@ impl Machine {
             declared: Vec::new(),
             docs: Vec::new(),
             terminal_attr: None,
+            renamed_from: Vec::new(),
         });
         self.states.len() - 1
     }
@@ -228,6 +233,7 @@ impl Machine {
             declared: Vec::new(),
             docs: Vec::new(),
             payloads: Vec::new(),
+            renamed_from: Vec::new(),
         });
         self.events.len() - 1
     }
@@ -246,6 +252,7 @@ impl Machine {
             if state.declared.is_empty() {
                 state.docs = entry.docs.clone();
                 state.terminal_attr = entry.terminal.clone();
+                state.renamed_from = entry.renamed_from.clone();
             }
             state.declared.push(entry.name.clone());
         }
@@ -258,6 +265,7 @@ impl Machine {
             let event = &mut self.events[i];
             if event.declared.is_empty() {
                 event.docs = entry.docs.clone();
+                event.renamed_from = entry.renamed_from.clone();
             }
             event.declared.push(entry.name.clone());
         }
@@ -365,6 +373,7 @@ impl Machine {
                 doc: leak(doc_string(&s.docs)),
                 initial: initial == Some(i),
                 terminal: !self.has_outgoing(i),
+                renamed_from: leak_names(&s.renamed_from),
             })
             .collect();
         let events: Vec<EventInfo> = self
@@ -374,6 +383,7 @@ impl Machine {
                 name: leak(name(&e.name)),
                 doc: leak(doc_string(&e.docs)),
                 payload: e.payload().map(|ty| leak(type_string(ty))),
+                renamed_from: leak_names(&e.renamed_from),
             })
             .collect();
         let edges: Vec<EdgeInfo> = self
@@ -413,6 +423,16 @@ pub(crate) fn timer_duration(timer: &Timer) -> Duration {
 /// A `'static` string for the runtime's `Definition`; the macro's process is short-lived.
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
+}
+
+fn leak_names(names: &[Ident]) -> &'static [&'static str] {
+    Box::leak(
+        names
+            .iter()
+            .map(|n| leak(name(n)))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
 }
 
 /// The stable name of a state, event or rule: the identifier without `r#`.

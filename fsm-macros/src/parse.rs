@@ -50,11 +50,13 @@ pub(crate) struct Block {
     pub(crate) entries: Vec<Entry>,
 }
 
-/// `/// docs  #[terminal] Name` inside a block.
+/// `/// docs  #[terminal] #[renamed_from(Old)] Name` inside a block.
 pub(crate) struct Entry {
     pub(crate) docs: Vec<Attribute>,
     /// `#[terminal]`, only accepted in `states { }`.
     pub(crate) terminal: Option<Attribute>,
+    /// The names of every `#[renamed_from(A, B)]`, in order.
+    pub(crate) renamed_from: Vec<Ident>,
     pub(crate) name: Ident,
 }
 
@@ -300,9 +302,24 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
     let kind = if states { "state" } else { "event" };
     let mut docs = Vec::new();
     let mut terminal = None;
+    let mut renamed_from = Vec::new();
     for attr in input.call(Attribute::parse_outer)? {
         if attr.path().is_ident("doc") {
             docs.push(attr);
+        } else if attr.path().is_ident("renamed_from") {
+            let names = attr.parse_args_with(
+                syn::punctuated::Punctuated::<Ident, Token![,]>::parse_separated_nonempty,
+            );
+            match names {
+                Ok(names) => renamed_from.extend(names),
+                Err(_) => cx.error_spanned_by(
+                    &attr,
+                    format!(
+                        "`#[renamed_from(..)]` lists the names this {kind} was stored under \
+                         before, e.g. `#[renamed_from(Old)]`"
+                    ),
+                ),
+            }
         } else if attr.path().is_ident("terminal") && states {
             if attr.meta.require_path_only().is_err() {
                 cx.error_spanned_by(&attr, "`#[terminal]` takes no arguments");
@@ -315,9 +332,9 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
             );
         } else {
             let allowed = if states {
-                "doc comments and `#[terminal]`"
+                "doc comments, `#[terminal]` and `#[renamed_from(..)]`"
             } else {
-                "doc comments"
+                "doc comments and `#[renamed_from(..)]`"
             };
             cx.error_spanned_by(
                 &attr,
@@ -331,6 +348,7 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
     Ok(Entry {
         docs,
         terminal,
+        renamed_from,
         name,
     })
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use quote::quote;
+use syn::Ident;
 
 use crate::ctxt::Ctxt;
 use crate::model::{Machine, Trigger, name, type_string};
@@ -11,6 +12,7 @@ use crate::model::{Machine, Trigger, name, type_string};
 pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_keys(m, cx);
     check_declarations(m, cx);
+    check_renames(m, cx);
     check_initial(m, cx);
     check_payloads(m, cx);
     check_rules(m, cx);
@@ -61,6 +63,47 @@ fn check_declarations(m: &Machine, cx: &mut Ctxt) {
                      add a transition or remove it"
                 ),
             );
+        }
+    }
+}
+
+/// A state or event with its former names.
+type Renamed<'a> = (&'a Ident, &'a Vec<Ident>);
+
+/// A former name is not a current name, nor the former name of another state or event:
+/// a stored row must read as exactly one of them.
+fn check_renames(m: &Machine, cx: &mut Ctxt) {
+    let states = m.states.iter().map(|s| (&s.name, &s.renamed_from));
+    let events = m.events.iter().map(|e| (&e.name, &e.renamed_from));
+    let groups: [(&str, Vec<Renamed<'_>>); 2] =
+        [("state", states.collect()), ("event", events.collect())];
+    for (kind, entries) in groups {
+        let mut seen: Vec<(String, &Ident)> = Vec::new();
+        for (current, old_names) in &entries {
+            for old in old_names.iter() {
+                let old_name = name(old);
+                if let Some((now, _)) = entries.iter().find(|(n, _)| name(n) == old_name) {
+                    let message = if name(now) == name(current) {
+                        format!("{kind} `{current}` cannot be renamed from its own name")
+                    } else {
+                        format!(
+                            "`{old_name}` is the name of {kind} `{now}`; a stored `{old_name}` \
+                             must read as one {kind}, so rename `{now}` too or drop this"
+                        )
+                    };
+                    cx.error_spanned_by(old, message);
+                } else if let Some((_, first)) = seen.iter().find(|(n, _)| *n == old_name) {
+                    cx.error_spanned_by(
+                        old,
+                        format!(
+                            "`{old_name}` is already listed in a `#[renamed_from]` (at `{first}`); \
+                             a stored name must read as one {kind}"
+                        ),
+                    );
+                } else {
+                    seen.push((old_name, old));
+                }
+            }
         }
     }
 }

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
-use fsm_core::{DeadLetter, DurableStore, EffectId, Error, Result, StateMachine, Transition};
+use fsm_core::{
+    ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxEntry, Result, StateMachine,
+    Transition,
+};
 
 use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch};
 use crate::engine;
@@ -144,5 +147,15 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         })
         .await?;
         Ok(settled == 1)
+    }
+
+    async fn pending_timers<M: StateMachine>(&self, id: &str) -> Result<Vec<ArmedTimer>> {
+        check_id::<M>(id)?;
+        engine::queries::pending_timers::<D, M>(&self.pool, id).await
+    }
+
+    async fn outbox<M: StateMachine>(&self, id: &str) -> Result<Vec<OutboxEntry<M::Effect>>> {
+        check_id::<M>(id)?;
+        engine::queries::outbox::<D, M>(&self.pool, id).await
     }
 }

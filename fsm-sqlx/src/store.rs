@@ -6,10 +6,10 @@ use std::str::FromStr;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 
-use fsm_core::kit::{Prepared, SnapshotSeal};
+use fsm_core::kit::{Prepared, SnapshotSeal, now_ms};
 use fsm_core::{
-    Command, Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Store,
-    Transition,
+    Command, Created, Error, Outcome, Page, Query, Result, RetryPolicy, Snapshot, StateCounts,
+    StateMachine, Store, Transition, VerifyReport,
 };
 
 use crate::Concurrency;
@@ -199,5 +199,21 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
         engine::history::<D, M>(&self.pool, id).await
+    }
+
+    async fn list<M: StateMachine>(&self, query: &Query<M>) -> Result<Page<M>> {
+        let mut page = engine::queries::list::<D, M>(&self.pool, query, now_ms()).await?;
+        for listed in &mut page.items {
+            self.seal.seal(&mut listed.snapshot);
+        }
+        Ok(page)
+    }
+
+    async fn count_by_state<M: StateMachine>(&self) -> Result<StateCounts<M>> {
+        engine::queries::count_by_state::<D, M>(&self.pool).await
+    }
+
+    async fn verify<M: StateMachine>(&self) -> Result<VerifyReport> {
+        engine::queries::verify::<D, M>(&self.pool).await
     }
 }

@@ -24,10 +24,10 @@ use crate::definition::{Definition, On};
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
 ///     ],
-///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
 ///         on: On::Event("Lock"),
@@ -161,12 +161,14 @@ mod tests {
                     doc: "line one\nline two",
                     initial: true,
                     terminal: false,
+                    renamed_from: &[],
                 },
                 StateInfo {
                     name: "\"q\"",
                     doc: "",
                     initial: false,
                     terminal: true,
+                    renamed_from: &[],
                 },
             ],
             events: &[],

@@ -23,10 +23,10 @@ use crate::definition::Definition;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
 ///     ],
-///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
 ///         on: On::Event("Lock"),
@@ -162,12 +162,14 @@ mod tests {
                     doc: "a: b; #1",
                     initial: true,
                     terminal: false,
+                    renamed_from: &[],
                 },
                 StateInfo {
                     name: "Two words",
                     doc: "",
                     initial: false,
                     terminal: true,
+                    renamed_from: &[],
                 },
             ],
             events: &[],

@@ -36,11 +36,11 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false },
-//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true },
-//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true },
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[] },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[] },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[] },
 //!     ],
-//!     events: &[EventInfo { name: "Pay", doc: "", payload: None }],
+//!     events: &[EventInfo { name: "Pay", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
 //!         Edge {
 //!             from: "Created",
@@ -122,24 +122,28 @@ pub(crate) mod fixture {
                 doc: "Waiting for payment.\nUnpaid orders expire.",
                 initial: true,
                 terminal: false,
+                renamed_from: &[],
             },
             StateInfo {
                 name: "Paid",
                 doc: "",
                 initial: false,
                 terminal: false,
+                renamed_from: &[],
             },
             StateInfo {
                 name: "Delivered",
                 doc: "",
                 initial: false,
                 terminal: true,
+                renamed_from: &[],
             },
             StateInfo {
                 name: "Cancelled",
                 doc: "",
                 initial: false,
                 terminal: true,
+                renamed_from: &[],
             },
         ],
         events: &[
@@ -147,16 +151,19 @@ pub(crate) mod fixture {
                 name: "Pay",
                 doc: "",
                 payload: Some("Payment"),
+                renamed_from: &[],
             },
             EventInfo {
                 name: "Cancel",
                 doc: "",
                 payload: Some("Reason"),
+                renamed_from: &[],
             },
             EventInfo {
                 name: "Deliver",
                 doc: "",
                 payload: None,
+                renamed_from: &[],
             },
         ],
         edges: &[

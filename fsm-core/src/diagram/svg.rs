@@ -48,10 +48,10 @@ const START_SIZE: f64 = 14.;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
 ///     ],
-///     events: &[EventInfo { name: "Lock", doc: "", payload: None }],
+///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
 ///         on: On::Event("Lock"),
@@ -188,12 +188,14 @@ mod tests {
                     doc: "",
                     initial: true,
                     terminal: false,
+                    renamed_from: &[],
                 },
                 StateInfo {
                     name: "On",
                     doc: "",
                     initial: false,
                     terminal: false,
+                    renamed_from: &[],
                 },
             ],
             events: &[],

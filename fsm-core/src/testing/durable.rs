@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{EXPIRY_EDGE, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
+use super::{EXPIRY, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
 use crate::{
     BoxError, Command, Delivery, DispatchOptions, DispatchReport, Dispatcher, DurableStore,
     EffectId, Error, Outcome, Store, Trigger,
@@ -219,13 +219,7 @@ pub async fn timer_fires_as_a_transition_at_its_version<F: DurableFixture>(h: &F
         (transition.version, transition.from, transition.to),
         (1, OrderState::Created, OrderState::Expired)
     );
-    assert!(matches!(
-        transition.event,
-        Trigger::Timer {
-            edge: EXPIRY_EDGE,
-            ..
-        }
-    ));
+    assert!(matches!(transition.event, Trigger::Timer { after: EXPIRY }));
     let history = store.history::<Order>(ID).await.unwrap();
     assert_eq!(history.len(), 1);
     assert!(

@@ -106,17 +106,20 @@ impl StateMachine for Meter {
             doc: "",
             initial: true,
             terminal: false,
+            renamed_from: &[],
         }],
         events: &[
             EventInfo {
                 name: "Record",
                 doc: "",
                 payload: Some("Sample"),
+                renamed_from: &[],
             },
             EventInfo {
                 name: "Burst",
                 doc: "",
                 payload: Some("u32"),
+                renamed_from: &[],
             },
         ],
         edges: &[

@@ -225,36 +225,42 @@ const STATES: &[StateInfo] = &[
         doc: "",
         initial: true,
         terminal: false,
+        renamed_from: &[],
     },
     StateInfo {
         name: "Paid",
         doc: "",
         initial: false,
         terminal: false,
+        renamed_from: &[],
     },
     StateInfo {
         name: "Shipped",
         doc: "",
         initial: false,
         terminal: false,
+        renamed_from: &[],
     },
     StateInfo {
         name: "Delivered",
         doc: "",
         initial: false,
         terminal: true,
+        renamed_from: &[],
     },
     StateInfo {
         name: "Cancelled",
         doc: "",
         initial: false,
         terminal: true,
+        renamed_from: &[],
     },
     StateInfo {
         name: "Expired",
         doc: "",
         initial: false,
         terminal: true,
+        renamed_from: &[],
     },
 ];
 
@@ -263,26 +269,31 @@ const EVENTS: &[EventInfo] = &[
         name: "Pay",
         doc: "",
         payload: Some("Payment"),
+        renamed_from: &[],
     },
     EventInfo {
         name: "Cancel",
         doc: "",
         payload: None,
+        renamed_from: &[],
     },
     EventInfo {
         name: "Ship",
         doc: "",
         payload: None,
+        renamed_from: &[],
     },
     EventInfo {
         name: "Deliver",
         doc: "",
         payload: None,
+        renamed_from: &[],
     },
     EventInfo {
         name: "Annotate",
         doc: "",
         payload: Some("Note"),
+        renamed_from: &[],
     },
 ];
 

@@ -51,6 +51,14 @@ pub(crate) mod sealed {
         /// The statements, with parameters in the shared order.
         const SQL: Statements;
 
+        /// The id column as the listings compare and order it: byte by byte.
+        const BYTE_ORDERED_ID: &'static str = "machine_id";
+
+        /// The `n`th (from 1) placeholder of a statement built at run time.
+        fn placeholder(_n: usize) -> String {
+            "?".to_owned()
+        }
+
         /// Connection options as [`SqlStore::connect`](crate::SqlStore::connect) sets
         /// them from a URL.
         fn tune(options: ConnectOptionsOf<Self>) -> ConnectOptionsOf<Self> {
@@ -172,13 +180,14 @@ pub struct Statements {
     pub dead_effects: &'static str,
     /// Binds: available at, machine, id, version, seq.
     pub requeue: &'static str,
-    /// Binds: machine, id, version, edge.
+    /// Binds: machine, id, version, delay in ms.
     pub delete_timer: &'static str,
     /// Leases due outbox rows, returning machine id, version, seq, effect, attempts, last
     /// error. Binds: machine, now, lease until, limit (MySQL: its locking `SELECT`, whose
     /// third bind is now).
     pub claim_effects: &'static str,
-    /// Leases due timers, returning machine id, version, edge. Binds as `claim_effects`.
+    /// Leases due timers, returning machine id, version, state, delay in ms. Binds as
+    /// `claim_effects`.
     pub claim_timers: &'static str,
 }
 
@@ -189,16 +198,18 @@ pub(crate) type ConnectOptionsOf<D> = <<D as Database>::Connection as sqlx::Conn
 #[derive(Debug)]
 pub struct Steps {
     /// Inserts an instance, doing nothing or failing on a unique violation when it
-    /// exists. Binds: machine, id, state, context, init fingerprint, created, updated.
+    /// exists. Binds: machine, id, state, context, init fingerprint, created, updated,
+    /// entered.
     pub insert: &'static str,
-    /// The compare-and-set. Binds: state, version, context, updated, machine, id,
-    /// expected version, then the claimed state (or NULL), again, and the claimed
-    /// context: a write decided on a caller's snapshot also checks what it claims.
+    /// The compare-and-set. Binds: state, version, context, updated, entered (NULL for a
+    /// self-loop), machine, id, expected version, then the claimed state (or NULL),
+    /// again, and the claimed context: a write decided on a caller's snapshot also
+    /// checks what it claims.
     pub compare_and_set: &'static str,
     /// The history row. Binds: machine, id, version, from, event, trigger, to, key,
     /// fingerprint, at.
     pub record: &'static str,
-    /// Binds: machine, id, version, edge, due.
+    /// Binds: machine, id, version, state, delay in ms, due.
     pub arm_timer: &'static str,
 }
 
@@ -237,6 +248,7 @@ pub enum Arg<'a> {
     Text(&'a str),
     MaybeText(Option<&'a str>),
     Int(i64),
+    MaybeInt(Option<i64>),
     Small(i32),
     Bytes(&'a [u8]),
     MaybeBytes(Option<&'a [u8]>),
@@ -303,6 +315,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, D>,
     for<'q> Option<&'q [u8]>: Encode<'q, D>,
     for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D>,
     for<'q> i32: Encode<'q, D> + Type<D>,
     for<'r> String: Decode<'r, D> + Type<D>,
     for<'r> Vec<u8>: Decode<'r, D> + Type<D>,
@@ -314,6 +327,7 @@ where
             Arg::Text(v) => query.bind(v),
             Arg::MaybeText(v) => query.bind(v),
             Arg::Int(v) => query.bind(v),
+            Arg::MaybeInt(v) => query.bind(v),
             Arg::Small(v) => query.bind(v),
             Arg::Bytes(v) => query.bind(v),
             Arg::MaybeBytes(v) => query.bind(v),
@@ -467,13 +481,14 @@ pub(crate) fn claimed_effect<D: Backend>(
     })
 }
 
-/// A timer row as selected (machine id, version, edge).
+/// A timer row as selected (machine id, version, state, delay in ms).
 pub(crate) fn timer_row<D: Backend>(machine: &'static str, row: &D::Row) -> Result<TimerRow> {
     let decode = || -> sqlx::Result<TimerRow> {
         Ok(TimerRow {
             machine_id: D::text(row, 0)?,
             version: D::int(row, 1)?,
-            edge: D::small(row, 2)?,
+            from_state: D::string(row, 2)?,
+            after_ms: D::int(row, 3)?,
         })
     };
     decode().map_err(|e| undecodable(machine, "-", "fsm_timers", &e))
@@ -525,6 +540,7 @@ mod transaction {
             Arg::Bytes(&new.init_fingerprint),
             Arg::Int(new.at_ms),
             Arg::Int(new.at_ms),
+            Arg::Int(new.at_ms),
         ];
         let inserted = match D::run(&mut tx, steps::<D>().insert, &args).await {
             Ok(result) => D::rows_affected(&result) == 1,
@@ -534,7 +550,7 @@ mod transaction {
         if !inserted {
             return Ok(false);
         }
-        arm::<D>(&mut tx, new.machine, new.id, 0, &new.timers)
+        arm::<D>(&mut tx, new.machine, new.id, 0, new.state, &new.timers)
             .await
             .map_err(&failed)?;
         tx.commit().await.map_err(&failed)?;
@@ -572,6 +588,7 @@ mod transaction {
             Arg::Int(w.version),
             Arg::Text(&w.context),
             Arg::Int(w.at_ms),
+            Arg::MaybeInt(w.entered_at),
             Arg::Text(w.machine),
             Arg::Text(w.id),
             Arg::Int(w.expected),
@@ -602,7 +619,7 @@ mod transaction {
             other => other.map_err(&failed)?,
         };
         queue_effects::<D>(conn, w).await.map_err(&failed)?;
-        arm::<D>(conn, w.machine, w.id, w.version, &w.timers)
+        arm::<D>(conn, w.machine, w.id, w.version, w.to_state, &w.timers)
             .await
             .map_err(&failed)?;
         Ok(WriteOutcome::Committed)
@@ -669,12 +686,13 @@ pub(crate) async fn consume_token<D: Backend>(
     Ok(!consumed.is_empty())
 }
 
-/// Arms `timers` for the instance at `version`, one statement each.
+/// Arms `timers` for the instance entering `state` at `version`, one statement each.
 pub(crate) async fn arm<D: Backend>(
     conn: &mut D::Connection,
     machine: &str,
     id: &str,
     version: i64,
+    state: &str,
     timers: &[crate::engine::rows::PendingTimer],
 ) -> sqlx::Result<()> {
     for timer in timers {
@@ -682,7 +700,8 @@ pub(crate) async fn arm<D: Backend>(
             Arg::Text(machine),
             Arg::Text(id),
             Arg::Int(version),
-            Arg::Small(timer.edge),
+            Arg::Text(state),
+            Arg::Int(timer.after_ms),
             Arg::Int(timer.due_at),
         ];
         D::run(conn, steps::<D>().arm_timer, &args).await?;

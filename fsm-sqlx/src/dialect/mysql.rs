@@ -36,14 +36,14 @@ UPDATE fsm_outbox SET lease_until = ?,
 WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
 
 const DUE_TIMERS: &str = "\
-SELECT machine_id, version, edge FROM fsm_timers
+SELECT machine_id, version, from_state, after_ms FROM fsm_timers
 WHERE machine_type = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
 ORDER BY due_at LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
 const LEASE_TIMER: &str = "\
 UPDATE fsm_timers SET lease_until = ?
-WHERE machine_type = ? AND machine_id = ? AND version = ? AND edge = ?";
+WHERE machine_type = ? AND machine_id = ? AND version = ? AND after_ms = ?";
 
 impl Dialect for MySql {}
 
@@ -68,10 +68,11 @@ RETURNING token",
             // UPDATE` cannot tell inserted from existing under CLIENT_FOUND_ROWS.
             insert: "\
 INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
             compare_and_set: "\
-UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?
+UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?,
+  entered_at = COALESCE(?, entered_at)
 WHERE machine_type = ? AND machine_id = ? AND version = ?
   AND (? IS NULL OR (state = ? AND CAST(context AS BINARY) = CAST(? AS BINARY)))",
             record: "\
@@ -79,7 +80,8 @@ INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             arm_timer: "\
-INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) VALUES (?, ?, ?, ?, ?)",
+INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+VALUES (?, ?, ?, ?, ?, ?)",
         }),
         history: "\
 SELECT version, from_state, trigger_json, to_state, idem_key, fingerprint, at
@@ -109,7 +111,7 @@ WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND dead",
         claim_effects: DUE_EFFECTS,
         claim_timers: DUE_TIMERS,
         delete_timer: "\
-DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ? AND edge = ?",
+DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ? AND after_ms = ?",
     };
 
     fn migrator() -> &'static Migrator {
@@ -198,7 +200,7 @@ DELETE FROM fsm_timers WHERE machine_type = ? AND machine_id = ? AND version = ?
                 Arg::Text(machine),
                 Arg::Text(&timer.machine_id),
                 Arg::Int(timer.version),
-                Arg::Small(timer.edge),
+                Arg::Int(timer.after_ms),
             ];
             MySql::run(&mut tx, LEASE_TIMER, &lease)
                 .await

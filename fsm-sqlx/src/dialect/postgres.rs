@@ -31,14 +31,14 @@ WHERE m.machine_type = $3 AND m.machine_id = $4";
 const INSERT: &str = "\
 WITH inserted AS (
     INSERT INTO fsm_machines
-      (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-    VALUES ($1, $2, $3, 0, $4, $5, $6, $7)
+      (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+    VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $7)
     ON CONFLICT (machine_type, machine_id) DO NOTHING
-    RETURNING machine_type, machine_id
+    RETURNING machine_type, machine_id, state
 ), armed AS (
-    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
-    SELECT i.machine_type, i.machine_id, 0, t.edge, t.due_at
-    FROM inserted i, unnest($8::int4[], $9::int8[]) AS t(edge, due_at)
+    INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+    SELECT i.machine_type, i.machine_id, 0, i.state, t.after_ms, t.due_at
+    FROM inserted i, unnest($8::int8[], $9::int8[]) AS t(after_ms, due_at)
 )
 SELECT count(*) FROM inserted";
 
@@ -46,7 +46,8 @@ SELECT count(*) FROM inserted";
 // nothing when the compare-and-set missed. The result is the number of rows updated.
 const WRITE: &str = "\
 WITH updated AS (
-    UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7
+    UPDATE fsm_machines SET state = $4, version = $5, context = $6, updated_at = $7,
+      entered_at = COALESCE($18, entered_at)
     WHERE machine_type = $1 AND machine_id = $2 AND version = $3
       AND ($16::text IS NULL OR (state = $16 AND context = $17))
     RETURNING machine_type, machine_id, version, state, updated_at
@@ -60,9 +61,9 @@ WITH updated AS (
     SELECT u.machine_type, u.machine_id, u.version, e.seq - 1, e.effect, u.updated_at
     FROM updated u, unnest($13::text[]) WITH ORDINALITY AS e(effect, seq)
 ), armed AS (
-    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
-    SELECT u.machine_type, u.machine_id, u.version, t.edge, t.due_at
-    FROM updated u, unnest($14::int4[], $15::int8[]) AS t(edge, due_at)
+    INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, u.state, t.after_ms, t.due_at
+    FROM updated u, unnest($14::int8[], $15::int8[]) AS t(after_ms, due_at)
 )
 SELECT count(*) FROM updated";
 
@@ -84,13 +85,13 @@ RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error, o.
 const CLAIM_TIMERS: &str = "\
 UPDATE fsm_timers o SET lease_until = $3
 FROM (
-  SELECT machine_type, machine_id, version, edge FROM fsm_timers
+  SELECT machine_type, machine_id, version, after_ms FROM fsm_timers
   WHERE machine_type = $1 AND due_at <= $2 AND (lease_until IS NULL OR lease_until <= $2)
   ORDER BY due_at LIMIT $4
   FOR UPDATE SKIP LOCKED) due
 WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
-  AND o.version = due.version AND o.edge = due.edge
-RETURNING o.machine_id, o.version, o.edge";
+  AND o.version = due.version AND o.after_ms = due.after_ms
+RETURNING o.machine_id, o.version, o.from_state, o.after_ms";
 
 impl Dialect for Postgres {}
 
@@ -137,8 +138,15 @@ WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND de
         claim_effects: CLAIM_EFFECTS,
         claim_timers: CLAIM_TIMERS,
         delete_timer: "\
-DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND edge = $4",
+DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND after_ms = $4",
     };
+
+    // The listing indexes collate ids "C"; comparing under the same collation uses them.
+    const BYTE_ORDERED_ID: &'static str = "machine_id COLLATE \"C\"";
+
+    fn placeholder(n: usize) -> String {
+        format!("${n}")
+    }
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -198,8 +206,8 @@ DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version =
     }
 }
 
-fn timer_columns(timers: &[PendingTimer]) -> (Vec<i32>, Vec<i64>) {
-    timers.iter().map(|t| (t.edge, t.due_at)).unzip()
+fn timer_columns(timers: &[PendingTimer]) -> (Vec<i64>, Vec<i64>) {
+    timers.iter().map(|t| (t.after_ms, t.due_at)).unzip()
 }
 
 /// Runs the write statement on `conn`: the compare-and-set and everything it implies.
@@ -223,6 +231,7 @@ async fn write_on(conn: &mut PgConnection, w: &TransitionWrite<'_>) -> Result<Wr
         .bind(&timers.1)
         .bind(w.claimed.as_ref().map(|c| c.state))
         .bind(w.claimed.as_ref().map(|c| c.context.as_str()))
+        .bind(w.entered_at)
         .fetch_one(conn)
         .await;
     match written {

@@ -48,7 +48,7 @@ WHERE rowid IN (
   SELECT rowid FROM fsm_timers
   WHERE machine_type = ?1 AND due_at <= ?2 AND (lease_until IS NULL OR lease_until <= ?2)
   ORDER BY due_at LIMIT ?4)
-RETURNING machine_id, version, edge";
+RETURNING machine_id, version, from_state, after_ms";
 
 impl Dialect for Sqlite {}
 
@@ -64,19 +64,21 @@ RETURNING token",
         steps: Some(Steps {
             insert: "\
 INSERT INTO fsm_machines
-  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at)
-VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
+  (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8)
 ON CONFLICT (machine_type, machine_id) DO NOTHING",
             compare_and_set: "\
-UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4
-WHERE machine_type = ?5 AND machine_id = ?6 AND version = ?7
-  AND (?8 IS NULL OR (state = ?9 AND context = ?10))",
+UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4,
+  entered_at = COALESCE(?5, entered_at)
+WHERE machine_type = ?6 AND machine_id = ?7 AND version = ?8
+  AND (?9 IS NULL OR (state = ?10 AND context = ?11))",
             record: "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             arm_timer: "\
-INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         }),
         history: "\
 SELECT version, from_state, trigger_json, to_state, idem_key, fingerprint, at
@@ -106,7 +108,7 @@ WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND de
         claim_effects: CLAIM_EFFECTS,
         claim_timers: CLAIM_TIMERS,
         delete_timer: "\
-DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND edge = ?4",
+DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND after_ms = ?4",
     };
 
     fn tune(options: SqliteConnectOptions) -> SqliteConnectOptions {

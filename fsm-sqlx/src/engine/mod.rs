@@ -3,14 +3,15 @@
 //!
 //! Deciding stays in fsm-core's [`Prepared::apply`]; a dialect only moves rows.
 
+pub(crate) mod queries;
 pub(crate) mod rows;
 
 use sqlx::Pool;
 
-use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, timer_delay};
-use fsm_core::{
-    Created, EdgeIndex, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition,
-};
+use std::time::Duration;
+
+use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, timer_name};
+use fsm_core::{Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition};
 
 use crate::Concurrency;
 use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch};
@@ -326,26 +327,39 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
 /// Fires one due timer as a compare-and-set at the version it was armed with; a machine
 /// that moved on (or whose timer guard fails) makes it a no-op. The timer row is removed
 /// either way, after the transition commits, so a crash in between only re-runs a no-op.
+///
+/// A timer the definition does not know (its state dropped, its delay changed) and one
+/// of an instance that does not load are [`Error::Corrupt`] and stay: the caller skips
+/// them until their lease runs out.
 pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
     pool: &Pool<D>,
     timer: &TimerRow,
 ) -> Result<Option<Transition<M>>> {
     let machine = M::DEFINITION.name;
     let id = timer.machine_id.as_str();
-    let edge = EdgeIndex::try_from(timer.edge)
-        .ok()
-        .filter(|&edge| timer_delay::<M>(edge).is_some())
-        .ok_or_else(|| {
+    let after = u64::try_from(timer.after_ms)
+        .map(Duration::from_millis)
+        .map_err(|_| {
             Error::corrupt::<M>(
                 "fsm_timers",
                 id,
-                format!("{} is not a timer edge", timer.edge),
+                format!("negative delay {}", timer.after_ms),
             )
         })?;
     let fired = match read(pool, machine, id, KeyLookup::NONE).await? {
         Some((row, _)) if row.version == timer.version => {
+            if !M::DEFINITION.has_timer(&timer.from_state, after) {
+                return Err(Error::corrupt::<M>(
+                    "fsm_timers",
+                    id,
+                    format!(
+                        "the definition has no timer {}; kept",
+                        timer_name(&timer.from_state, after)
+                    ),
+                ));
+            }
             let snapshot = decode_machine::<M>(id, row)?;
-            let prepared = Prepared::<M>::timer(edge);
+            let prepared = Prepared::<M>::timer(after);
             match prepared.apply(&snapshot) {
                 Ok(applied) => {
                     let write = write_of(id, &prepared, &snapshot, true, &applied)?;
@@ -364,7 +378,7 @@ pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
         Arg::Text(machine),
         Arg::Text(id),
         Arg::Int(timer.version),
-        Arg::Small(timer.edge),
+        Arg::Int(timer.after_ms),
     ];
     crate::dialect::execute(pool, D::SQL.delete_timer, &args, || {
         format!("delete {machine} {id} timer")

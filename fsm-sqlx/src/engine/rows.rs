@@ -32,10 +32,11 @@ pub(crate) struct TransitionRow {
 /// What one keyed read returns: the instance and the transition recorded under the key.
 pub(crate) type InstanceRead = Option<(MachineRow, Option<TransitionRow>)>;
 
-/// A timer to arm on entering a state: the `after(..)` edge and when it is due.
+/// A timer to arm on entering a state: its delay (with the state, its name) and when it
+/// is due.
 #[derive(Debug, Clone, Copy)]
 pub struct PendingTimer {
-    pub edge: i32,
+    pub after_ms: i64,
     pub due_at: i64,
 }
 
@@ -56,7 +57,9 @@ pub struct NewMachine<'a> {
 pub struct TimerRow {
     pub machine_id: String,
     pub version: i64,
-    pub edge: i32,
+    /// The state it was armed in, as stored.
+    pub from_state: String,
+    pub after_ms: i64,
 }
 
 /// Every row of one transition, written with a compare-and-set on `expected`.
@@ -69,6 +72,9 @@ pub struct TransitionWrite<'a> {
     pub from_state: &'static str,
     pub to_state: &'static str,
     pub context: String,
+    /// When the instance enters `to_state`; `None` for a self-loop, which does not
+    /// re-enter.
+    pub entered_at: Option<i64>,
     /// The event's name (or `after(..)`), for people reading the table.
     pub event: String,
     /// The serialized [`Trigger`].
@@ -220,6 +226,7 @@ pub(crate) fn write_of<'a, M: StateMachine>(
         from_state: M::state_name(t.from),
         to_state: M::state_name(t.to),
         context: to_json::<M, _>(id, "context", &applied.snapshot.context)?,
+        entered_at: (t.from != t.to).then_some(t.at_ms as i64),
         event: t.event.label(),
         trigger: to_json::<M, _>(id, "event", &t.event)?,
         idem_key: prepared.stored_key(),
@@ -236,13 +243,19 @@ pub(crate) fn write_of<'a, M: StateMachine>(
     })
 }
 
-/// The timers to arm on entering `state` at `now`.
+/// The timers to arm on entering `state` at `now`: one per delay (edges sharing one are
+/// one timer, whose guards are tried in order when it fires).
 pub(crate) fn timers_of<M: StateMachine>(state: M::State, now: u64) -> Vec<PendingTimer> {
-    M::timer_edges(state)
-        .iter()
-        .map(|&edge| PendingTimer {
-            edge: i32::from(edge),
-            due_at: deadline(now, timer_delay::<M>(edge).unwrap_or_default()),
-        })
-        .collect()
+    let mut timers: Vec<PendingTimer> = Vec::new();
+    for &edge in M::timer_edges(state) {
+        let after = timer_delay::<M>(edge).unwrap_or_default();
+        let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        if timers.iter().all(|t| t.after_ms != after_ms) {
+            timers.push(PendingTimer {
+                after_ms,
+                due_at: deadline(now, after),
+            });
+        }
+    }
+    timers
 }

@@ -44,7 +44,7 @@ macro_rules! fault_tests {
             a_missing_last_history_row_is_corrupt,
             a_truncated_initial_fingerprint_is_corrupt,
             a_poison_outbox_row_does_not_stop_the_others,
-            a_timer_row_naming_no_timer_edge_does_not_stop_the_batch,
+            a_timer_the_definition_does_not_know_is_kept_and_does_not_stop_the_batch,
         }
     };
 }
@@ -402,7 +402,9 @@ pub(crate) async fn a_poison_outbox_row_does_not_stop_the_others<F: FaultFixture
 
 /// A timer row naming an edge that is not a timer is skipped and reported; the good
 /// timers of the same batch fire.
-pub(crate) async fn a_timer_row_naming_no_timer_edge_does_not_stop_the_batch<F: FaultFixture>(
+pub(crate) async fn a_timer_the_definition_does_not_know_is_kept_and_does_not_stop_the_batch<
+    F: FaultFixture,
+>(
     fixture: &F,
 ) {
     let store = fixture.store();
@@ -412,14 +414,32 @@ pub(crate) async fn a_timer_row_naming_no_timer_edge_does_not_stop_the_batch<F: 
     };
     store.create::<Order>("o-2", total).await.unwrap();
     fixture.exec("UPDATE fsm_timers SET due_at = 0").await;
+    // As if a deploy had changed the delay of o-1's pending timer from 30 min to 12.345 s.
     fixture
-        .exec("UPDATE fsm_timers SET edge = 0 WHERE machine_id = 'o-1'")
+        .exec("UPDATE fsm_timers SET after_ms = 12345 WHERE machine_id = 'o-1'")
         .await;
     let fired =
         fsm_core::DurableStore::fire_due_timers::<Order>(&*store, 10, Duration::from_secs(60))
             .await
             .expect("the batch goes on");
     assert_eq!(fired.len(), 1, "{fired:?}");
+    let kept = fsm_core::DurableStore::pending_timers::<Order>(&*store, ID)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.len(),
+        1,
+        "an unknown timer is kept, not deleted: {kept:?}"
+    );
+    assert_eq!(
+        (kept[0].state.as_str(), kept[0].after),
+        ("Created", Duration::from_millis(12_345))
+    );
+    let report = store.verify::<Order>().await.unwrap();
+    let unknown: Vec<_> = report.of_kind(fsm_core::UnknownKind::Timer).collect();
+    assert_eq!(unknown.len(), 1, "{report}");
+    assert_eq!(unknown[0].name, "Created + after(12345 ms)");
+    assert_eq!(unknown[0].sample_ids, [ID]);
     assert_eq!(fired[0].0, "o-2");
     assert_eq!(
         store.load::<Order>("o-2").await.unwrap().state,
