@@ -31,10 +31,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use super::evolution::a_changed_definition_reads_fires_and_reports_what_the_old_one_stored;
 use super::{EXPIRY, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState, Payment};
+use crate::kit::Settlement;
 use crate::{
     BoxError, Command, Delivery, DispatchOptions, DispatchReport, Dispatcher, DurableStore,
-    EffectId, Error, Outcome, Store, Trigger,
+    EffectId, EffectStatus, Error, Outcome, Store, Trigger,
 };
 
 /// A fresh durable store for one test, with the backdoors the specifications need.
@@ -82,6 +84,8 @@ macro_rules! durable_store_tests {
             a_handler_error_worded_like_a_decode_error_is_retried,
             eleven_thousand_effects_from_one_action_are_all_queued,
             key_kinds_never_share_a_slot,
+            a_changed_definition_reads_fires_and_reports_what_the_old_one_stored,
+            pending_timers_and_outbox_rows_of_one_instance,
         }
     };
 }
@@ -901,4 +905,72 @@ pub async fn key_kinds_never_share_a_slot<F: DurableFixture>(h: &F) {
             .is_duplicate()
     );
     assert_eq!(store.load::<Order>(ID).await.unwrap().version, 4);
+}
+
+/// One instance's pending timers and outbox rows, whatever their status, in order.
+pub async fn pending_timers_and_outbox_rows_of_one_instance<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    let armed = store.pending_timers::<Order>(ID).await.unwrap();
+    assert_eq!(armed.len(), 1, "{armed:?}");
+    assert_eq!(
+        (armed[0].state.as_str(), armed[0].after, armed[0].version),
+        ("Created", EXPIRY, 0)
+    );
+    assert!(armed[0].due_at_ms > crate::kit::now_ms());
+    store.fire(ID, pay()).await.unwrap();
+    store
+        .fire(ID, Command::new(OrderEvent::Cancel))
+        .await
+        .unwrap();
+    let claimed = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let settle = |n: usize, how| {
+        let store = store.clone();
+        let effect = claimed[n].clone();
+        async move { store.settle_effect("Order", &effect, how).await.unwrap() }
+    };
+    assert!(settle(0, Settlement::Done).await);
+    assert!(settle(1, Settlement::Dead { error: "refused" }).await);
+    let outbox = store.outbox::<Order>(ID).await.unwrap();
+    let rows: Vec<_> = outbox
+        .iter()
+        .map(|e| {
+            (
+                e.id.version,
+                e.id.seq,
+                e.status,
+                e.effect.clone(),
+                e.attempts,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                1,
+                0,
+                EffectStatus::Done,
+                Some(OrderEffect::Charge { cents: 500 }),
+                1
+            ),
+            (
+                2,
+                0,
+                EffectStatus::Dead,
+                Some(OrderEffect::Refund { cents: 500 }),
+                1
+            ),
+        ]
+    );
+    assert!(outbox[0].done_at_ms.is_some() && outbox[1].done_at_ms.is_none());
+    assert_eq!(outbox[1].last_error.as_deref(), Some("refused"));
+    assert!(
+        store
+            .outbox::<Order>("no-such-order")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

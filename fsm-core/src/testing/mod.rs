@@ -38,10 +38,20 @@ use crate::{
 };
 
 pub mod durable;
+mod evolution;
 mod meter;
+mod queries;
 
 pub use durable::DurableFixture;
+pub use evolution::{
+    ParcelV1, ParcelV1Event, ParcelV1State, ParcelV2, ParcelV2Event, ParcelV2State,
+};
 pub use meter::{Meter, MeterData, MeterEffect, MeterEvent, MeterState, Sample, nested};
+pub use queries::{
+    counts_per_state_equal_a_full_scan, entered_before_finds_instances_by_time_in_their_state,
+    foreign_cursors_and_bad_limits_are_invalid_queries, id_prefix_lists_matching_ids_in_byte_order,
+    listing_pages_every_steady_match_exactly_once_while_8_tasks_fire,
+};
 
 /// A fresh store for one conformance test, and how to clean it up afterwards.
 pub trait Fixture: Send + Sized + 'static {
@@ -94,6 +104,11 @@ macro_rules! store_conformance_tests {
             values_nested_past_what_json_reads_back_are_refused,
             an_action_result_that_cannot_be_stored_changes_nothing,
             an_action_that_panics_changes_nothing,
+            listing_pages_every_steady_match_exactly_once_while_8_tasks_fire,
+            counts_per_state_equal_a_full_scan,
+            entered_before_finds_instances_by_time_in_their_state,
+            id_prefix_lists_matching_ids_in_byte_order,
+            foreign_cursors_and_bad_limits_are_invalid_queries,
         }
     };
 }
