@@ -165,14 +165,29 @@ async fn scan<D: Dialect>(
         .collect()
 }
 
-/// `count_by_state`: one grouped scan of the state index.
+/// `count_by_state`: the distinct states found by skipping through the state index (one
+/// probe per state, a "loose index scan"), then one index-only count per state; never a
+/// scan of the table.
 pub(crate) async fn count_by_state<D: Dialect, M: StateMachine>(
     pool: &Pool<D>,
 ) -> Result<StateCounts<M>> {
     let machine = M::DEFINITION.name;
-    let mut s =
-        Statement::<D>::new("SELECT state, COUNT(*) FROM fsm_machines WHERE machine_type = ");
-    s.bind(Arg::Text(machine)).push(" GROUP BY state");
+    let mut s = Statement::<D>::new(
+        "WITH RECURSIVE states (state) AS (\
+         SELECT MIN(state) FROM fsm_machines WHERE machine_type = ",
+    );
+    s.bind(Arg::Text(machine))
+        .push(
+            " UNION ALL SELECT (SELECT MIN(m.state) FROM fsm_machines m \
+             WHERE m.machine_type = ",
+        )
+        .bind(Arg::Text(machine))
+        .push(
+            " AND m.state > s.state) FROM states s WHERE s.state IS NOT NULL) \
+             SELECT s.state, (SELECT COUNT(*) FROM fsm_machines m WHERE m.machine_type = ",
+        )
+        .bind(Arg::Text(machine))
+        .push(" AND m.state = s.state) FROM states s WHERE s.state IS NOT NULL");
     let rows = s.rows(pool, || format!("count {machine} by state")).await?;
     let counts = rows
         .iter()
