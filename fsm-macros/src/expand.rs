@@ -138,13 +138,15 @@ pub(crate) fn marker(m: &Machine, names: &Names, doc: &str) -> TokenStream {
 /// `OrderState`: one fieldless variant per state.
 pub(crate) fn state_enum(m: &Machine, names: &Names) -> TokenStream {
     let machine = name(&m.name);
+    let former = accepted_former(m.states.iter().map(|s| (&s.name, &s.renamed_from[..])));
     let variants: Vec<Variant> = m
         .states
         .iter()
-        .map(|s| Variant {
+        .zip(former)
+        .map(|(s, renamed_from)| Variant {
             ident: &s.name,
             docs: docs_or(&s.docs, format!("The `{}` state.", name(&s.name))),
-            renamed_from: &s.renamed_from,
+            renamed_from,
         })
         .collect();
     let doc = format!("A state of the [`{machine}`] machine.");
@@ -161,14 +163,20 @@ pub(crate) fn event_enums(m: &Machine, names: &Names) -> TokenStream {
         .iter()
         .map(|e| docs_or(&e.docs, format!("The `{}` event.", name(&e.name))))
         .collect();
-    let variants = m.events.iter().zip(&docs).map(|(e, docs)| {
-        let variant = &e.name;
-        let aliases = serde_aliases(&e.renamed_from);
-        match e.payload() {
-            Some(ty) => quote!(#docs #aliases #variant(#ty)),
-            None => quote!(#docs #aliases #variant),
-        }
-    });
+    let former = accepted_former(m.events.iter().map(|e| (&e.name, &e.renamed_from[..])));
+    let variants = m
+        .events
+        .iter()
+        .zip(&docs)
+        .zip(&former)
+        .map(|((e, docs), former)| {
+            let variant = &e.name;
+            let aliases = serde_aliases(former);
+            match e.payload() {
+                Some(ty) => quote!(#docs #aliases #variant(#ty)),
+                None => quote!(#docs #aliases #variant),
+            }
+        });
     let kind_arms = m.events.iter().map(|e| {
         let variant = &e.name;
         let pattern = match e.payload() {
@@ -181,10 +189,11 @@ pub(crate) fn event_enums(m: &Machine, names: &Names) -> TokenStream {
         .events
         .iter()
         .zip(docs.iter().cloned())
-        .map(|(e, docs)| Variant {
+        .zip(former.iter().cloned())
+        .map(|((e, docs), renamed_from)| Variant {
             ident: &e.name,
             docs,
-            renamed_from: &e.renamed_from,
+            renamed_from,
         })
         .collect();
     let event_doc = format!("An event of the [`{machine}`] machine, with its payload.");
@@ -227,13 +236,33 @@ struct Variant<'a> {
     ident: &'a Ident,
     docs: TokenStream,
     /// Former names, still read by serde and `FromStr`.
-    renamed_from: &'a [Ident],
+    renamed_from: Vec<String>,
 }
 
 /// `#[serde(alias = "Old")]` for each former name.
-fn serde_aliases(renamed_from: &[Ident]) -> TokenStream {
-    let names = renamed_from.iter().map(name);
-    quote!(#(#[serde(alias = #names)])*)
+fn serde_aliases(renamed_from: &[String]) -> TokenStream {
+    quote!(#(#[serde(alias = #renamed_from)])*)
+}
+
+/// The former names of each entry that read as it: a name clashing with a current name
+/// or an earlier former name is a compile error already, and is left out here so that
+/// the error is not joined by unreachable-pattern warnings.
+fn accepted_former<'a>(
+    entries: impl Iterator<Item = (&'a Ident, &'a [Ident])> + Clone,
+) -> Vec<Vec<String>> {
+    let mut taken: Vec<String> = entries.clone().map(|(n, _)| name(n)).collect();
+    entries
+        .map(|(_, former)| {
+            let mut accepted = Vec::new();
+            for old in former.iter().map(name) {
+                if !taken.contains(&old) {
+                    taken.push(old.clone());
+                    accepted.push(old);
+                }
+            }
+            accepted
+        })
+        .collect()
 }
 
 /// A fieldless enum of names with `ALL`, `as_str`, `Display` and `FromStr`.
@@ -248,16 +277,15 @@ fn fieldless_enum(
     let machine = name(&m.name);
     let idents: Vec<&Ident> = variants.iter().map(|v| v.ident).collect();
     let docs = variants.iter().map(|v| {
-        let (docs, aliases) = (&v.docs, serde_aliases(v.renamed_from));
+        let (docs, aliases) = (&v.docs, serde_aliases(&v.renamed_from));
         quote!(#docs #aliases)
     });
     let names: Vec<String> = idents.iter().map(|v| name(v)).collect();
     let former = variants.iter().flat_map(|v| {
         let ident = v.ident;
-        v.renamed_from.iter().map(move |old| {
-            let old = name(old);
-            quote!(#old => ::core::result::Result::Ok(Self::#ident),)
-        })
+        v.renamed_from
+            .iter()
+            .map(move |old| quote!(#old => ::core::result::Result::Ok(Self::#ident),))
     });
     let count = idents.len();
     let all_doc = format!("Every {kind}, in order of first appearance in the machine.");

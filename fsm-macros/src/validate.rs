@@ -79,6 +79,7 @@ fn check_renames(m: &Machine, cx: &mut Ctxt) {
         [("state", states.collect()), ("event", events.collect())];
     for (kind, entries) in groups {
         let mut seen: Vec<(String, &Ident)> = Vec::new();
+        // (former name, the state or event that has it)
         for (current, old_names) in &entries {
             for old in old_names.iter() {
                 let old_name = name(old);
@@ -92,16 +93,16 @@ fn check_renames(m: &Machine, cx: &mut Ctxt) {
                         )
                     };
                     cx.error_spanned_by(old, message);
-                } else if let Some((_, first)) = seen.iter().find(|(n, _)| *n == old_name) {
+                } else if let Some((_, owner)) = seen.iter().find(|(n, _)| *n == old_name) {
                     cx.error_spanned_by(
                         old,
                         format!(
-                            "`{old_name}` is already listed in a `#[renamed_from]` (at `{first}`); \
+                            "`{old_name}` is already a former name of {kind} `{owner}`; \
                              a stored name must read as one {kind}"
                         ),
                     );
                 } else {
-                    seen.push((old_name, old));
+                    seen.push((old_name, current));
                 }
             }
         }
