@@ -618,8 +618,11 @@ impl Store for MemoryStore {
                     sample_ids: Vec::new(),
                 });
             unknown.count += 1;
-            if unknown.sample_ids.len() < 3 && !unknown.sample_ids.iter().any(|s| s == id) {
+            // The three smallest ids, as the database stores sample them.
+            if !unknown.sample_ids.iter().any(|s| s == id) {
                 unknown.sample_ids.push(id.to_owned());
+                unknown.sample_ids.sort();
+                unknown.sample_ids.truncate(3);
             }
         };
         if let Some((_, by_id)) = tables.instances.by_type.iter().find(|(m, _)| *m == machine) {

@@ -686,6 +686,20 @@ pub(crate) mod upgrade {
                 "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, \
                  available_at) VALUES ('Order', 'o-1', 1, 0, '{effect}', 2000)"
             ),
+            // o-2 waits for payment: its expiry timer names edge 7, by index. o-1's timer
+            // of version 0 is stale (o-1 moved on) and can never fire.
+            format!(
+                "INSERT INTO fsm_machines (machine_type, machine_id, state, version, context, \
+                 init_fingerprint, created_at, updated_at) \
+                 VALUES ('Order', 'o-2', 'Created', 0, '{created_context}', {init}, 1000, 1000)",
+                created_context = serde_json::to_string(&created).unwrap()
+            ),
+            "INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) \
+             VALUES ('Order', 'o-2', 0, 7, 1801000)"
+                .to_owned(),
+            "INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at) \
+             VALUES ('Order', 'o-1', 0, 7, 1801000)"
+                .to_owned(),
         ]
     }
 
@@ -736,6 +750,49 @@ pub(crate) mod upgrade {
         assert_eq!((pending[0].version, pending[0].seq), (1, 0));
         let effect: OrderEffect = serde_json::from_str(&pending[0].effect).unwrap();
         assert_eq!(effect, OrderEffect::Charge { cents: 500 });
+        // Timers are named by state and delay now: o-2's is its expiry; o-1's stale one
+        // was not carried over.
+        let armed = store.pending_timers::<Order>("o-2").await.unwrap();
+        assert_eq!(armed.len(), 1, "{armed:?}");
+        assert_eq!(
+            (
+                armed[0].state.as_str(),
+                armed[0].after,
+                armed[0].version,
+                armed[0].due_at_ms
+            ),
+            ("Created", fsm_core::testing::EXPIRY, 0, 1_801_000)
+        );
+        assert!(
+            store
+                .pending_timers::<Order>("o-1")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // When each entered its state: o-1 at its payment (the annotation is a self-loop),
+        // o-2 at its creation.
+        let paid = store
+            .list(&fsm_core::Query::<Order>::new().in_state(OrderState::Paid))
+            .await
+            .unwrap();
+        assert_eq!(paid.items.len(), 1);
+        assert_eq!(paid.items[0].entered_at_ms, 2000);
+        let waiting = store
+            .list(&fsm_core::Query::<Order>::new().in_state(OrderState::Created))
+            .await
+            .unwrap();
+        assert_eq!(waiting.items[0].entered_at_ms, 1000);
+        assert!(store.verify::<Order>().await.unwrap().is_clean());
+        let fired = store
+            .fire_due_timers::<Order>(10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(
+            (fired[0].0.as_str(), fired[0].1.to),
+            ("o-2", OrderState::Expired)
+        );
         let shipped = store
             .fire("o-1", Command::<Order>::new(OrderEvent::Ship))
             .await
