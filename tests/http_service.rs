@@ -72,7 +72,15 @@ impl Service {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = app::router(store.clone());
+        // One recorder per process: every service of this test binary reports to it.
+        static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+            std::sync::OnceLock::new();
+        let metrics = METRICS.get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the test binary's only recorder")
+        });
+        let router = app::with_metrics(app::router(store.clone()), metrics.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         Service {
@@ -704,4 +712,35 @@ async fn fifty_concurrent_posts_with_one_key_apply_exactly_once() {
         (json!("Paid"), json!(1))
     );
     assert_eq!(order["context"]["paid_cents"], 4200, "charged once");
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, 0 if absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_the_transitions_it_applies() {
+    let service = Service::start().await;
+    service.order("o-metrics").await;
+    let applied = r#"fsm_transitions_total{machine="Order",event="Pay",outcome="applied"}"#;
+    let illegal = r#"fsm_transitions_total{machine="Order",event="Deliver",outcome="illegal"}"#;
+    let before = service.get("/metrics").await;
+    assert_eq!(before.status, StatusCode::OK);
+    let paid = service.fire("o-metrics", Some("\"m-1\""), pay(4_200)).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    let deliver = service
+        .fire("o-metrics", Some("\"m-2\""), json!("Deliver"))
+        .await;
+    assert_eq!(deliver.status, StatusCode::CONFLICT);
+    let after = service.get("/metrics").await;
+    assert!(
+        sample(&after.text, applied) >= sample(&before.text, applied) + 1.0,
+        "{}",
+        after.text
+    );
+    assert!(sample(&after.text, illegal) >= sample(&before.text, illegal) + 1.0);
+    assert!(after.text.contains("fsm_fire_duration_seconds"));
 }

@@ -8,6 +8,7 @@
 //! | `GET /orders/{id}` | 200 snapshot `{id, state, version, context}`, 404 |
 //! | `GET /orders/{id}/history` | 200 array of transitions (versions 1..n), 404 |
 //! | `GET /orders/diagram.svg` | 200 `image/svg+xml` |
+//! | `GET /metrics` | 200 Prometheus text: fsm's `fsm_*` counters, histograms and gauges (added by [`with_metrics`]) |
 //!
 //! Status codes of `POST /orders/{id}/events` follow the IETF httpapi
 //! `Idempotency-Key` draft:
@@ -105,6 +106,21 @@ pub(crate) fn router<S: Store>(store: S) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Arc::new(App { store, diagram }))
+}
+
+/// `router` with `GET /metrics`: what the recorder behind `handle` has gathered, as
+/// Prometheus text.
+pub(crate) fn with_metrics(
+    router: Router,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    router.route(
+        "/metrics",
+        get(move || {
+            let text = handle.render();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        }),
+    )
 }
 
 /// [`Path`], rejecting with a [`Problem`] (e.g. 400 for `/orders/%FF`).

@@ -22,6 +22,7 @@
 //! curl localhost:3000/orders/o-1
 //! curl localhost:3000/orders/o-1/history
 //! curl -o order.svg localhost:3000/orders/diagram.svg
+//! curl localhost:3000/metrics | grep fsm_transitions_total
 //! ```
 //!
 //! Routes and status codes are listed in `app.rs`; every error, axum's own rejections
@@ -79,6 +80,13 @@ impl Args {
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     let args = Args::parse()?;
+    // Logs, fsm's spans included: RUST_LOG=fsm=debug for every operation.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         None => {
             if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -133,7 +141,9 @@ async fn serve<S: Store>(store: S, addr: SocketAddr) -> Result<(), Failure> {
     println!("  POST {url}/orders                  {{\"id\":\"o-1\",\"total_cents\":4200}}");
     println!("  POST {url}/orders/{{id}}/events     Idempotency-Key + {{\"Pay\":{{...}}}}");
     println!("  GET  {url}/orders/{{id}}  {url}/orders/{{id}}/history  {url}/orders/diagram.svg");
-    axum::serve(listener, app::router(store))
+    println!("  GET  {url}/metrics                 Prometheus text");
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    axum::serve(listener, app::with_metrics(app::router(store), metrics))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     println!("stopped");

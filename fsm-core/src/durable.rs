@@ -117,6 +117,18 @@ pub trait DurableStore: Store + Clone {
         settlement: Settlement<'_>,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// How many outbox rows of `machine` wait for delivery, and how many are dead
+    /// letters (the [`Dispatcher`](crate::Dispatcher) reports them as the gauges
+    /// `fsm_outbox_pending` and `fsm_outbox_dead`).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn outbox_depth(
+        &self,
+        machine: &'static str,
+    ) -> impl Future<Output = Result<OutboxDepth>> + Send;
+
     /// The timers armed for instance `id` that are still pending, soonest first (the
     /// timers of versions the instance has left included: they fire as no-ops).
     ///
@@ -137,6 +149,15 @@ pub trait DurableStore: Store + Clone {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Vec<OutboxEntry<M::Effect>>>> + Send;
+}
+
+/// What [`DurableStore::outbox_depth`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxDepth {
+    /// Rows waiting for delivery (leased ones included).
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
 }
 
 /// A pending timer of one instance.
@@ -272,6 +293,9 @@ pub struct ClaimedEffect {
     pub claim: u64,
     /// The last handler error, if any.
     pub last_error: Option<String>,
+    /// When the row became claimable (its emission, or the end of its retry backoff),
+    /// ms since the Unix epoch.
+    pub available_at_ms: u64,
 }
 
 impl ClaimedEffect {

@@ -14,6 +14,7 @@
 //!   [`Dispatcher`] and a [`TimerWorker`].
 //! * [`diagram`]: Mermaid, Graphviz DOT and SVG renderings of a definition.
 //! * [`kit`]: what only store implementations need.
+//! * [`observe`]: the spans and metrics every store reports.
 //! * `testing` (feature `testing`): the conformance suites every store passes.
 //!
 //! # Examples
@@ -39,6 +40,7 @@ mod error;
 pub mod kit;
 mod machine;
 mod memory;
+pub mod observe;
 mod query;
 mod storable;
 mod store;
@@ -49,7 +51,8 @@ mod worker;
 pub use command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN};
 pub use definition::{Definition, Edge, EventInfo, On, StateInfo, format_duration};
 pub use durable::{
-    ArmedTimer, DeadLetter, Delivery, DurableStore, EffectId, EffectStatus, OutboxEntry,
+    ArmedTimer, DeadLetter, Delivery, DurableStore, EffectId, EffectStatus, OutboxDepth,
+    OutboxEntry,
 };
 pub use error::{BoxError, Error, Result, UnknownName};
 pub use machine::{

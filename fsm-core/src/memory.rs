@@ -32,14 +32,15 @@ use std::time::Duration;
 
 use crate::command::{Command, Fingerprint, IdempotencyKey, fingerprint};
 use crate::durable::{
-    ArmedTimer, ClaimedEffect, DeadLetter, DurableStore, EffectId, EffectStatus, OutboxEntry,
-    Settlement,
+    ArmedTimer, ClaimedEffect, DeadLetter, DurableStore, EffectId, EffectStatus, OutboxDepth,
+    OutboxEntry, Settlement,
 };
 use crate::error::{Error, Result};
 use crate::kit::{
     ListedRow, check_id, check_storable, millis, new_token, now_ms, timer_delay, timer_name,
 };
 use crate::machine::{StateMachine, Trigger};
+use crate::observe;
 use crate::query::{Page, Query, StateCounts, Unknown, UnknownKind, VerifyReport};
 use crate::store::{Created, Outcome, Prepared, Snapshot, Store, Transition};
 
@@ -444,6 +445,7 @@ fn listed_row(id: &str, entry: &Entry, state: &str) -> ListedRow {
 
 impl Store for MemoryStore {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
+        let _span = observe::instance_span("fsm.create", M::DEFINITION.name, id).entered();
         check_id::<M>(id)?;
         check_storable::<M, _>(id, "context", &context)?;
         let initial =
@@ -490,13 +492,19 @@ impl Store for MemoryStore {
     }
 
     async fn load<M: StateMachine>(&self, id: &str) -> Result<Snapshot<M>> {
+        let _span = observe::instance_span("fsm.load", M::DEFINITION.name, id).entered();
         self.with_entry::<M, _>(id, |entry| Ok(entry.snapshot(id)))
     }
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
-        let prepared = Prepared::new(id, command)?;
-        self.fire_from(id, &prepared, false)
-            .map(|(outcome, _)| outcome)
+        let event = M::event_name(&command.event);
+        let span = observe::fire_span::<M>(id, event, command.key.as_ref());
+        observe::fire(span, event, async {
+            let prepared = Prepared::new(id, command)?;
+            self.fire_from(id, &prepared, false)
+                .map(|(outcome, _)| outcome)
+        })
+        .await
     }
 
     async fn fire_with<M: StateMachine>(
@@ -504,15 +512,21 @@ impl Store for MemoryStore {
         snapshot: &mut Snapshot<M>,
         command: Command<M>,
     ) -> Result<Outcome<M>> {
-        let prepared = Prepared::new(&snapshot.id, command)?;
-        let (outcome, current) = self.fire_from(&snapshot.id, &prepared, true)?;
-        if let Some(current) = current {
-            *snapshot = current;
-        }
-        Ok(outcome)
+        let event = M::event_name(&command.event);
+        let span = observe::fire_span::<M>(&snapshot.id, event, command.key.as_ref());
+        observe::fire(span, event, async {
+            let prepared = Prepared::new(&snapshot.id, command)?;
+            let (outcome, current) = self.fire_from(&snapshot.id, &prepared, true)?;
+            if let Some(current) = current {
+                *snapshot = current;
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
+        let _span = observe::instance_span("fsm.history", M::DEFINITION.name, id).entered();
         check_id::<M>(id)?;
         let mut tables = self.lock();
         let entry = tables
@@ -529,6 +543,7 @@ impl Store for MemoryStore {
     }
 
     async fn list<M: StateMachine>(&self, query: &Query<M>) -> Result<Page<M>> {
+        let _span = observe::machine_span("fsm.list", M::DEFINITION.name).entered();
         let plan = query.plan(self.now())?;
         let mut tables = self.lock();
         let Some(by_id) = tables.instances.of_type(M::DEFINITION.name) else {
@@ -581,6 +596,7 @@ impl Store for MemoryStore {
     }
 
     async fn count_by_state<M: StateMachine>(&self) -> Result<StateCounts<M>> {
+        let _span = observe::machine_span("fsm.count_by_state", M::DEFINITION.name).entered();
         let mut tables = self.lock();
         let Some(by_id) = tables.instances.of_type(M::DEFINITION.name) else {
             return Ok(StateCounts::from_stored([]));
@@ -595,6 +611,7 @@ impl Store for MemoryStore {
     }
 
     async fn verify<M: StateMachine>(&self) -> Result<VerifyReport> {
+        let _span = observe::machine_span("fsm.verify", M::DEFINITION.name).entered();
         let tables = self.lock();
         let machine = M::DEFINITION.name;
         let definition = M::DEFINITION;
@@ -728,10 +745,17 @@ impl DurableStore for MemoryStore {
                 continue;
             }
             let prepared = Prepared::<M>::timer(after);
+            let due_at = timers[&key].due_at;
             let result = entry.commit(id, &prepared, now, outbox, timers);
             timers.remove(&key);
             match result {
-                Ok(transition) => fired.push((key.1, transition)),
+                Ok(transition) => {
+                    observe::timer_fired(
+                        machine,
+                        Duration::from_millis(now.saturating_sub(due_at)),
+                    );
+                    fired.push((key.1, transition));
+                }
                 Err(Error::IllegalTransition { .. } | Error::GuardRejected { .. }) => {}
                 Err(err) => return Err(err),
             }
@@ -844,6 +868,24 @@ impl DurableStore for MemoryStore {
         Ok(true)
     }
 
+    async fn outbox_depth(&self, machine: &'static str) -> Result<OutboxDepth> {
+        let tables = self.lock();
+        let mut depth = OutboxDepth::default();
+        for row in tables
+            .outbox
+            .iter()
+            .filter(|((m, ..), _)| *m == machine)
+            .map(|(_, row)| row)
+        {
+            match (row.dead, row.done_at) {
+                (true, _) => depth.dead += 1,
+                (false, None) => depth.pending += 1,
+                (false, Some(_)) => {}
+            }
+        }
+        Ok(depth)
+    }
+
     async fn pending_timers<M: StateMachine>(&self, id: &str) -> Result<Vec<ArmedTimer>> {
         check_id::<M>(id)?;
         let tables = self.lock();
@@ -915,6 +957,7 @@ fn claimed((_, id, version, seq): &EffectKey, row: &OutboxRow) -> ClaimedEffect 
         attempts: row.attempts,
         claim: row.claims,
         last_error: row.last_error.clone(),
+        available_at_ms: row.available_at,
     }
 }
 

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::durable::{ClaimedEffect, Delivery, DurableStore, Settlement};
 use crate::error::{BoxError, Error, Result};
 use crate::machine::StateMachine;
+use crate::observe;
 
 /// Runs `pass` until `shutdown` is cancelled, pausing `idle` whenever a pass found
 /// nothing to do (`pass` returns `true` then). A pass in progress finishes first.
@@ -129,7 +130,13 @@ enum Failure {
 pub struct Dispatcher<S> {
     store: S,
     options: DispatchOptions,
+    /// When the outbox gauges were last counted (ms since the epoch; 0: never), shared
+    /// by clones so several workers count once per interval.
+    gauged_at: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// How often a dispatcher counts the outbox for `fsm_outbox_pending` / `fsm_outbox_dead`.
+const GAUGE_INTERVAL_MS: u64 = 10_000;
 
 impl<S: DurableStore> Dispatcher<S> {
     /// A dispatcher with [`DispatchOptions::default`].
@@ -137,6 +144,7 @@ impl<S: DurableStore> Dispatcher<S> {
         Dispatcher {
             store,
             options: DispatchOptions::default(),
+            gauged_at: Arc::default(),
         }
     }
 
@@ -187,6 +195,13 @@ impl<S: DurableStore> Dispatcher<S> {
             claimed: rows.len(),
             ..DispatchReport::default()
         };
+        let now = crate::kit::now_ms();
+        for row in &rows {
+            observe::effect_claimed(
+                machine,
+                Duration::from_millis(now.saturating_sub(row.available_at_ms)),
+            );
+        }
         for row in rows {
             if shutdown.is_some_and(CancellationToken::is_cancelled) {
                 self.store
@@ -220,12 +235,39 @@ impl<S: DurableStore> Dispatcher<S> {
                     }
                 }
             };
+            observe::effect_settled(
+                machine,
+                match settlement {
+                    Settlement::Done => "done",
+                    Settlement::Dead { .. } => "dead",
+                    _ => "retry",
+                },
+            );
             if !self.store.settle_effect(machine, &row, settlement).await? {
                 // Our lease expired and another worker claimed the row: its outcome counts.
                 tracing::warn!(machine, id = %row.machine_id, version = row.version, seq = row.seq, "outbox lease lost before settling");
             }
         }
         Ok(report)
+    }
+
+    /// Sets the outbox gauges, at most once per interval across this dispatcher's workers.
+    async fn count_outbox(&self, machine: &'static str) {
+        use std::sync::atomic::Ordering;
+        let now = crate::kit::now_ms();
+        let last = self.gauged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < GAUGE_INTERVAL_MS
+            || self
+                .gauged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match self.store.outbox_depth(machine).await {
+            Ok(depth) => observe::outbox_depth(machine, depth.pending, depth.dead),
+            Err(err) => tracing::warn!(machine, error = %err, "outbox count failed"),
+        }
     }
 
     async fn handle<M, H, Fut>(&self, handler: &H, row: &ClaimedEffect) -> Result<(), Failure>
@@ -285,6 +327,7 @@ impl<S: DurableStore> Dispatcher<S> {
                 (Arc::clone(&this), Arc::clone(&handler), shutdown.clone());
             workers.spawn(async move {
                 poll_until_cancelled(&shutdown, this.options.idle_poll, || async {
+                    this.count_outbox(M::DEFINITION.name).await;
                     match this.dispatch_batch::<M, _, _>(&*handler, Some(&shutdown)).await {
                         Ok(report) => report.claimed == 0,
                         Err(err) => {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
 use fsm_core::{
-    ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxEntry, Result, StateMachine,
-    Transition,
+    ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxDepth, OutboxEntry, Result,
+    StateMachine, Transition,
 };
 
 use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch};
@@ -56,7 +56,12 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         let mut fired = Vec::new();
         for timer in &due {
             match engine::fire_timer::<D, M>(&self.pool, timer).await {
-                Ok(Some(transition)) => fired.push((timer.machine_id.clone(), transition)),
+                Ok(Some(transition)) => {
+                    let late =
+                        u64::try_from((now as i64).saturating_sub(timer.due_at)).unwrap_or(0);
+                    fsm_core::observe::timer_fired(M::DEFINITION.name, Duration::from_millis(late));
+                    fired.push((timer.machine_id.clone(), transition));
+                }
                 Ok(None) => {}
                 // One bad row never stops the batch: it stays leased, and is reported
                 // again when its lease expires.
@@ -147,6 +152,10 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         })
         .await?;
         Ok(settled == 1)
+    }
+
+    async fn outbox_depth(&self, machine: &'static str) -> Result<OutboxDepth> {
+        engine::queries::outbox_depth::<D>(&self.pool, machine).await
     }
 
     async fn pending_timers<M: StateMachine>(&self, id: &str) -> Result<Vec<ArmedTimer>> {

@@ -7,10 +7,12 @@ use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 
 use fsm_core::kit::{Prepared, SnapshotSeal, now_ms};
+use fsm_core::observe;
 use fsm_core::{
     Command, Created, Error, Outcome, Page, Query, Result, RetryPolicy, Snapshot, StateCounts,
     StateMachine, Store, Transition, VerifyReport,
 };
+use tracing::Instrument;
 
 use crate::Concurrency;
 use crate::dialect::{ConnectOptionsOf, Dialect, db_error};
@@ -147,7 +149,9 @@ impl<D: Dialect> fmt::Debug for SqlStore<D> {
 
 impl<D: Dialect> Store for SqlStore<D> {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
-        let mut created = engine::create::<D, M>(&self.pool, id, context).await?;
+        let mut created = engine::create::<D, M>(&self.pool, id, context)
+            .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
+            .await?;
         match &mut created {
             Created::New(snapshot) | Created::Existing(snapshot) => self.seal.seal(snapshot),
         }
@@ -155,26 +159,80 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn load<M: StateMachine>(&self, id: &str) -> Result<Snapshot<M>> {
-        let mut snapshot = engine::load::<D, M>(&self.pool, id).await?;
+        let mut snapshot = engine::load::<D, M>(&self.pool, id)
+            .instrument(observe::instance_span("fsm.load", M::DEFINITION.name, id))
+            .await?;
         self.seal.seal(&mut snapshot);
         Ok(snapshot)
     }
 
     async fn fire<M: StateMachine>(&self, id: &str, command: Command<M>) -> Result<Outcome<M>> {
-        let prepared = Prepared::new(id, command)?;
-        let (outcome, _) = engine::fire(
-            &self.pool,
-            &self.retry,
-            self.concurrency,
-            id,
-            prepared,
-            None,
-        )
-        .await?;
-        Ok(outcome)
+        let event = M::event_name(&command.event);
+        let span = observe::fire_span::<M>(id, event, command.key.as_ref());
+        observe::fire(span, event, async {
+            let prepared = Prepared::new(id, command)?;
+            let (outcome, _) = engine::fire(
+                &self.pool,
+                &self.retry,
+                self.concurrency,
+                id,
+                prepared,
+                None,
+            )
+            .await?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn fire_with<M: StateMachine>(
+        &self,
+        snapshot: &mut Snapshot<M>,
+        command: Command<M>,
+    ) -> Result<Outcome<M>> {
+        let event = M::event_name(&command.event);
+        let span = observe::fire_span::<M>(&snapshot.id, event, command.key.as_ref());
+        observe::fire(span, event, self.fire_with_inner(snapshot, command)).await
+    }
+
+    async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
+        engine::history::<D, M>(&self.pool, id)
+            .instrument(observe::instance_span(
+                "fsm.history",
+                M::DEFINITION.name,
+                id,
+            ))
+            .await
+    }
+
+    async fn list<M: StateMachine>(&self, query: &Query<M>) -> Result<Page<M>> {
+        let mut page = engine::queries::list::<D, M>(&self.pool, query, now_ms())
+            .instrument(observe::machine_span("fsm.list", M::DEFINITION.name))
+            .await?;
+        for listed in &mut page.items {
+            self.seal.seal(&mut listed.snapshot);
+        }
+        Ok(page)
+    }
+
+    async fn count_by_state<M: StateMachine>(&self) -> Result<StateCounts<M>> {
+        engine::queries::count_by_state::<D, M>(&self.pool)
+            .instrument(observe::machine_span(
+                "fsm.count_by_state",
+                M::DEFINITION.name,
+            ))
+            .await
+    }
+
+    async fn verify<M: StateMachine>(&self) -> Result<VerifyReport> {
+        engine::queries::verify::<D, M>(&self.pool)
+            .instrument(observe::machine_span("fsm.verify", M::DEFINITION.name))
+            .await
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    async fn fire_with_inner<M: StateMachine>(
         &self,
         snapshot: &mut Snapshot<M>,
         command: Command<M>,
@@ -195,25 +253,5 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)
-    }
-
-    async fn history<M: StateMachine>(&self, id: &str) -> Result<Vec<Transition<M>>> {
-        engine::history::<D, M>(&self.pool, id).await
-    }
-
-    async fn list<M: StateMachine>(&self, query: &Query<M>) -> Result<Page<M>> {
-        let mut page = engine::queries::list::<D, M>(&self.pool, query, now_ms()).await?;
-        for listed in &mut page.items {
-            self.seal.seal(&mut listed.snapshot);
-        }
-        Ok(page)
-    }
-
-    async fn count_by_state<M: StateMachine>(&self) -> Result<StateCounts<M>> {
-        engine::queries::count_by_state::<D, M>(&self.pool).await
-    }
-
-    async fn verify<M: StateMachine>(&self) -> Result<VerifyReport> {
-        engine::queries::verify::<D, M>(&self.pool).await
     }
 }

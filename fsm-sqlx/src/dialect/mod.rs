@@ -443,12 +443,12 @@ pub(crate) async fn fetch<D: Backend>(
 }
 
 /// An outbox row as selected (machine id, version, seq, effect, attempts, last error,
-/// claims).
+/// claims, available at).
 pub(crate) fn claimed_effect<D: Backend>(
     machine: &'static str,
     row: &D::Row,
 ) -> Result<ClaimedEffect> {
-    type Columns = (String, i64, i32, String, i32, Option<String>, i64);
+    type Columns = (String, i64, i32, String, i32, Option<String>, i64, i64);
     let decode = || -> sqlx::Result<Columns> {
         Ok((
             D::text(row, 0)?,
@@ -458,9 +458,10 @@ pub(crate) fn claimed_effect<D: Backend>(
             D::small(row, 4)?,
             D::maybe_string(row, 5)?,
             D::int(row, 6)?,
+            D::int(row, 7)?,
         ))
     };
-    let (machine_id, version, seq, effect, attempts, last_error, claim) =
+    let (machine_id, version, seq, effect, attempts, last_error, claim, available_at) =
         decode().map_err(|e| undecodable(machine, "-", "fsm_outbox", &e))?;
     let out_of_range = |what: &str, value: i64| {
         undecodable(
@@ -475,6 +476,7 @@ pub(crate) fn claimed_effect<D: Backend>(
         seq: u32::try_from(seq).map_err(|_| out_of_range("seq", seq.into()))?,
         attempts: u32::try_from(attempts).map_err(|_| out_of_range("attempts", attempts.into()))?,
         claim: u64::try_from(claim).map_err(|_| out_of_range("claims", claim))?,
+        available_at_ms: u64::try_from(available_at).unwrap_or(0),
         machine_id,
         effect,
         last_error,
@@ -489,6 +491,7 @@ pub(crate) fn timer_row<D: Backend>(machine: &'static str, row: &D::Row) -> Resu
             version: D::int(row, 1)?,
             from_state: D::string(row, 2)?,
             after_ms: D::int(row, 3)?,
+            due_at: D::int(row, 4)?,
         })
     };
     decode().map_err(|e| undecodable(machine, "-", "fsm_timers", &e))

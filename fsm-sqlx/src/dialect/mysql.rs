@@ -24,7 +24,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 // SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
 // MariaDB has no UPDATE ... RETURNING, so a claim is a locking read, then an update.
 const DUE_EFFECTS: &str = "\
-SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims, available_at FROM fsm_outbox
 WHERE machine_type = ? AND done_at IS NULL AND NOT dead AND available_at <= ?
   AND (lease_until IS NULL OR lease_until <= ?)
 ORDER BY available_at, machine_id, version, seq LIMIT ?
@@ -36,7 +36,7 @@ UPDATE fsm_outbox SET lease_until = ?,
 WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ?";
 
 const DUE_TIMERS: &str = "\
-SELECT machine_id, version, from_state, after_ms FROM fsm_timers
+SELECT machine_id, version, from_state, after_ms, due_at FROM fsm_timers
 WHERE machine_type = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
 ORDER BY due_at LIMIT ?
 FOR UPDATE SKIP LOCKED";
@@ -103,7 +103,7 @@ WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims
 UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
 WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND claims = ?",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims, available_at FROM fsm_outbox
 WHERE machine_type = ? AND dead ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = ?, last_error = NULL

@@ -80,7 +80,7 @@ FROM (
   FOR UPDATE SKIP LOCKED) due
 WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
   AND o.version = due.version AND o.seq = due.seq
-RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error, o.claims";
+RETURNING o.machine_id, o.version, o.seq, o.effect, o.attempts, o.last_error, o.claims, o.available_at";
 
 const CLAIM_TIMERS: &str = "\
 UPDATE fsm_timers o SET lease_until = $3
@@ -91,7 +91,7 @@ FROM (
   FOR UPDATE SKIP LOCKED) due
 WHERE o.machine_type = due.machine_type AND o.machine_id = due.machine_id
   AND o.version = due.version AND o.after_ms = due.after_ms
-RETURNING o.machine_id, o.version, o.from_state, o.after_ms";
+RETURNING o.machine_id, o.version, o.from_state, o.after_ms, o.due_at";
 
 impl Dialect for Postgres {}
 
@@ -130,7 +130,7 @@ WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND cl
 UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
 WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4 AND claims = $5",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims, available_at FROM fsm_outbox
 WHERE machine_type = $1 AND dead ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = $1, last_error = NULL

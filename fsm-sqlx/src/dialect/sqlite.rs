@@ -40,7 +40,7 @@ WHERE rowid IN (
   WHERE machine_type = ?1 AND done_at IS NULL AND dead = 0 AND available_at <= ?2
     AND (lease_until IS NULL OR lease_until <= ?2)
   ORDER BY available_at, machine_id, version, seq LIMIT ?4)
-RETURNING machine_id, version, seq, effect, attempts, last_error, claims";
+RETURNING machine_id, version, seq, effect, attempts, last_error, claims, available_at";
 
 const CLAIM_TIMERS: &str = "\
 UPDATE fsm_timers SET lease_until = ?3
@@ -48,7 +48,7 @@ WHERE rowid IN (
   SELECT rowid FROM fsm_timers
   WHERE machine_type = ?1 AND due_at <= ?2 AND (lease_until IS NULL OR lease_until <= ?2)
   ORDER BY due_at LIMIT ?4)
-RETURNING machine_id, version, from_state, after_ms";
+RETURNING machine_id, version, from_state, after_ms, due_at";
 
 impl Dialect for Sqlite {}
 
@@ -100,7 +100,7 @@ WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND cl
 UPDATE fsm_outbox SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
 WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND claims = ?5",
         dead_effects: "\
-SELECT machine_id, version, seq, effect, attempts, last_error, claims FROM fsm_outbox
+SELECT machine_id, version, seq, effect, attempts, last_error, claims, available_at FROM fsm_outbox
 WHERE machine_type = ?1 AND dead = 1 ORDER BY available_at, machine_id, version, seq",
         requeue: "\
 UPDATE fsm_outbox SET dead = 0, attempts = 0, available_at = ?1, last_error = NULL

@@ -321,6 +321,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
             WriteOutcome::VersionMoved => {}
         }
         attempt += 1;
+        fsm_core::observe::cas_retry(machine, attempt);
     }
 }
 

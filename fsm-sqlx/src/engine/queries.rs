@@ -12,7 +12,7 @@ use sqlx::Pool;
 
 use fsm_core::kit::{ListedRow, Order, Plan, timer_name};
 use fsm_core::{
-    ArmedTimer, EffectId, EffectStatus, OutboxEntry, Page, Query, Result, StateCounts,
+    ArmedTimer, EffectId, EffectStatus, OutboxDepth, OutboxEntry, Page, Query, Result, StateCounts,
     StateMachine, Unknown, UnknownKind, VerifyReport,
 };
 
@@ -350,6 +350,32 @@ async fn sample_ids<D: Dialect>(
         .map(|row| D::text(row, 0))
         .collect::<sqlx::Result<_>>()
         .map_err(|e| undecodable(machine, "-", table, &e))
+}
+
+/// `outbox_depth`: two counts, the pending one over the outbox's due index.
+pub(crate) async fn outbox_depth<D: Dialect>(
+    pool: &Pool<D>,
+    machine: &'static str,
+) -> Result<OutboxDepth> {
+    let mut counts = [0u64; 2];
+    for (n, condition) in [" AND done_at IS NULL AND NOT dead", " AND dead"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = Statement::<D>::new("SELECT COUNT(*) FROM fsm_outbox WHERE machine_type = ");
+        s.bind(Arg::Text(machine)).push(condition);
+        let rows = s.rows(pool, || format!("count {machine} outbox")).await?;
+        counts[n] = rows
+            .first()
+            .map(|row| D::int(row, 0))
+            .transpose()
+            .map_err(|e| undecodable(machine, "-", "fsm_outbox", &e))?
+            .map_or(0, |c| u64::try_from(c).unwrap_or(0));
+    }
+    Ok(OutboxDepth {
+        pending: counts[0],
+        dead: counts[1],
+    })
 }
 
 /// `pending_timers`.

@@ -60,6 +60,7 @@ pub struct TimerRow {
     /// The state it was armed in, as stored.
     pub from_state: String,
     pub after_ms: i64,
+    pub due_at: i64,
 }
 
 /// Every row of one transition, written with a compare-and-set on `expected`.
