@@ -50,6 +50,7 @@ pub async fn listing_pages_every_steady_match_exactly_once_while_8_tasks_fire<S:
             .await
             .unwrap();
     }
+    const NEW_PER_TASK: usize = 25;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for task in 0..8 {
@@ -64,11 +65,15 @@ pub async fn listing_pages_every_steady_match_exactly_once_while_8_tasks_fire<S:
                 if let Some(id) = movers.get(task * 5 + n) {
                     let _ = store.fire(id, Command::new(OrderEvent::Cancel)).await;
                 }
-                let new = format!("new-{task}-{n:04}");
-                store
-                    .create::<Order>(&new, OrderData::default())
-                    .await
-                    .unwrap();
+                // Creations are bounded: a listing can only end once the
+                // set it walks stops growing past its cursor.
+                if n < NEW_PER_TASK {
+                    let new = format!("new-{task}-{n:04}");
+                    store
+                        .create::<Order>(&new, OrderData::default())
+                        .await
+                        .unwrap();
+                }
                 n += 1;
                 tokio::task::yield_now().await;
             }
