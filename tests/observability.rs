@@ -209,3 +209,44 @@ fn sqlite_store_reports_every_outcome() {
     );
     assert_reported(&counters, &histograms, &spans);
 }
+
+/// Cancelled orders pruned by a `Pruner`: `fsm_pruned_total` counts them by kind.
+async fn prune_two_finished_orders<S: fsm::DurableStore>(store: &S) {
+    for id in ["o-1", "o-2"] {
+        store
+            .create::<Order>(id, OrderData::default())
+            .await
+            .unwrap();
+        store
+            .fire(id, Command::new(OrderEvent::Cancel))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let pruner = fsm::Pruner::new(store.clone()).prune_finished::<Order>(std::time::Duration::ZERO);
+    assert_eq!(pruner.prune_once().await.unwrap().finished_instances, 2);
+}
+
+#[test]
+fn pruning_is_counted_by_kind() {
+    for (counters, ..) in [
+        observed(
+            || async { MemoryStore::new() },
+            prune_two_finished_orders::<MemoryStore>,
+        ),
+        observed(
+            || async {
+                let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
+                store.migrate().await.unwrap();
+                store
+            },
+            prune_two_finished_orders::<fsm::sqlx::SqliteStore>,
+        ),
+    ] {
+        let key = (
+            "fsm_pruned_total".to_owned(),
+            labels(&[("kind", "finished_instances")]),
+        );
+        assert_eq!(counters.get(&key), Some(&2), "{counters:?}");
+    }
+}

@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::machine::StateMachine;
+use crate::retention::{PruneReport, Retention};
 use crate::store::{Store, Transition};
 
 /// Tokens, timers and the outbox, on top of [`Store`].
 ///
 /// Implemented by [`MemoryStore`](crate::MemoryStore) and by every sqlx store of
 /// `fsm-sqlx`; the durable suite of `fsm_core::testing` holds each to the same behaviour.
-/// The last two methods are the outbox contract the [`Dispatcher`](crate::Dispatcher)
-/// uses; applications call the first four.
+/// [`claim_effects`](Self::claim_effects) and [`settle_effect`](Self::settle_effect)
+/// are the contract the [`Dispatcher`](crate::Dispatcher) uses; applications call the
+/// rest.
 ///
 /// # Examples
 ///
@@ -149,6 +151,40 @@ pub trait DurableStore: Store + Clone {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Vec<OutboxEntry<M::Effect>>>> + Send;
+
+    /// Deletes a dead letter for good; `false` when `id` is not a dead letter (a pending
+    /// or done row is never discarded).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn discard(&self, id: &EffectId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes one batch of what `retention` no longer keeps, across every machine type:
+    /// at most [`Retention::batch`] done outbox rows whose handler succeeded longer ago
+    /// than [`Retention::done_effects`], and at most as many tokens expired longer ago
+    /// than [`Retention::expired_tokens`], each kind in one short statement. Pending rows
+    /// and dead letters are never touched. Call it until a report is not full, or let a
+    /// [`Pruner`](crate::Pruner) do so.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn prune(&self, retention: &Retention) -> impl Future<Output = Result<PruneReport>> + Send;
+
+    /// Deletes at most `batch` instances of `M` that entered a terminal state longer ago
+    /// than `older_than` and have no pending or dead outbox row, each with its history,
+    /// timers, tokens and done outbox rows, in one transaction; returns how many. The
+    /// only way history is ever pruned: see [`retention`](crate::retention).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn prune_finished<M: StateMachine>(
+        &self,
+        older_than: Duration,
+        batch: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// What [`DurableStore::outbox_depth`] counts.

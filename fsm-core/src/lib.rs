@@ -12,6 +12,7 @@
 //! * [`Store`] and [`MemoryStore`]: persistence with a version-checked compare-and-set;
 //!   [`DurableStore`] adds single-use tokens, durable timers and the outbox, drained by a
 //!   [`Dispatcher`] and a [`TimerWorker`].
+//! * [`retention`]: a [`Pruner`] keeps the outbox and token tables small.
 //! * [`diagram`]: Mermaid, Graphviz DOT and SVG renderings of a definition.
 //! * [`kit`]: what only store implementations need.
 //! * [`observe`]: the spans and metrics every store reports.
@@ -42,6 +43,7 @@ mod machine;
 mod memory;
 pub mod observe;
 mod query;
+pub mod retention;
 mod storable;
 mod store;
 #[cfg(feature = "testing")]
@@ -63,5 +65,6 @@ pub use query::{
     Cursor, Listed, MAX_PAGE, Page, Query, StateCounts, Unknown, UnknownKind, Unreadable,
     VerifyReport,
 };
+pub use retention::{PruneReport, Pruner, Retention};
 pub use store::{Created, Outcome, RetryPolicy, Snapshot, Store, Transition};
 pub use worker::{DispatchOptions, DispatchReport, Dispatcher, TimerWorker};

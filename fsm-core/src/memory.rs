@@ -42,6 +42,7 @@ use crate::kit::{
 use crate::machine::{StateMachine, Trigger};
 use crate::observe;
 use crate::query::{Page, Query, StateCounts, Unknown, UnknownKind, VerifyReport};
+use crate::retention::{PruneReport, Retention};
 use crate::store::{Created, Outcome, Prepared, Snapshot, Store, Transition};
 
 /// Instances by machine type, then id. Few machine types per store: a scan beats hashing
@@ -791,6 +792,97 @@ impl DurableStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn discard(&self, id: &EffectId) -> Result<bool> {
+        let mut tables = self.lock();
+        let key = (id.machine, id.id.clone(), id.version, id.seq);
+        if tables.outbox.get(&key).is_some_and(|row| row.dead) {
+            tables.outbox.remove(&key);
+            tracing::info!(effect = %id, "dead letter discarded");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn prune(&self, retention: &Retention) -> Result<PruneReport> {
+        let now = self.now();
+        let batch = retention.batch_size();
+        let done_before = now.saturating_sub(millis(retention.done_effects));
+        let expired_before = now.saturating_sub(millis(retention.expired_tokens));
+        let mut tables = self.lock();
+        let done: Vec<EffectKey> = tables
+            .outbox
+            .iter()
+            .filter(|(_, row)| row.done_at.is_some_and(|at| at < done_before))
+            .map(|(key, _)| key.clone())
+            .take(batch)
+            .collect();
+        for key in &done {
+            tables.outbox.remove(key);
+        }
+        let expired: Vec<_> = tables
+            .tokens
+            .iter()
+            .filter(|(_, expires_at)| **expires_at < expired_before)
+            .map(|(slot, _)| slot.clone())
+            .take(batch)
+            .collect();
+        for slot in &expired {
+            tables.tokens.remove(slot);
+        }
+        Ok(PruneReport {
+            done_effects: done.len() as u64,
+            expired_tokens: expired.len() as u64,
+            finished_instances: 0,
+        })
+    }
+
+    async fn prune_finished<M: StateMachine>(
+        &self,
+        older_than: Duration,
+        batch: usize,
+    ) -> Result<u64> {
+        let machine = M::DEFINITION.name;
+        let entered_before = self.now().saturating_sub(millis(older_than));
+        let mut tables = self.lock();
+        let Tables {
+            instances,
+            outbox,
+            timers,
+            tokens,
+        } = &mut *tables;
+        let Some(by_id) = instances.of_type(machine) else {
+            return Ok(0);
+        };
+        let unsettled: std::collections::HashSet<&str> = outbox
+            .iter()
+            .filter(|((m, ..), row)| *m == machine && row.done_at.is_none())
+            .map(|((_, id, ..), _)| id.as_str())
+            .collect();
+        let mut finished: Vec<(u64, String)> = by_id
+            .iter()
+            .filter(|(id, entry)| {
+                entry.entered_at < entered_before
+                    && !unsettled.contains(id.as_str())
+                    && entry
+                        .state_name()
+                        .ok()
+                        .and_then(|name| M::DEFINITION.state(name))
+                        .is_some_and(|state| state.terminal)
+            })
+            .map(|(id, entry)| (entry.entered_at, id.clone()))
+            .collect();
+        // Oldest first, as the database stores walk their index.
+        finished.sort();
+        finished.truncate(batch.max(1));
+        for (_, id) in &finished {
+            by_id.remove(id);
+            outbox.retain(|(m, row_id, ..), _| !(*m == machine && row_id == id));
+            timers.retain(|(m, row_id, ..), _| !(*m == machine && row_id == id));
+            tokens.retain(|(m, row_id, _), _| !(*m == machine && row_id == id));
+        }
+        Ok(finished.len() as u64)
     }
 
     async fn claim_effects(

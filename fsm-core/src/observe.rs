@@ -26,6 +26,7 @@
 //! | `fsm_effects_dispatched_total` | counter | machine, result | settled effects: `done`, `retry`, `dead` |
 //! | `fsm_effect_age_seconds` | histogram | machine | at dispatch, time since the effect became due (its emission, or the end of its retry backoff) |
 //! | `fsm_outbox_pending`, `fsm_outbox_dead` | gauge | machine | outbox rows waiting, and dead letters, as a [`Dispatcher`](crate::Dispatcher) last counted them |
+//! | `fsm_pruned_total` | counter | kind | rows a [`Pruner`](crate::Pruner) deleted: `done_effects`, `expired_tokens`, `finished_instances` |
 //!
 //! Labels never hold ids or keys (unbounded); spans do.
 
@@ -58,6 +59,8 @@ pub const EFFECT_AGE: &str = "fsm_effect_age_seconds";
 pub const OUTBOX_PENDING: &str = "fsm_outbox_pending";
 /// `fsm_outbox_dead`.
 pub const OUTBOX_DEAD: &str = "fsm_outbox_dead";
+/// `fsm_pruned_total`.
+pub const PRUNED: &str = "fsm_pruned_total";
 
 /// The `outcome` label and span field of a fire's result.
 pub fn outcome_label<M: StateMachine>(result: &Result<Outcome<M>>) -> &'static str {
@@ -169,6 +172,19 @@ pub fn effect_claimed(machine: &'static str, age: Duration) {
 pub fn outbox_depth(machine: &'static str, pending: u64, dead: u64) {
     metrics::gauge!(OUTBOX_PENDING, "machine" => machine).set(pending as f64);
     metrics::gauge!(OUTBOX_DEAD, "machine" => machine).set(dead as f64);
+}
+
+/// Records what a prune deleted.
+pub fn pruned(report: &crate::PruneReport) {
+    for (kind, n) in [
+        ("done_effects", report.done_effects),
+        ("expired_tokens", report.expired_tokens),
+        ("finished_instances", report.finished_instances),
+    ] {
+        if n > 0 {
+            metrics::counter!(PRUNED, "kind" => kind).increment(n);
+        }
+    }
 }
 
 /// A span for a store operation on one instance (`fsm.create`, `fsm.load`,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
 use fsm_core::{
-    ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxDepth, OutboxEntry, Result,
-    StateMachine, Transition,
+    ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxDepth, OutboxEntry, PruneReport,
+    Result, Retention, StateMachine, Transition,
 };
 
 use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch};
@@ -152,6 +152,35 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         })
         .await?;
         Ok(settled == 1)
+    }
+
+    async fn discard(&self, id: &EffectId) -> Result<bool> {
+        let args = [
+            Arg::Text(id.machine),
+            Arg::Text(&id.id),
+            Arg::Int(i64::try_from(id.version).unwrap_or(i64::MAX)),
+            Arg::Small(i32::try_from(id.seq).unwrap_or(i32::MAX)),
+        ];
+        let discarded = execute(&self.pool, D::SQL.discard, &args, || {
+            format!("discard {} {} effect", id.machine, id.id)
+        })
+        .await?;
+        if discarded == 1 {
+            tracing::info!(effect = %id, "dead letter discarded");
+        }
+        Ok(discarded == 1)
+    }
+
+    async fn prune(&self, retention: &Retention) -> Result<PruneReport> {
+        engine::prune::prune::<D>(&self.pool, retention).await
+    }
+
+    async fn prune_finished<M: StateMachine>(
+        &self,
+        older_than: Duration,
+        batch: usize,
+    ) -> Result<u64> {
+        engine::prune::prune_finished::<D, M>(&self.pool, older_than, batch).await
     }
 
     async fn outbox_depth(&self, machine: &'static str) -> Result<OutboxDepth> {

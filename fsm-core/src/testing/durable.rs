@@ -36,7 +36,7 @@ use super::{EXPIRY, Note, Order, OrderData, OrderEffect, OrderEvent, OrderState,
 use crate::kit::Settlement;
 use crate::{
     BoxError, Command, Delivery, DispatchOptions, DispatchReport, Dispatcher, DurableStore,
-    EffectId, EffectStatus, Error, Outcome, Store, Trigger,
+    EffectId, EffectStatus, Error, Outcome, Pruner, Retention, Store, Trigger,
 };
 
 /// A fresh durable store for one test, with the backdoors the specifications need.
@@ -86,6 +86,10 @@ macro_rules! durable_store_tests {
             key_kinds_never_share_a_slot,
             a_changed_definition_reads_fires_and_reports_what_the_old_one_stored,
             pending_timers_and_outbox_rows_of_one_instance,
+            pruning_deletes_done_effects_and_expired_tokens_and_keeps_the_rest,
+            pruning_goes_in_batches_of_the_configured_size,
+            a_dead_letter_is_kept_until_discarded,
+            finished_instances_are_pruned_only_when_asked_and_only_when_settled,
         }
     };
 }
@@ -973,4 +977,449 @@ pub async fn pending_timers_and_outbox_rows_of_one_instance<F: DurableFixture>(h
             .unwrap()
             .is_empty()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention.
+
+/// Keeps nothing that is done or expired, in batches of `batch`.
+fn keep_nothing(batch: usize) -> Retention {
+    Retention {
+        done_effects: Duration::ZERO,
+        expired_tokens: Duration::ZERO,
+        batch,
+    }
+}
+
+/// Lets the store's clock pass the last millisecond written, so "older than zero"
+/// covers everything written so far.
+async fn a_moment_later() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+/// A failing handler with one attempt: every effect it sees is dead-lettered.
+async fn dead_letter_everything<S: DurableStore>(store: &S) -> DispatchReport {
+    let options = DispatchOptions {
+        max_attempts: 1,
+        ..DispatchOptions::default()
+    };
+    let failing =
+        |_: Delivery<OrderEffect>| std::future::ready(Err::<(), BoxError>("refused".into()));
+    Dispatcher::new(store.clone())
+        .with_options(options)
+        .dispatch_once::<Order, _, _>(&failing)
+        .await
+        .unwrap()
+}
+
+/// A prune deletes done outbox rows and expired tokens past their age, and nothing
+/// else: pending rows, dead letters, live tokens and history stay.
+pub async fn pruning_deletes_done_effects_and_expired_tokens_and_keeps_the_rest<
+    F: DurableFixture,
+>(
+    h: &F,
+) {
+    let store = h.store();
+    for id in ["done", "pending", "dead"] {
+        store.create::<Order>(id, order()).await.unwrap();
+        store.fire(id, pay()).await.unwrap();
+        if id == "done" {
+            let (_, handler) = recorder();
+            let report = Dispatcher::new(store.clone())
+                .dispatch_once::<Order, _, _>(&handler)
+                .await
+                .unwrap();
+            assert_eq!(report.done, 1);
+        }
+    }
+    let pending_id = EffectId {
+        machine: "Order",
+        id: "pending".into(),
+        version: 1,
+        seq: 0,
+    };
+    // Claimed and released: the "pending" row stays pending, not dead.
+    let claimed = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    for row in &claimed {
+        let how = if row.machine_id == "dead" {
+            Settlement::Dead { error: "refused" }
+        } else {
+            Settlement::Release
+        };
+        assert!(store.settle_effect("Order", row, how).await.unwrap());
+    }
+    let expiring = store
+        .issue_token::<Order>("done", Duration::from_millis(1))
+        .await
+        .unwrap();
+    let live = store.issue_token::<Order>("done", MINUTE).await.unwrap();
+    a_moment_later().await;
+
+    let kept = store.prune(&Retention::default()).await.unwrap();
+    assert!(kept.is_empty(), "nothing is a week old yet: {kept:?}");
+
+    let pruned = store.prune(&keep_nothing(100)).await.unwrap();
+    assert_eq!(
+        (pruned.done_effects, pruned.expired_tokens),
+        (1, 1),
+        "{pruned:?}"
+    );
+    assert!(store.outbox::<Order>("done").await.unwrap().is_empty());
+    let pending = store.outbox::<Order>("pending").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (&pending[0].id, pending[0].status),
+        (&pending_id, EffectStatus::Pending)
+    );
+    assert_eq!(store.dead_letters::<Order>().await.unwrap().len(), 1);
+    for id in ["done", "pending", "dead"] {
+        assert_eq!(store.history::<Order>(id).await.unwrap().len(), 1, "{id}");
+    }
+    let with = |token: &str| Command::<Order>::new(OrderEvent::Cancel).with_token(token);
+    assert!(matches!(
+        store.fire("done", with(&expiring)).await,
+        Err(Error::InvalidToken { .. })
+    ));
+    assert!(
+        !store
+            .fire("done", with(&live))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    assert!(
+        store.prune(&keep_nothing(100)).await.unwrap().is_empty(),
+        "a second prune finds nothing"
+    );
+}
+
+/// No prune deletes more than a batch, and a [`Pruner`] goes on until none is full.
+pub async fn pruning_goes_in_batches_of_the_configured_size<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    for n in 0..25 {
+        store.fire(ID, annotate(&format!("n{n}"))).await.unwrap();
+    }
+    let (_, handler) = recorder();
+    let dispatcher = Dispatcher::new(store.clone()).with_options(DispatchOptions {
+        batch: 100,
+        ..DispatchOptions::default()
+    });
+    let report = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(report.done, 25);
+    a_moment_later().await;
+    let mut batches = Vec::new();
+    loop {
+        let pruned = store.prune(&keep_nothing(10)).await.unwrap().done_effects;
+        batches.push(pruned);
+        if pruned < 10 {
+            break;
+        }
+    }
+    assert_eq!(batches, [10, 10, 5]);
+
+    for n in 25..48 {
+        store.fire(ID, annotate(&format!("n{n}"))).await.unwrap();
+    }
+    let report = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(report.done, 23);
+    a_moment_later().await;
+    let pruner = Pruner::new(store.clone())
+        .with_retention(keep_nothing(10))
+        .with_pause(Duration::from_millis(1));
+    let total = pruner.prune_once().await.unwrap();
+    assert_eq!(total.done_effects, 23, "{total:?}");
+    assert!(store.outbox::<Order>(ID).await.unwrap().is_empty());
+    assert_eq!(store.history::<Order>(ID).await.unwrap().len(), 48);
+}
+
+/// A dead letter stays until it is discarded by its id; nothing else is discarded.
+pub async fn a_dead_letter_is_kept_until_discarded<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    store.create::<Order>(ID, order()).await.unwrap();
+    store.fire(ID, pay()).await.unwrap();
+    assert_eq!(dead_letter_everything(&store).await.dead, 1);
+    a_moment_later().await;
+    assert!(store.prune(&keep_nothing(100)).await.unwrap().is_empty());
+    let dead = store.dead_letters::<Order>().await.unwrap();
+    assert_eq!(dead.len(), 1);
+
+    store.fire(ID, annotate("pending")).await.unwrap();
+    let pending = EffectId {
+        machine: "Order",
+        id: ID.into(),
+        version: 2,
+        seq: 0,
+    };
+    assert!(
+        !store.discard(&pending).await.unwrap(),
+        "a pending row is not a dead letter"
+    );
+    assert!(store.discard(&dead[0].id).await.unwrap());
+    assert!(!store.discard(&dead[0].id).await.unwrap(), "discarded once");
+    assert!(store.dead_letters::<Order>().await.unwrap().is_empty());
+    assert!(!store.requeue(&dead[0].id).await.unwrap());
+    let outbox = store.outbox::<Order>(ID).await.unwrap();
+    assert_eq!(
+        outbox.iter().map(|e| (&e.id, e.status)).collect::<Vec<_>>(),
+        [(&pending, EffectStatus::Pending)]
+    );
+}
+
+/// History is pruned only for a machine type the pruner names, and only with whole
+/// instances that finished long enough ago and have nothing left in the outbox.
+pub async fn finished_instances_are_pruned_only_when_asked_and_only_when_settled<
+    F: DurableFixture,
+>(
+    h: &F,
+) {
+    let store = h.store();
+    let cancel = || Command::<Order>::new(OrderEvent::Cancel);
+    for id in ["cancelled", "refunded", "dead", "open"] {
+        store.create::<Order>(id, order()).await.unwrap();
+    }
+    store.fire("cancelled", cancel()).await.unwrap();
+    store.fire("refunded", pay()).await.unwrap();
+    store.fire("refunded", cancel()).await.unwrap();
+    store.fire("dead", pay()).await.unwrap();
+    store.fire("dead", cancel()).await.unwrap();
+    // "dead"'s charge and refund become dead letters; "refunded"'s stay pending.
+    let claimed = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    for row in &claimed {
+        let how = match row.machine_id.as_str() {
+            "dead" => Settlement::Dead { error: "refused" },
+            _ => Settlement::Release,
+        };
+        assert!(store.settle_effect("Order", row, how).await.unwrap());
+    }
+    store
+        .issue_token::<Order>("cancelled", MINUTE)
+        .await
+        .unwrap();
+    a_moment_later().await;
+
+    let history_kept = Pruner::new(store.clone()).with_retention(keep_nothing(10));
+    assert_eq!(
+        history_kept.prune_once().await.unwrap().finished_instances,
+        0
+    );
+    assert_eq!(store.history::<Order>("cancelled").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .prune_finished::<Order>(Duration::from_secs(3600), 10)
+            .await
+            .unwrap(),
+        0,
+        "cancelled a moment ago, not an hour"
+    );
+
+    assert_eq!(
+        store
+            .prune_finished::<Order>(Duration::ZERO, 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store.load::<Order>("cancelled").await,
+        Err(Error::NotFound { .. })
+    ));
+    for id in ["refunded", "dead", "open"] {
+        store.load::<Order>(id).await.unwrap();
+    }
+
+    let (_, handler) = recorder();
+    let delivered = Dispatcher::new(store.clone())
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(delivered.done, 2, "the refunded order's charge and refund");
+    a_moment_later().await;
+    let pruner = Pruner::new(store.clone())
+        .with_retention(Retention {
+            batch: 10,
+            ..Retention::default()
+        })
+        .prune_finished::<Order>(Duration::ZERO);
+    assert_eq!(pruner.prune_once().await.unwrap().finished_instances, 1);
+    assert!(store.outbox::<Order>("refunded").await.unwrap().is_empty());
+    assert!(matches!(
+        store.load::<Order>("refunded").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(store.dead_letters::<Order>().await.unwrap().len(), 2);
+    store.load::<Order>("dead").await.unwrap();
+    store.load::<Order>("open").await.unwrap();
+
+    let again = store.create::<Order>("cancelled", order()).await.unwrap();
+    assert!(again.is_new(), "a pruned id is free again");
+    assert!(
+        store
+            .history::<Order>("cancelled")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .pending_timers::<Order>("cancelled")
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+}
+
+/// What [`pruning_100k_done_rows_in_batches_while_transitions_apply`] saw; its
+/// `Display` is one line for a test's output.
+#[derive(Debug, Clone)]
+pub struct PruneLoad {
+    /// Rows each batch deleted, in order.
+    pub batches: Vec<u64>,
+    /// How long the longest batch took.
+    pub longest_batch: Duration,
+    /// How long pruning took in all, pauses included.
+    pub elapsed: Duration,
+    /// Transitions applied while the pruner worked.
+    pub applied_meanwhile: u64,
+}
+
+impl std::fmt::Display for PruneLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pruned {} rows in {} batches in {:.2?} (longest batch {:.2?}); {} transitions applied meanwhile",
+            self.batches.iter().sum::<u64>(),
+            self.batches.len(),
+            self.elapsed,
+            self.longest_batch,
+            self.applied_meanwhile
+        )
+    }
+}
+
+/// 100,000 done outbox rows are pruned in batches of 1,000 while four tasks keep firing
+/// transitions and a dispatcher keeps settling their effects: every batch is bounded,
+/// every old row goes, every fire applies, and no recent row is touched.
+///
+/// `age` must make every outbox row of the [`Meter`](super::Meter) machine done long
+/// ago (a database fixture sets `done_at` with one `UPDATE`; going through the
+/// dispatcher would take 100,000 round trips) and leave other rows alone.
+pub async fn pruning_100k_done_rows_in_batches_while_transitions_apply<S, F, Fut>(
+    store: S,
+    age: F,
+) -> PruneLoad
+where
+    S: DurableStore + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use super::{Meter, MeterData, MeterEvent};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROWS: u32 = 100_000;
+    const BATCH: usize = 1_000;
+
+    store
+        .create::<Meter>("m-1", MeterData::default())
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        store
+            .fire("m-1", Command::<Meter>::new(MeterEvent::Burst(ROWS / 10)))
+            .await
+            .unwrap();
+    }
+    age().await;
+
+    let orders: Vec<String> = (0..8).map(|n| format!("busy-{n}")).collect();
+    for id in &orders {
+        store.create::<Order>(id, order()).await.unwrap();
+    }
+    let (stop, applied) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut firing = Vec::new();
+    for task in 0..4 {
+        let (store, stop, applied) = (store.clone(), Arc::clone(&stop), Arc::clone(&applied));
+        let mine = [orders[2 * task].clone(), orders[2 * task + 1].clone()];
+        firing.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = store.fire(&mine[n % 2], annotate(&format!("n{n}"))).await;
+                assert!(!outcome.unwrap().is_duplicate());
+                applied.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                // A steady load, not a flood: each context grows by a note per fire.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let shutdown = CancellationToken::new();
+    let (_, handler) = recorder();
+    let dispatching = tokio::spawn(
+        Dispatcher::new(store.clone())
+            .with_options(DispatchOptions {
+                idle_poll: Duration::from_millis(5),
+                ..DispatchOptions::default()
+            })
+            .run::<Order, _, _>(handler, shutdown.clone()),
+    );
+
+    // Recent done rows (the dispatcher's) are an hour short of the retention age.
+    let retention = Retention {
+        done_effects: Duration::from_secs(3600),
+        batch: BATCH,
+        ..Retention::default()
+    };
+    let started = std::time::Instant::now();
+    let before = applied.load(Ordering::Relaxed);
+    let (mut batches, mut longest_batch) = (Vec::new(), Duration::ZERO);
+    loop {
+        let one = std::time::Instant::now();
+        let pruned = store.prune(&retention).await.unwrap().done_effects;
+        longest_batch = longest_batch.max(one.elapsed());
+        batches.push(pruned);
+        if pruned < BATCH as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let applied_meanwhile = applied.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for task in firing {
+        task.await.unwrap();
+    }
+    shutdown.cancel();
+    dispatching.await.unwrap().unwrap();
+
+    assert!(batches.iter().all(|&n| n <= BATCH as u64), "{batches:?}");
+    assert_eq!(batches.iter().sum::<u64>(), u64::from(ROWS));
+    assert!(batches.len() > 100, "{} batches", batches.len());
+    assert!(store.outbox::<Meter>("m-1").await.unwrap().is_empty());
+    assert!(applied_meanwhile > 0, "no transition applied while pruning");
+    for id in &orders {
+        let history = store.history::<Order>(id).await.unwrap();
+        let versions: Vec<u64> = history.iter().map(|t| t.version).collect();
+        assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
+        let outbox = store.outbox::<Order>(id).await.unwrap();
+        assert_eq!(
+            outbox.len(),
+            history.len(),
+            "{id}: a recent effect was pruned"
+        );
+    }
+    PruneLoad {
+        batches,
+        longest_batch,
+        elapsed,
+        applied_meanwhile,
+    }
 }

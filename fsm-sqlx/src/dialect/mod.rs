@@ -54,6 +54,10 @@ pub(crate) mod sealed {
         /// The id column as the listings compare and order it: byte by byte.
         const BYTE_ORDERED_ID: &'static str = "machine_id";
 
+        /// What a `SELECT` appends to lock the rows it reads, skipping those another
+        /// transaction holds (SQLite's write transaction holds the whole database).
+        const LOCK_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
         /// The `n`th (from 1) placeholder of a statement built at run time.
         fn placeholder(_n: usize) -> String {
             "?".to_owned()
@@ -182,6 +186,14 @@ pub struct Statements {
     pub requeue: &'static str,
     /// Binds: machine, id, version, delay in ms.
     pub delete_timer: &'static str,
+    /// Deletes a dead letter. Binds: machine, id, version, seq.
+    pub discard: &'static str,
+    /// Deletes done outbox rows of every machine type, the oldest first. Binds: done
+    /// before, limit.
+    pub prune_effects: &'static str,
+    /// Deletes tokens of every machine type, the longest expired first. Binds: expired
+    /// before, limit.
+    pub prune_tokens: &'static str,
     /// Leases due outbox rows, returning machine id, version, seq, effect, attempts, last
     /// error. Binds: machine, now, lease until, limit (MySQL: its locking `SELECT`, whose
     /// third bind is now).

@@ -108,6 +108,13 @@ WHERE machine_type = ? AND dead ORDER BY available_at, machine_id, version, seq"
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = ?, last_error = NULL
 WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND dead",
+        discard: "\
+DELETE FROM fsm_outbox WHERE machine_type = ? AND machine_id = ? AND version = ? AND seq = ? AND dead",
+        // A single-table DELETE takes ORDER BY and LIMIT: one bounded range of an index.
+        prune_effects: "\
+DELETE FROM fsm_outbox WHERE done_at IS NOT NULL AND done_at < ? ORDER BY done_at LIMIT ?",
+        prune_tokens: "\
+DELETE FROM fsm_tokens WHERE expires_at < ? ORDER BY expires_at LIMIT ?",
         claim_effects: DUE_EFFECTS,
         claim_timers: DUE_TIMERS,
         delete_timer: "\

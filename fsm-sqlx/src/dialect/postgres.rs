@@ -135,6 +135,19 @@ WHERE machine_type = $1 AND dead ORDER BY available_at, machine_id, version, seq
         requeue: "\
 UPDATE fsm_outbox SET dead = FALSE, attempts = 0, available_at = $1, last_error = NULL
 WHERE machine_type = $2 AND machine_id = $3 AND version = $4 AND seq = $5 AND dead",
+        discard: "\
+DELETE FROM fsm_outbox WHERE machine_type = $1 AND machine_id = $2 AND version = $3 AND seq = $4 AND dead",
+        // SKIP LOCKED: a row a dispatcher holds is not waited for (done rows never are).
+        prune_effects: "\
+DELETE FROM fsm_outbox WHERE (machine_type, machine_id, version, seq) IN (
+  SELECT machine_type, machine_id, version, seq FROM fsm_outbox
+  WHERE done_at IS NOT NULL AND done_at < $1 ORDER BY done_at LIMIT $2
+  FOR UPDATE SKIP LOCKED)",
+        prune_tokens: "\
+DELETE FROM fsm_tokens WHERE (machine_type, machine_id, token) IN (
+  SELECT machine_type, machine_id, token FROM fsm_tokens
+  WHERE expires_at < $1 ORDER BY expires_at LIMIT $2
+  FOR UPDATE SKIP LOCKED)",
         claim_effects: CLAIM_EFFECTS,
         claim_timers: CLAIM_TIMERS,
         delete_timer: "\

@@ -53,6 +53,9 @@ RETURNING machine_id, version, from_state, after_ms, due_at";
 impl Dialect for Sqlite {}
 
 impl Backend for Sqlite {
+    // `BEGIN IMMEDIATE` holds the write lock: nothing else writes meanwhile.
+    const LOCK_SKIP_LOCKED: &'static str = "";
+
     const SQL: Statements = Statements {
         begin_write: Some("BEGIN IMMEDIATE"),
         read: READ,
@@ -105,6 +108,14 @@ WHERE machine_type = ?1 AND dead = 1 ORDER BY available_at, machine_id, version,
         requeue: "\
 UPDATE fsm_outbox SET dead = 0, attempts = 0, available_at = ?1, last_error = NULL
 WHERE machine_type = ?2 AND machine_id = ?3 AND version = ?4 AND seq = ?5 AND dead = 1",
+        discard: "\
+DELETE FROM fsm_outbox WHERE machine_type = ?1 AND machine_id = ?2 AND version = ?3 AND seq = ?4 AND dead = 1",
+        prune_effects: "\
+DELETE FROM fsm_outbox WHERE rowid IN (
+  SELECT rowid FROM fsm_outbox WHERE done_at IS NOT NULL AND done_at < ?1 ORDER BY done_at LIMIT ?2)",
+        prune_tokens: "\
+DELETE FROM fsm_tokens WHERE rowid IN (
+  SELECT rowid FROM fsm_tokens WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)",
         claim_effects: CLAIM_EFFECTS,
         claim_timers: CLAIM_TIMERS,
         delete_timer: "\

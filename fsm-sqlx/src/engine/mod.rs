@@ -3,6 +3,7 @@
 //!
 //! Deciding stays in fsm-core's [`Prepared::apply`]; a dialect only moves rows.
 
+pub(crate) mod prune;
 pub(crate) mod queries;
 pub(crate) mod rows;
 

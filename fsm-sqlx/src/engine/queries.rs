@@ -21,14 +21,14 @@ use crate::dialect::{Arg, Dialect, db_error};
 
 /// A statement under construction: text with placeholders as `D` numbers them, and its
 /// arguments in order.
-struct Statement<'a, D> {
+pub(super) struct Statement<'a, D> {
     sql: String,
     args: Vec<Arg<'a>>,
     dialect: std::marker::PhantomData<fn() -> D>,
 }
 
 impl<'a, D: Dialect> Statement<'a, D> {
-    fn new(sql: &str) -> Self {
+    pub(super) fn new(sql: &str) -> Self {
         Statement {
             sql: sql.to_owned(),
             args: Vec::new(),
@@ -37,19 +37,58 @@ impl<'a, D: Dialect> Statement<'a, D> {
     }
 
     /// Appends `text`.
-    fn push(&mut self, text: &str) -> &mut Self {
+    pub(super) fn push(&mut self, text: &str) -> &mut Self {
         self.sql.push_str(text);
         self
     }
 
     /// Appends a placeholder bound to `arg`.
-    fn bind(&mut self, arg: Arg<'a>) -> &mut Self {
+    pub(super) fn bind(&mut self, arg: Arg<'a>) -> &mut Self {
         self.args.push(arg);
         self.sql.push_str(&D::placeholder(self.args.len()));
         self
     }
 
-    async fn rows(&self, pool: &Pool<D>, operation: impl Fn() -> String) -> Result<Vec<D::Row>> {
+    /// Appends `(?, ?, ...)` bound to `args`.
+    pub(super) fn bind_list(&mut self, args: impl IntoIterator<Item = Arg<'a>>) -> &mut Self {
+        self.push("(");
+        for (n, arg) in args.into_iter().enumerate() {
+            if n > 0 {
+                self.push(", ");
+            }
+            self.bind(arg);
+        }
+        self.push(")")
+    }
+
+    /// Its rows, on `conn`.
+    pub(super) async fn rows_on(
+        &self,
+        conn: &mut D::Connection,
+        operation: impl Fn() -> String,
+    ) -> Result<Vec<D::Row>> {
+        D::rows(conn, &self.sql, &self.args)
+            .await
+            .map_err(db_error(operation))
+    }
+
+    /// Runs it on `conn`; rows changed.
+    pub(super) async fn execute_on(
+        &self,
+        conn: &mut D::Connection,
+        operation: impl Fn() -> String,
+    ) -> Result<u64> {
+        let result = D::run(conn, &self.sql, &self.args)
+            .await
+            .map_err(db_error(operation))?;
+        Ok(D::rows_affected(&result))
+    }
+
+    pub(super) async fn rows(
+        &self,
+        pool: &Pool<D>,
+        operation: impl Fn() -> String,
+    ) -> Result<Vec<D::Row>> {
         let failed = db_error(operation);
         let mut conn = pool.acquire().await.map_err(&failed)?;
         D::rows(&mut conn, &self.sql, &self.args)
