@@ -80,7 +80,8 @@ impl Service {
                 .install_recorder()
                 .expect("the test binary's only recorder")
         });
-        let router = app::with_metrics(app::router(store.clone()), metrics.clone());
+        let router = app::with_console(app::router(store.clone()), store.clone());
+        let router = app::with_metrics(router, metrics.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         Service {
@@ -743,4 +744,26 @@ async fn metrics_count_the_transitions_it_applies() {
     );
     assert!(sample(&after.text, illegal) >= sample(&before.text, illegal) + 1.0);
     assert!(after.text.contains("fsm_fire_duration_seconds"));
+}
+
+#[tokio::test]
+async fn the_console_is_mounted_at_slash_console() {
+    let service = Service::start().await;
+    service.order("o-console").await;
+    // `/console/` is sent on to `/console` (the client follows the redirect).
+    let index = service.get("/console/").await;
+    assert_eq!(index.status, StatusCode::OK, "{index:?}");
+    assert!(
+        index
+            .text
+            .contains(r#"<a href="/console/m/Order">Order</a>"#),
+        "{}",
+        index.text
+    );
+    let machine = service.get("/console/m/Order").await;
+    assert_eq!(machine.status, StatusCode::OK);
+    assert!(machine.text.contains("<svg"));
+    let instance = service.get("/console/m/Order/instance?id=o-console").await;
+    assert_eq!(instance.status, StatusCode::OK);
+    assert!(instance.text.contains("o-console"));
 }

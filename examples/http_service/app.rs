@@ -56,13 +56,13 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Reque
 use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use fsm::{Command, Error, Snapshot, StateMachine, Store, Transition};
+use fsm::{Command, DurableStore, Error, Snapshot, StateMachine, Store, Transition};
 
 // The Order machine, shared with examples/order_lifecycle.rs.
 #[path = "../shared/order.rs"]
@@ -106,6 +106,22 @@ pub(crate) fn router<S: Store>(store: S) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Arc::new(App { store, diagram }))
+}
+
+/// `router` with the operator console at `/console`: the Order diagram with counts,
+/// instances, history and dead letters. Actions (requeue, discard) are on, since the
+/// example listens on loopback; a real service mounts this behind its authentication.
+pub(crate) fn with_console<S: DurableStore>(router: Router, store: S) -> Router {
+    let console = fsm_console::router(store)
+        .machine::<Order>()
+        .with_actions(true);
+    router
+        .nest("/console", console.into_router())
+        // axum's nest routes `/console`, not `/console/`: send the latter on.
+        .route(
+            "/console/",
+            get(|| async { Redirect::permanent("/console") }),
+        )
 }
 
 /// `router` with `GET /metrics`: what the recorder behind `handle` has gathered, as

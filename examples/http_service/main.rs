@@ -25,6 +25,8 @@
 //! curl localhost:3000/metrics | grep fsm_transitions_total
 //! ```
 //!
+//! and open <http://localhost:3000/console/> for the operator console.
+//!
 //! Routes and status codes are listed in `app.rs`; every error, axum's own rejections
 //! (bad path, unknown route, wrong method, body too large, bad JSON) included, is an
 //! RFC 9457 `application/problem+json` body. Ctrl-C (or SIGTERM) stops accepting,
@@ -35,7 +37,7 @@ mod app;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use fsm::Store;
+use fsm::DurableStore;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -134,7 +136,7 @@ async fn open_server(url: &str, addr: SocketAddr) -> Result<(), Failure> {
 }
 
 /// Listens on `addr` until Ctrl-C or SIGTERM, then drains requests in flight.
-async fn serve<S: Store>(store: S, addr: SocketAddr) -> Result<(), Failure> {
+async fn serve<S: DurableStore>(store: S, addr: SocketAddr) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("listening on {url}");
@@ -142,8 +144,10 @@ async fn serve<S: Store>(store: S, addr: SocketAddr) -> Result<(), Failure> {
     println!("  POST {url}/orders/{{id}}/events     Idempotency-Key + {{\"Pay\":{{...}}}}");
     println!("  GET  {url}/orders/{{id}}  {url}/orders/{{id}}/history  {url}/orders/diagram.svg");
     println!("  GET  {url}/metrics                 Prometheus text");
+    println!("  GET  {url}/console/                the operator console");
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    axum::serve(listener, app::with_metrics(app::router(store), metrics))
+    let router = app::with_console(app::router(store.clone()), store);
+    axum::serve(listener, app::with_metrics(router, metrics))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     println!("stopped");

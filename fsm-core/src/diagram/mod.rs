@@ -77,7 +77,7 @@ mod svg;
 pub use dot::dot;
 pub use mermaid::mermaid;
 #[cfg(feature = "svg")]
-pub use svg::svg;
+pub use svg::{StateMark, svg, svg_marked};
 
 /// The label of an edge as the DSL writes it: `Pay [amount_matches] / record_payment`,
 /// or `after 30 min` for a timer; guard and action only when present.

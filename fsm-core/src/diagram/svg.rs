@@ -12,7 +12,7 @@ use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
 use super::edge_label;
-use crate::definition::{Definition, On};
+use crate::definition::{Definition, On, StateInfo};
 
 /// One font size for every text: `layout-rs` emits one CSS class per size in hash-map
 /// order, so a single size keeps the output byte-for-byte reproducible. It is 15
@@ -66,20 +66,78 @@ const START_SIZE: f64 = 14.;
 /// assert!(svg.contains("Lock [is_closed]"));
 /// ```
 pub fn svg(definition: &Definition) -> String {
+    svg_marked(definition, |_| StateMark::default())
+}
+
+/// What [`svg_marked`] adds to one state: a caption under its name, a fill colour, a
+/// link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateMark {
+    /// A second line under the state's name, e.g. how many instances are in it.
+    pub caption: Option<String>,
+    /// The fill colour as `0xRRGGBB` (white when `None`), e.g. to flag stuck instances.
+    pub fill: Option<u32>,
+    /// Where the state's label links to (escaped here).
+    pub href: Option<String>,
+}
+
+/// [`svg`], with each state marked as `mark` says: an operator console draws the
+/// machine with each state's count, flags the states where instances are stuck, and
+/// links each state to its instances.
+///
+/// # Examples
+///
+/// ```
+/// use fsm_core::diagram::{StateMark, svg_marked};
+/// # use fsm_core::{Definition, Edge, EventInfo, On, StateInfo};
+/// # static DOOR: Definition = Definition {
+/// #     name: "Door", doc: "", context: "()", effect: None,
+/// #     states: &[
+/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
+/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+/// #     ],
+/// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
+/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked" }],
+/// # };
+///
+/// let svg = svg_marked(&DOOR, |state| StateMark {
+///     caption: Some(format!("{} doors", state.name.len())),
+///     fill: (state.name == "Open").then_some(0xffe4b5),
+///     href: Some(format!("?state={}&x=<y>", state.name)),
+/// });
+/// assert!(svg.contains(r#"<a href="?state=Open&amp;x=&lt;y&gt;">"#));
+/// assert!(svg.contains(">4 doors<"));
+/// ```
+pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMark) -> String {
     let dir = Orientation::LeftToRight;
     let mut graph = VisualGraph::new(dir);
 
     let mut states = HashMap::new();
+    let mut links = Vec::new();
     for state in definition.states {
+        let StateMark {
+            caption,
+            fill,
+            href,
+        } = mark(state);
+        let label = match &caption {
+            // One line: a caption cannot add lines of its own.
+            Some(caption) => format!("{}\n{}", state.name, caption.replace(['\n', '\r'], " ")),
+            None => state.name.to_owned(),
+        };
+        if let Some(href) = href {
+            links.push((label_text(&label), href));
+        }
         // A double ellipse rather than Graphviz's double circle: a circle round a long
         // name would dwarf the rest of the diagram.
         let (shape, rounded) = if state.terminal {
-            (ShapeKind::new_double_circle(state.name), 0)
+            (ShapeKind::new_double_circle(&label), 0)
         } else {
-            (ShapeKind::new_box(state.name), ROUNDED)
+            (ShapeKind::new_box(&label), ROUNDED)
         };
         let size = get_shape_size(dir, &shape, FONT_SIZE, false).add(Point::new(0., BOX_GROW));
-        let look = StyleAttr::new(black(), 1, Some(Color::fast("white")), rounded, FONT_SIZE);
+        let fill = fill.map_or_else(|| Color::fast("white"), |rgb| Color::new((rgb << 8) | 0xff));
+        let look = StyleAttr::new(black(), 1, Some(fill), rounded, FONT_SIZE);
         let node = graph.add_node(Element::create(shape, look, dir, size));
         states.insert(state.name, node);
     }
@@ -106,7 +164,55 @@ pub fn svg(definition: &Definition) -> String {
 
     let mut writer = SVGWriter::new();
     graph.do_it(false, false, false, &mut writer);
-    writer.finalize()
+    let mut out = writer.finalize();
+    for (text, href) in links {
+        link_text(&mut out, &text, &href);
+    }
+    out
+}
+
+/// The lines of `label` as `layout-rs` writes them, escaped.
+fn label_text(label: &str) -> Vec<String> {
+    label.lines().map(escape).collect()
+}
+
+/// Wraps the first `<text>` element whose `<tspan>` lines are `lines` (states are drawn
+/// before edges) in a link to `href`.
+fn link_text(svg: &mut String, lines: &[String], href: &str) {
+    let mut from = 0;
+    while let Some(offset) = svg[from..].find("<text ") {
+        let start = from + offset;
+        let Some(len) = svg[start..].find("</text>") else {
+            return;
+        };
+        let end = start + len + "</text>".len();
+        let spans: Vec<&str> = svg[start..end]
+            .split("</tspan>")
+            .filter_map(|part| part.rsplit_once("dy=\"1.0em\">").map(|(_, line)| line))
+            .collect();
+        if spans.len() == lines.len() && spans.iter().zip(lines).all(|(a, b)| *a == b) {
+            svg.insert_str(end, "</a>");
+            svg.insert_str(start, &format!("<a href=\"{}\">", escape(href)));
+            return;
+        }
+        from = end;
+    }
+}
+
+/// Text as XML character data or an attribute value, as `layout-rs` escapes labels.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn black() -> Color {
@@ -138,6 +244,30 @@ mod tests {
         assert!(out.starts_with("<?xml"), "{out}");
         assert!(out.contains("<svg "));
         assert!(out.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn marked_states_carry_their_caption_fill_and_link() {
+        let out = svg_marked(&ORDER, |state| StateMark {
+            caption: Some(format!("{} orders", state.name.len())),
+            fill: (state.name == "Paid").then_some(0xffcccc),
+            href: Some(format!("list?state={}&page=1", state.name)),
+        });
+        assert_eq!(out.matches("<a href=").count(), ORDER.states.len());
+        for state in ORDER.states {
+            let open = format!("<a href=\"list?state={}&amp;page=1\"><text ", state.name);
+            let at = out
+                .find(&open)
+                .unwrap_or_else(|| panic!("{} has no link", state.name));
+            let linked = &out[at..at + out[at..].find("</a>").unwrap()];
+            assert!(
+                linked.contains(&format!(">{}</tspan>", state.name)),
+                "{linked}"
+            );
+            let caption = format!(">{} orders</tspan>", state.name.len());
+            assert!(linked.contains(&caption), "{linked}");
+        }
+        assert_eq!(out.matches("fill=\"#ffccccff\"").count(), 1);
     }
 
     #[test]
