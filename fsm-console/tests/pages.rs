@@ -296,3 +296,27 @@ async fn a_read_only_console_shows_no_form_and_refuses_actions() {
     );
     assert_eq!(store.dead_letters::<Order>().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_actions_on_postgres() {
+    let Some(url) = common::server_url("FSM_POSTGRES_URL") else {
+        return;
+    };
+    let (store, schema) = common::postgres(&url).await;
+    let dead = common::seed(&store).await;
+    pages_and_actions(store.clone(), dead).await;
+    store.pool().close().await;
+    common::drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_actions_on_mysql() {
+    let Some(url) = common::server_url("FSM_MYSQL_URL") else {
+        return;
+    };
+    let (store, database) = common::mysql(&url).await;
+    let dead = common::seed(&store).await;
+    pages_and_actions(store.clone(), dead).await;
+    store.pool().close().await;
+    common::drop_database(&url, &database).await;
+}

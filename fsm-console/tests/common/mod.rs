@@ -125,3 +125,100 @@ pub(crate) async fn memory() -> (MemoryStore, EffectId) {
     let dead = seed(&store).await;
     (store, dead)
 }
+
+/// The server URL in env var `var`, or `None` (a skip, printed) when it is unset.
+///
+/// # Panics
+///
+/// When `var` is unset and `CI` is set: CI runs against the servers.
+pub(crate) fn server_url(var: &str) -> Option<String> {
+    if let Some(url) = std::env::var(var).ok().filter(|url| !url.is_empty()) {
+        return Some(url);
+    }
+    let in_ci = std::env::var_os("CI").is_some_and(|ci| !ci.is_empty());
+    assert!(!in_ci, "{var} is not set, but CI is: set {var}");
+    eprintln!("skipping: {var} is not set");
+    None
+}
+
+/// A name of this test's own, valid unquoted on every server.
+pub(crate) fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "fsm_console_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A PostgreSQL store in a schema of its own; `drop_schema` removes it.
+pub(crate) async fn postgres(url: &str) -> (fsm_sqlx::PgStore, String) {
+    use std::str::FromStr;
+    let schema = unique_name();
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = fsm_sqlx::PgStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    (store, schema)
+}
+
+pub(crate) async fn drop_schema(url: &str, schema: &str) {
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// A MySQL store in a database of its own; `drop_database` removes it.
+pub(crate) async fn mysql(url: &str) -> (fsm_sqlx::MySqlStore, String) {
+    use std::str::FromStr;
+    let name = unique_name();
+    let admin = sqlx::MySqlPool::connect(url)
+        .await
+        .expect("connect to MySQL");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
+        .unwrap()
+        .database(&name);
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = fsm_sqlx::MySqlStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    (store, name)
+}
+
+pub(crate) async fn drop_database(url: &str, name: &str) {
+    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
