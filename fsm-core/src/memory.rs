@@ -104,11 +104,44 @@ struct Recorded {
     from: &'static str,
     /// The event's name; `None` for a timer.
     event: Option<&'static str>,
-    /// The serialized [`Trigger`].
-    trigger: String,
+    /// The [`Trigger`].
+    trigger: StoredTrigger,
     to: &'static str,
     key: Option<String>,
     at_ms: u64,
+}
+
+/// A history row's trigger: as fired, serialized only when another type of the same
+/// machine name reads it (the firing type reads it back without JSON, as fsm's fire
+/// path cannot afford a serialization per transition). [`Prepared`] checked it is
+/// storable, so serializing it later cannot fail.
+struct StoredTrigger {
+    trigger: Box<dyn Any + Send + Sync>,
+    to_json: fn(&(dyn Any + Send + Sync)) -> serde_json::Result<String>,
+}
+
+impl StoredTrigger {
+    fn of<M: StateMachine>(trigger: Trigger<M::Event>) -> Self {
+        fn to_json<M: StateMachine>(any: &(dyn Any + Send + Sync)) -> serde_json::Result<String> {
+            match any.downcast_ref::<Trigger<M::Event>>() {
+                Some(trigger) => serde_json::to_string(trigger),
+                None => unreachable!("a trigger is stored with its own encoder"),
+            }
+        }
+        StoredTrigger {
+            trigger: Box::new(trigger),
+            to_json: to_json::<M>,
+        }
+    }
+
+    /// The trigger as `M` reads it: a clone when `M` fired it, else through its JSON.
+    fn read<M: StateMachine>(&self) -> std::result::Result<Trigger<M::Event>, String> {
+        if let Some(trigger) = self.trigger.downcast_ref::<Trigger<M::Event>>() {
+            return Ok(trigger.clone());
+        }
+        let json = (self.to_json)(self.trigger.as_ref()).map_err(|e| e.to_string())?;
+        serde_json::from_str(&json).map_err(|e| e.to_string())
+    }
 }
 
 /// (machine type, id, version, seq), ordered as the outbox table's key.
@@ -309,7 +342,7 @@ fn decode_transition<M: StateMachine>(id: &str, row: &Recorded) -> Result<Transi
             )
         })
     };
-    let event: Trigger<M::Event> = serde_json::from_str(&row.trigger).map_err(|e| {
+    let event: Trigger<M::Event> = row.trigger.read::<M>().map_err(|e| {
         Error::corrupt::<M>(
             "memory",
             id,
@@ -367,8 +400,6 @@ impl Entry {
                 serde_json::to_string(e).map_err(|s| Error::serialization::<M>(id, "effect", s))
             })
             .collect::<Result<Vec<_>>>()?;
-        let trigger = serde_json::to_string(&transition.event)
-            .map_err(|s| Error::serialization::<M>(id, "event", s))?;
         typed.context = context;
         typed.state = transition.to;
         self.version = transition.version;
@@ -401,7 +432,7 @@ impl Entry {
             version: transition.version,
             from: M::state_name(transition.from),
             event: transition.event.event().map(M::event_name),
-            trigger,
+            trigger: StoredTrigger::of::<M>(transition.event.clone()),
             to: M::state_name(transition.to),
             key: prepared
                 .stored_key()

@@ -9,7 +9,7 @@ use fsm_core::{
     Result, Retention, StateMachine, Transition,
 };
 
-use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch};
+use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch, retrying};
 use crate::engine;
 use crate::store::SqlStore;
 
@@ -45,13 +45,15 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
     ) -> Result<Vec<(String, Transition<M>)>> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let due = D::claim_timers(
-            &self.pool,
-            M::DEFINITION.name,
-            now as i64,
-            deadline(now, lease),
-            limit,
-        )
+        let due = retrying(|| {
+            D::claim_timers(
+                &self.pool,
+                M::DEFINITION.name,
+                now as i64,
+                deadline(now, lease),
+                limit,
+            )
+        })
         .await?;
         let mut fired = Vec::new();
         for timer in &due {
@@ -112,8 +114,10 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
     ) -> Result<Vec<ClaimedEffect>> {
         let now = now_ms();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut effects =
-            D::claim_effects(&self.pool, machine, now as i64, deadline(now, lease), limit).await?;
+        let mut effects = retrying(|| {
+            D::claim_effects(&self.pool, machine, now as i64, deadline(now, lease), limit)
+        })
+        .await?;
         // RETURNING has no order: hand each instance's effects over in emission order.
         effects.sort_by(|a, b| {
             (&a.machine_id, a.version, a.seq).cmp(&(&b.machine_id, b.version, b.seq))
@@ -180,7 +184,7 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         older_than: Duration,
         batch: usize,
     ) -> Result<u64> {
-        engine::prune::prune_finished::<D, M>(&self.pool, older_than, batch).await
+        retrying(|| engine::prune::prune_finished::<D, M>(&self.pool, older_than, batch)).await
     }
 
     async fn outbox_depth(&self, machine: &'static str) -> Result<OutboxDepth> {

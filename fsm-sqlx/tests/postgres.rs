@@ -37,6 +37,32 @@ mod durable {
     fsm_core::durable_restart_tests!(on_server!(Concurrency::Optimistic));
 }
 
+/// Every transaction SERIALIZABLE: the server aborts one of two racing transactions
+/// with SQLSTATE 40001 (or 40P01), which the store must retry as a lost race.
+macro_rules! serializable {
+    ($concurrency:expr) => {{
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        PgSchema::serializable(url, $concurrency)
+    }};
+}
+
+mod serializable_optimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!(serializable!(Concurrency::Optimistic));
+}
+
+mod serializable_pessimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!(serializable!(Concurrency::Pessimistic));
+}
+
+mod serializable_durable {
+    use super::*;
+    fsm_core::durable_store_tests!(serializable!(Concurrency::Optimistic));
+}
+
 #[tokio::test]
 async fn a_database_of_the_previous_release_upgrades_in_place() {
     use common::upgrade::{hex, previous_migrator, previous_rows, previous_rows_read_back};

@@ -417,6 +417,56 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation())
 }
 
+/// Whether the database aborted a statement or transaction to serialise it against a
+/// concurrent one: SQLSTATE 40001 (PostgreSQL at SERIALIZABLE, CockroachDB, YugabyteDB;
+/// MySQL's deadlock 1213 and a Galera certification failure) or 40P01 (a PostgreSQL
+/// deadlock). Nothing of it was written: it is a lost race, to be run again.
+pub(crate) fn is_lost_race(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+/// [`is_lost_race`] of the sqlx error an [`Error::Database`] keeps as its source.
+pub(crate) fn lost_race(err: &Error) -> bool {
+    match err {
+        Error::Database { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_lost_race),
+        _ => false,
+    }
+}
+
+/// Runs of one statement or transaction before a lost race is reported as the error.
+const LOST_RACE_RUNS: u32 = 16;
+
+/// Runs `run` (one statement, or one whole transaction) again while the database
+/// aborts it as a lost race, after a short random pause that grows with the attempts.
+pub(crate) async fn retrying<T, F, Fut>(mut run: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut runs = 1;
+    loop {
+        match run().await {
+            Err(err) if runs < LOST_RACE_RUNS && lost_race(&err) => {
+                tracing::debug!(error = %err, runs, "lost a race to another transaction; running again");
+                tokio::time::sleep(lost_race_pause(runs)).await;
+                runs += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Up to 2^runs ms (at most 64 ms), random so the racers spread out.
+pub(crate) fn lost_race_pause(runs: u32) -> std::time::Duration {
+    use rand::Rng;
+    let ceiling = 1u64 << runs.min(6);
+    std::time::Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
+}
+
 /// A transaction for writing: SQLite takes its write lock at `BEGIN`.
 pub(crate) async fn begin_write<D: Backend>(
     pool: &Pool<D>,
@@ -430,6 +480,8 @@ pub(crate) async fn begin_write<D: Backend>(
 }
 
 /// Runs a statement on a pooled connection; rows changed.
+///
+/// A statement the database aborts as a lost race is run again ([`retrying`]).
 pub(crate) async fn execute<D: Backend>(
     pool: &Pool<D>,
     sql: &'static str,
@@ -437,12 +489,17 @@ pub(crate) async fn execute<D: Backend>(
     operation: impl Fn() -> String,
 ) -> Result<u64> {
     let failed = db_error(operation);
-    let mut conn = pool.acquire().await.map_err(&failed)?;
-    let result = D::run(&mut conn, sql, args).await.map_err(&failed)?;
-    Ok(D::rows_affected(&result))
+    retrying(|| async {
+        let mut conn = pool.acquire().await.map_err(&failed)?;
+        let result = D::run(&mut conn, sql, args).await.map_err(&failed)?;
+        Ok(D::rows_affected(&result))
+    })
+    .await
 }
 
 /// Runs a query on a pooled connection; its rows.
+///
+/// A statement the database aborts as a lost race is run again ([`retrying`]).
 pub(crate) async fn fetch<D: Backend>(
     pool: &Pool<D>,
     sql: &'static str,
@@ -450,8 +507,11 @@ pub(crate) async fn fetch<D: Backend>(
     operation: impl Fn() -> String,
 ) -> Result<Vec<D::Row>> {
     let failed = db_error(operation);
-    let mut conn = pool.acquire().await.map_err(&failed)?;
-    D::rows(&mut conn, sql, args).await.map_err(&failed)
+    retrying(|| async {
+        let mut conn = pool.acquire().await.map_err(&failed)?;
+        D::rows(&mut conn, sql, args).await.map_err(&failed)
+    })
+    .await
 }
 
 /// An outbox row as selected (machine id, version, seq, effect, attempts, last error,

@@ -15,7 +15,7 @@ use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, tim
 use fsm_core::{Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition};
 
 use crate::Concurrency;
-use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch};
+use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch, lost_race, retrying};
 use rows::{
     InstanceRead, MachineRow, NewMachine, TimerRow, TransitionRow, WriteOutcome, decode_machine,
     decode_transition, timers_of, to_json, undecodable, write_of,
@@ -87,17 +87,22 @@ async fn read_on<D: Dialect>(
         .map_err(|e| undecodable(machine, id, "fsm_machines", &e))
 }
 
+/// The read of [`read_on`] on a pooled connection, run again after a lost race (even a
+/// read can be one at SERIALIZABLE).
 async fn read<D: Dialect>(
     pool: &Pool<D>,
     machine: &'static str,
     id: &str,
     key: KeyLookup<'_>,
 ) -> Result<InstanceRead> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(db_error(|| format!("read {machine} {id}")))?;
-    read_on::<D>(&mut conn, machine, id, key).await
+    retrying(|| async {
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(db_error(|| format!("read {machine} {id}")))?;
+        read_on::<D>(&mut conn, machine, id, key).await
+    })
+    .await
 }
 
 /// As [`read`], inside a transaction that holds the instance's row lock until it is
@@ -142,7 +147,7 @@ pub(crate) async fn create<D: Dialect, M: StateMachine>(
         at_ms: now as i64,
         timers: timers_of::<M>(M::INITIAL, now),
     };
-    if D::insert(pool, &new).await? {
+    if retrying(|| D::insert(pool, &new)).await? {
         return Ok(Created::New(Snapshot::new(id, M::INITIAL, 0, context)));
     }
     let (row, _) = read(pool, M::DEFINITION.name, id, KeyLookup::NONE)
@@ -268,9 +273,17 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
                 (decode_machine::<M>(id, row)?, recorded, true)
             }
             (Concurrency::Pessimistic, _) => {
-                let (tx, read) = lock(pool, machine, id, key)
-                    .await?
-                    .ok_or_else(|| Error::not_found::<M>(id))?;
+                let locked_read = match lock(pool, machine, id, key).await {
+                    // A deadlock among lockers (40P01), or a serialization failure.
+                    Err(err) if lost_race(&err) => {
+                        policy.pause(attempt, machine, id, 0).await?;
+                        attempt += 1;
+                        fsm_core::observe::cas_retry(machine, attempt);
+                        continue;
+                    }
+                    other => other?,
+                };
+                let (tx, read) = locked_read.ok_or_else(|| Error::not_found::<M>(id))?;
                 let (row, recorded) = read.ok_or_else(|| Error::not_found::<M>(id))?;
                 locked = Some(tx);
                 (decode_machine::<M>(id, row)?, recorded, true)
@@ -303,8 +316,15 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         };
         let write = write_of(id, &prepared, &snapshot, verified, &applied)?;
         let written = match locked {
-            Some(tx) => D::write_locked(tx, &write).await?,
-            None => D::write(pool, &write).await?,
+            Some(tx) => D::write_locked(tx, &write).await,
+            None => D::write(pool, &write).await,
+        };
+        let written = match written {
+            // The database aborted the transaction (at any statement, COMMIT included)
+            // to serialise it against another: nothing was written, and the race is lost
+            // as surely as a moved version.
+            Err(err) if lost_race(&err) => WriteOutcome::VersionMoved,
+            other => other?,
         };
         match written {
             WriteOutcome::Committed => {
@@ -348,6 +368,28 @@ pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
                 format!("negative delay {}", timer.after_ms),
             )
         })?;
+    let fired = retrying(|| fire_timer_once::<D, M>(pool, timer, after)).await?;
+    let args = [
+        Arg::Text(machine),
+        Arg::Text(id),
+        Arg::Int(timer.version),
+        Arg::Int(timer.after_ms),
+    ];
+    crate::dialect::execute(pool, D::SQL.delete_timer, &args, || {
+        format!("delete {machine} {id} timer")
+    })
+    .await?;
+    Ok(fired)
+}
+
+/// [`fire_timer`]'s read, decision and write, run again whole after a lost race.
+async fn fire_timer_once<D: Dialect, M: StateMachine>(
+    pool: &Pool<D>,
+    timer: &TimerRow,
+    after: Duration,
+) -> Result<Option<Transition<M>>> {
+    let machine = M::DEFINITION.name;
+    let id = timer.machine_id.as_str();
     let fired = match read(pool, machine, id, KeyLookup::NONE).await? {
         Some((row, _)) if row.version == timer.version => {
             if !M::DEFINITION.has_timer(&timer.from_state, after) {
@@ -376,15 +418,5 @@ pub(crate) async fn fire_timer<D: Dialect, M: StateMachine>(
         }
         _ => None,
     };
-    let args = [
-        Arg::Text(machine),
-        Arg::Text(id),
-        Arg::Int(timer.version),
-        Arg::Int(timer.after_ms),
-    ];
-    crate::dialect::execute(pool, D::SQL.delete_timer, &args, || {
-        format!("delete {machine} {id} timer")
-    })
-    .await?;
     Ok(fired)
 }

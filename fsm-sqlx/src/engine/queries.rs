@@ -17,7 +17,7 @@ use fsm_core::{
 };
 
 use super::rows::{MachineRow, decode_machine, undecodable};
-use crate::dialect::{Arg, Dialect, db_error};
+use crate::dialect::{Arg, Dialect, db_error, retrying};
 
 /// A statement under construction: text with placeholders as `D` numbers them, and its
 /// arguments in order.
@@ -90,10 +90,14 @@ impl<'a, D: Dialect> Statement<'a, D> {
         operation: impl Fn() -> String,
     ) -> Result<Vec<D::Row>> {
         let failed = db_error(operation);
-        let mut conn = pool.acquire().await.map_err(&failed)?;
-        D::rows(&mut conn, &self.sql, &self.args)
-            .await
-            .map_err(&failed)
+        // Even a read can be a lost race at SERIALIZABLE: run it again.
+        retrying(|| async {
+            let mut conn = pool.acquire().await.map_err(&failed)?;
+            D::rows(&mut conn, &self.sql, &self.args)
+                .await
+                .map_err(&failed)
+        })
+        .await
     }
 }
 

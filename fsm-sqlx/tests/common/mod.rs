@@ -149,6 +149,26 @@ pub(crate) mod pg {
         pub(crate) fn schema(&self) -> &Schema {
             &self.schema
         }
+
+        /// As [`new`](Self::new), with every transaction SERIALIZABLE
+        /// (`default_transaction_isolation`), as on CockroachDB or YugabyteDB.
+        pub(crate) async fn serializable(url: String, concurrency: Concurrency) -> Self {
+            let schema = Schema::create(url).await;
+            let options = schema
+                .options(&schema.name)
+                .options([("default_transaction_isolation", "serializable")]);
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .expect("connect to the PostgreSQL server");
+            let store = PgStore::from_pool(pool).with_concurrency(concurrency);
+            store.migrate().await.expect("migrate");
+            PgSchema {
+                store: Arc::new(store),
+                schema,
+            }
+        }
     }
 
     /// A small pool on the test's own schema (tests run in parallel against one server),
