@@ -361,28 +361,32 @@ async fn act<S: DurableStore>(
     }
 }
 
-/// A `POST` from a page of this console: a browser sends `Origin` (or
-/// `Sec-Fetch-Site`) on every form submission, and it must name this host.
+/// A `POST` from a page of this console: a browser sends `Origin` (and
+/// `Sec-Fetch-Site`) on every form submission, and it must name this host, as the
+/// request's `Host` or, behind a reverse proxy, its `X-Forwarded-Host` says.
 fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
         && site != "same-origin"
     {
         return Err("the form was not submitted from this console");
     }
-    match (text(header::ORIGIN), text(header::HOST)) {
-        (Some(origin), Some(host)) => {
-            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            if origin_host.eq_ignore_ascii_case(host) {
-                Ok(())
-            } else {
-                Err("the Origin header names another site")
-            }
-        }
-        (Some(_), None) => Err("no Host header"),
+    let Some(origin) = text("origin") else {
         // Clients that are not browsers send no Origin; the CSRF token still binds the
         // request to a page of this console.
-        (None, _) => Ok(()),
+        return Ok(());
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let forwarded = text("x-forwarded-host").and_then(|h| h.split(',').next());
+    let hosts = [text("host"), forwarded.map(str::trim)];
+    if hosts
+        .into_iter()
+        .flatten()
+        .any(|host| origin_host.eq_ignore_ascii_case(host))
+    {
+        Ok(())
+    } else {
+        Err("the Origin header names another site")
     }
 }
 

@@ -16,6 +16,10 @@ use crate::time::utc;
 /// The console's stylesheet, served at `style.css`.
 pub(crate) const STYLE: &str = include_str!("style.css");
 
+/// Rows a history or dead-letter table shows at most (the newest history, the oldest
+/// dead letters); a note says how many more there are.
+pub(crate) const MAX_ROWS: usize = 1_000;
+
 /// Fill of a state where an instance is stuck.
 const STUCK_FILL: u32 = 0xffd8a8;
 
@@ -267,6 +271,9 @@ pub(crate) fn instance(base: &str, definition: &Definition, view: &Instance) -> 
             h2 { "Context" }
             pre.context { (view.context) }
             h2 { "History" }
+            @if view.history.len() > MAX_ROWS {
+                p.note { "The newest " (MAX_ROWS) " of " (view.history.len()) " transitions." }
+            }
             @if view.history.is_empty() { p { "No transition yet." } } @else {
                 table.history {
                     thead { tr {
@@ -274,7 +281,7 @@ pub(crate) fn instance(base: &str, definition: &Definition, view: &Instance) -> 
                         th { "Payload" } th { "To" } th { "Key" }
                     } }
                     tbody {
-                        @for step in &view.history {
+                        @for step in &view.history[view.history.len().saturating_sub(MAX_ROWS)..] {
                             tr {
                                 td.num { (step.version) }
                                 td { (utc(step.at_ms)) }
@@ -353,6 +360,9 @@ pub(crate) fn dead_letters(
         &format!("{machine} dead letters"),
         Some(machine),
         html! {
+            @if dead.len() > MAX_ROWS {
+                p.note { "The oldest " (MAX_ROWS) " of " (dead.len()) " dead letters." }
+            }
             @if dead.is_empty() { p { "No dead letter." } } @else {
                 table.dead {
                     thead { tr {
@@ -360,7 +370,7 @@ pub(crate) fn dead_letters(
                         th { "Payload" } @if csrf.is_some() { th { "" } }
                     } }
                     tbody {
-                        @for letter in dead {
+                        @for letter in dead.iter().take(MAX_ROWS) {
                             tr {
                                 td { code { (machine) "/" (letter.id) "/" (letter.version) "/" (letter.seq) } }
                                 td { a.id href=(instance_href(base, machine, &letter.id)) { (letter.id) } }

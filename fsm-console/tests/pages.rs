@@ -208,6 +208,28 @@ async fn actions_need_the_console_s_own_form(served: &Served, dead: &EffectId) {
         403
     );
     assert_eq!(post(served, "explode", &form(dead, &csrf), None).await, 404);
+    // Behind a reverse proxy the browser's Origin is the proxy's host.
+    let elsewhere = EffectId {
+        version: 99,
+        ..dead.clone()
+    };
+    let proxied = |forwarded: &'static str| {
+        served
+            .http
+            .post(format!("{}/m/Order/dead/discard", served.url))
+            .header("origin", "https://console.example")
+            .header("x-forwarded-host", forwarded)
+            .form(&form(&elsewhere, &csrf))
+            .send()
+    };
+    assert_eq!(
+        proxied("console.example").await.unwrap().status().as_u16(),
+        303
+    );
+    assert_eq!(
+        proxied("evil.example").await.unwrap().status().as_u16(),
+        403
+    );
     let page = served.page("/m/Order/dead", 200).await;
     assert!(page.contains("o-refunded"), "nothing was requeued");
 }
