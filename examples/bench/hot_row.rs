@@ -20,7 +20,7 @@ use crate::{MACHINE, Res};
 /// How the hot row's writers meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HotMode {
-    /// The store's default retry policy, as shipped.
+    /// The store as shipped: its default concurrency mode and retry policy.
     StorePolicy,
     /// `RetryPolicy::NONE` in the store, the default policy applied by the client.
     Counted,
@@ -45,7 +45,7 @@ pub(crate) struct HotRow {
 /// One hot-row run in `mode` on a fresh database.
 pub(crate) async fn run_hot<D: Db>(cfg: &Config, run: usize, mode: HotMode) -> Res<HotRow> {
     let (concurrency, store_policy) = match mode {
-        HotMode::StorePolicy => (Concurrency::Optimistic, RetryPolicy::default()),
+        HotMode::StorePolicy => (Concurrency::default(), RetryPolicy::default()),
         HotMode::Counted => (Concurrency::Optimistic, RetryPolicy::NONE),
         HotMode::Pessimistic => (Concurrency::Pessimistic, RetryPolicy::default()),
     };

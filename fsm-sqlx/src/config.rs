@@ -13,12 +13,19 @@
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Concurrency {
-    /// Read, decide, then compare-and-set on the version; a lost race is read and decided
-    /// again under the store's retry policy. Best when instances are rarely contended.
+    /// Optimistic first; once a fire loses a race, its next attempt takes the row lock
+    /// ([`Pessimistic`](Self::Pessimistic)) and cannot lose again. An uncontended fire
+    /// costs what an optimistic one does, and a hot row never gives up with
+    /// [`Conflict`](fsm_core::Error::Conflict): writers that collided queue on the lock.
     #[default]
+    Adaptive,
+    /// Read, decide, then compare-and-set on the version; a lost race is read and decided
+    /// again under the store's retry policy, which may give up with
+    /// [`Conflict`](fsm_core::Error::Conflict). Holds no lock across a round trip, which
+    /// matters where locks are node-local (a Galera cluster).
     Optimistic,
     /// Lock the instance's row while deciding (`SELECT ... FOR UPDATE` on PostgreSQL and
     /// MySQL, `BEGIN IMMEDIATE` on SQLite): writers queue instead of retrying. Best for hot
-    /// rows, at the price of holding a lock across a round trip.
+    /// rows, at the price of holding a lock across a round trip on every fire.
     Pessimistic,
 }

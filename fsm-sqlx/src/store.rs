@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
@@ -17,6 +18,7 @@ use tracing::Instrument;
 use crate::Concurrency;
 use crate::dialect::{ConnectOptionsOf, Dialect, db_error};
 use crate::engine;
+use crate::engine::hot::HotRows;
 
 /// A durable [`Store`] on database `D`, in sqlx's manner: [`SqliteStore`](crate::SqliteStore),
 /// [`PgStore`](crate::PgStore) and [`MySqlStore`](crate::MySqlStore) are aliases, as
@@ -47,6 +49,8 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) concurrency: Concurrency,
     /// Seals the snapshots this store hands out, so `fire_with` trusts only those.
     pub(crate) seal: SnapshotSeal,
+    /// Instances that lost a race lately, which an adaptive fire locks at once.
+    pub(crate) hot: Arc<HotRows>,
 }
 
 impl<D: Dialect> SqlStore<D> {
@@ -56,8 +60,9 @@ impl<D: Dialect> SqlStore<D> {
         SqlStore {
             pool,
             retry: RetryPolicy::default(),
-            concurrency: Concurrency::Optimistic,
+            concurrency: Concurrency::default(),
             seal: SnapshotSeal::new(),
+            hot: Arc::default(),
         }
     }
 
@@ -98,9 +103,11 @@ impl<D: Dialect> SqlStore<D> {
         self
     }
 
-    /// Chooses optimistic compare-and-set (the default) or row locking (`SELECT ... FOR
-    /// UPDATE` before deciding; on SQLite the database's write lock, taken by `BEGIN
-    /// IMMEDIATE` before reading).
+    /// Chooses how writers of one instance meet ([`Concurrency`]): adaptive (the
+    /// default: compare-and-set, then the row lock after a lost race), optimistic
+    /// compare-and-set only, or row locking on every fire (`SELECT ... FOR UPDATE`
+    /// before deciding; on SQLite the database's write lock, taken by `BEGIN IMMEDIATE`
+    /// before reading).
     #[must_use]
     pub fn with_concurrency(mut self, concurrency: Concurrency) -> Self {
         self.concurrency = concurrency;
@@ -132,6 +139,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             retry: self.retry,
             concurrency: self.concurrency,
             seal: self.seal.clone(),
+            hot: Arc::clone(&self.hot),
         }
     }
 }
@@ -175,6 +183,7 @@ impl<D: Dialect> Store for SqlStore<D> {
                 &self.pool,
                 &self.retry,
                 self.concurrency,
+                &self.hot,
                 id,
                 prepared,
                 None,
@@ -245,6 +254,7 @@ impl<D: Dialect> SqlStore<D> {
             &self.pool,
             &self.retry,
             self.concurrency,
+            &self.hot,
             &id,
             prepared,
             known,

@@ -31,6 +31,11 @@ mod pessimistic {
     fsm_core::store_conformance_tests!(on_server!(Concurrency::Pessimistic));
 }
 
+mod adaptive {
+    use super::*;
+    fsm_core::store_conformance_tests!(on_server!(Concurrency::Adaptive));
+}
+
 mod durable {
     use super::*;
     fsm_core::durable_store_tests!(on_server!(Concurrency::Optimistic));
@@ -56,6 +61,11 @@ mod serializable_optimistic {
 mod serializable_pessimistic {
     use super::*;
     fsm_core::store_conformance_tests!(serializable!(Concurrency::Pessimistic));
+}
+
+mod serializable_adaptive {
+    use super::*;
+    fsm_core::store_conformance_tests!(serializable!(Concurrency::Adaptive));
 }
 
 mod serializable_durable {

@@ -18,6 +18,11 @@ mod file_pessimistic {
     fsm_core::store_conformance_tests!(SqliteFile::with(Concurrency::Pessimistic));
 }
 
+mod file_adaptive {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::with(Concurrency::Adaptive));
+}
+
 mod memory {
     use super::*;
     fsm_core::store_conformance_tests!(async {

@@ -3,6 +3,7 @@
 //!
 //! Deciding stays in fsm-core's [`Prepared::apply`]; a dialect only moves rows.
 
+pub(crate) mod hot;
 pub(crate) mod prune;
 pub(crate) mod queries;
 pub(crate) mod rows;
@@ -250,6 +251,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
     pool: &Pool<D>,
     policy: &RetryPolicy,
     mode: Concurrency,
+    hot: &hot::HotRows,
     id: &str,
     prepared: Prepared<M>,
     mut known: Option<Snapshot<M>>,
@@ -261,18 +263,25 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
     };
     let mut attempt = 1;
     let mut token_rejected = false;
+    // Adaptive starts optimistic and locks once it has lost a race, or at once on an
+    // instance that lost one lately.
+    let mut locking = match mode {
+        Concurrency::Pessimistic => true,
+        Concurrency::Adaptive => hot.is_hot(machine, id),
+        Concurrency::Optimistic => false,
+    };
     loop {
         let mut locked = None;
         // A caller's snapshot saves the read; it is trusted only once the write succeeds.
-        let (snapshot, recorded, verified) = match (mode, known.take()) {
-            (Concurrency::Optimistic, Some(snapshot)) => (snapshot, None, false),
-            (Concurrency::Optimistic, None) => {
+        let (snapshot, recorded, verified) = match (locking, known.take()) {
+            (false, Some(snapshot)) => (snapshot, None, false),
+            (false, None) => {
                 let (row, recorded) = read(pool, machine, id, key)
                     .await?
                     .ok_or_else(|| Error::not_found::<M>(id))?;
                 (decode_machine::<M>(id, row)?, recorded, true)
             }
-            (Concurrency::Pessimistic, _) => {
+            (true, _) => {
                 let locked_read = match lock(pool, machine, id, key).await {
                     // A deadlock among lockers (40P01), or a serialization failure.
                     Err(err) if lost_race(&err) => {
@@ -335,6 +344,12 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
             WriteOutcome::TokenRejected => {
                 token_rejected = true;
                 continue;
+            }
+            // A lost race on a row others write too: the adaptive retry takes the lock,
+            // so it queues instead of racing again (and never gives up).
+            WriteOutcome::VersionMoved if mode == Concurrency::Adaptive && !locking => {
+                hot.lost_race(machine, id);
+                locking = true;
             }
             WriteOutcome::VersionMoved if verified => {
                 policy.pause(attempt, machine, id, snapshot.version).await?;
