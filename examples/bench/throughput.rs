@@ -19,10 +19,11 @@ use crate::report::{ms, us};
 
 /// One uncontended run: `clients` clients, each at its own instances.
 async fn run_pair_side<D: Db>(cfg: &Config, run: usize, clients: usize, side: Side) -> Res<Stats> {
+    // The store as shipped (adaptive), unless --pessimistic asks for the experiment.
     let mode = if cfg.pessimistic && side == Side::Fsm {
         Concurrency::Pessimistic
     } else {
-        Concurrency::Optimistic
+        Concurrency::default()
     };
     let db = Arc::new(D::open(cfg, run, mode, RetryPolicy::default()).await?);
     let result = pair_side_on(cfg, &db, clients, side).await;
