@@ -4,6 +4,7 @@
 //! skipped, or fail when `CI` is set.
 #![cfg(feature = "postgres")]
 
+#[macro_use]
 mod common;
 
 use common::pg::PgSchema;
@@ -94,22 +95,7 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
     store.pool().close().await;
 }
 
-/// 100,000 done outbox rows pruned in batches of 1,000 while transitions keep applying
-/// (the rows are made done long ago with one `UPDATE`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pruning_100k_done_rows_in_batches_while_transitions_apply() {
-    use fsm_core::testing::DurableFixture;
-    use fsm_core::testing::durable::pruning_100k_done_rows_in_batches_while_transitions_apply as spec;
-    let fixture = on_server!(Concurrency::Optimistic).await;
-    let store = DurableFixture::store(&fixture);
-    let pool = store.pool().clone();
-    let load = spec(store, || async move {
-        sqlx::query("UPDATE fsm_outbox SET done_at = 1 WHERE machine_type = 'Meter'")
-            .execute(&pool)
-            .await
-            .expect("age the meter's outbox rows");
-    })
-    .await;
-    eprintln!("PostgreSQL: {load}");
-    DurableFixture::cleanup(fixture).await;
-}
+pruning_100k_done_rows_in_batches_while_transitions_apply!(
+    "PostgreSQL",
+    on_server!(Concurrency::Optimistic).await
+);

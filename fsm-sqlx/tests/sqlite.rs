@@ -1,6 +1,7 @@
 //! The conformance and durable suites on SQLite, in a file and in memory.
 #![cfg(feature = "sqlite")]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -61,22 +62,4 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
     }
 }
 
-/// 100,000 done outbox rows pruned in batches of 1,000 while transitions keep applying
-/// (the rows are made done long ago with one `UPDATE`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pruning_100k_done_rows_in_batches_while_transitions_apply() {
-    use fsm_core::testing::DurableFixture;
-    use fsm_core::testing::durable::pruning_100k_done_rows_in_batches_while_transitions_apply as spec;
-    let fixture = SqliteFile::new().await;
-    let store = DurableFixture::store(&fixture);
-    let pool = store.pool().clone();
-    let load = spec(store, || async move {
-        sqlx::query("UPDATE fsm_outbox SET done_at = 1 WHERE machine_type = 'Meter'")
-            .execute(&pool)
-            .await
-            .expect("age the meter's outbox rows");
-    })
-    .await;
-    eprintln!("SQLite: {load}");
-    DurableFixture::cleanup(fixture).await;
-}
+pruning_100k_done_rows_in_batches_while_transitions_apply!("SQLite", SqliteFile::new().await);

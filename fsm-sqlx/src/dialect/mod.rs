@@ -506,12 +506,19 @@ pub(crate) async fn fetch<D: Backend>(
     args: &[Arg<'_>],
     operation: impl Fn() -> String,
 ) -> Result<Vec<D::Row>> {
+    retrying(|| fetch_once(pool, sql, args, &operation)).await
+}
+
+/// [`fetch`], run once: for a caller that retries the whole of what it does.
+async fn fetch_once<D: Backend>(
+    pool: &Pool<D>,
+    sql: &'static str,
+    args: &[Arg<'_>],
+    operation: impl Fn() -> String,
+) -> Result<Vec<D::Row>> {
     let failed = db_error(operation);
-    retrying(|| async {
-        let mut conn = pool.acquire().await.map_err(&failed)?;
-        D::rows(&mut conn, sql, args).await.map_err(&failed)
-    })
-    .await
+    let mut conn = pool.acquire().await.map_err(&failed)?;
+    D::rows(&mut conn, sql, args).await.map_err(&failed)
 }
 
 /// An outbox row as selected (machine id, version, seq, effect, attempts, last error,
@@ -584,7 +591,8 @@ async fn claim_returning<D: Backend, T>(
         Arg::Int(lease_until),
         Arg::Int(limit),
     ];
-    let rows = fetch(pool, sql, &args, || format!("claim {machine} rows")).await?;
+    // Run once: the claim as a whole is retried by its caller (`retrying`).
+    let rows = fetch_once(pool, sql, &args, || format!("claim {machine} rows")).await?;
     Ok(rows
         .iter()
         .filter_map(|row| decodable(decode(row)))

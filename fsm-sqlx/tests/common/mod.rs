@@ -12,6 +12,33 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) mod faults;
 
+/// The durable suite's 100k-rows prune under load, on the fixture `$make` yields (a
+/// skip where it returns early); the rows are made done long ago with one `UPDATE`.
+#[allow(unused_macros)] // the fault and cross-process test files use none
+macro_rules! pruning_100k_done_rows_in_batches_while_transitions_apply {
+    ($backend:literal, $make:expr) => {
+        /// 100,000 done outbox rows pruned in batches of 1,000 while transitions keep
+        /// applying.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn pruning_100k_done_rows_in_batches_while_transitions_apply() {
+            use fsm_core::testing::DurableFixture;
+            use fsm_core::testing::durable::pruning_100k_done_rows_in_batches_while_transitions_apply as spec;
+            let fixture = $make;
+            let store = DurableFixture::store(&fixture);
+            let pool = store.pool().clone();
+            let load = spec(store, || async move {
+                sqlx::query("UPDATE fsm_outbox SET done_at = 1 WHERE machine_type = 'Meter'")
+                    .execute(&pool)
+                    .await
+                    .expect("age the meter's outbox rows");
+            })
+            .await;
+            eprintln!("{}: {load}", $backend);
+            DurableFixture::cleanup(fixture).await;
+        }
+    };
+}
+
 /// The server URL in env var `var`, or `None` when the tests should be skipped.
 ///
 /// # Panics
