@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) mod faults;
+#[cfg(feature = "mysql")]
+pub(crate) mod galera;
 
 /// The durable suite's 100k-rows prune under load, on the fixture `$make` yields (a
 /// skip where it returns early); the rows are made done long ago with one `UPDATE`.
