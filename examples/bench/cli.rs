@@ -29,7 +29,10 @@ usage: bench --backend sqlite|postgres|mysql [options]
   --dispatch         also time the outbox dispatcher draining N effects with 1 and 4
                      workers (no-op handler)
   --dispatch-only    only the dispatcher runs
-  --dispatch-effects N  effects written (through fsm) before each drain  [8000]";
+  --dispatch-effects N  effects written (through fsm) before each drain  [8000]
+  --latency-only     only the dispatcher latency run: effects committed at --rate per
+                     second for --seconds while Dispatcher::run hands them over
+  --rate N           effects per second of the latency run     [1000]";
 
 /// The backend a bench runs on (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,8 @@ pub(crate) struct Config {
     pub(crate) hot: bool,
     pub(crate) dispatch: bool,
     pub(crate) dispatch_effects: usize,
+    pub(crate) latency: bool,
+    pub(crate) rate: u32,
 }
 
 impl Config {
@@ -111,6 +116,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         hot: true,
         dispatch: false,
         dispatch_effects: 8000,
+        latency: false,
+        rate: 1000,
     };
     let mut kind = None;
     let mut it = args.iter();
@@ -170,12 +177,18 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
             "--dispatch-effects" => {
                 cfg.dispatch_effects = positive("--dispatch-effects", &value()?)?
             }
+            "--latency-only" => {
+                cfg.latency = true;
+                cfg.pairs = false;
+                cfg.hot = false;
+            }
+            "--rate" => cfg.rate = positive("--rate", &value()?)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch {
+    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

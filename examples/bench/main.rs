@@ -60,6 +60,7 @@ mod cli;
 mod db;
 mod dispatch;
 mod hot_row;
+mod latency;
 mod measure;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -110,6 +111,11 @@ async fn bench<D: Db>(cfg: &Config) -> Res<()> {
             rows.push(dispatch::run_dispatch::<D>(cfg, run, workers).await?);
         }
         report::report_dispatch(cfg, &rows);
+    }
+    if cfg.latency {
+        run += 1;
+        let row = latency::run_latency::<D>(cfg, run, cfg.rate).await?;
+        report::report_latency(cfg, &[row]);
     }
     Ok(())
 }

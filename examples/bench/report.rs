@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::cli::{Config, Kind};
 use crate::dispatch::DispatchRow;
 use crate::hot_row::{HotMode, HotRow};
+use crate::latency::LatencyRow;
 use crate::throughput::PairRow;
 
 /// `nproc` and the CPU model (Linux).
@@ -50,6 +51,36 @@ pub(crate) fn report_dispatch(cfg: &Config, rows: &[DispatchRow]) {
             row.handled,
             row.elapsed.as_secs_f64(),
             row.effects as f64 / row.elapsed.as_secs_f64(),
+            row.load.map_or("-".into(), |l| format!("{l:.1}"))
+        );
+    }
+}
+
+/// The latency table: from commit to handler start, lower and upper bounds.
+pub(crate) fn report_latency(cfg: &Config, rows: &[LatencyRow]) {
+    println!(
+        "\n## {}: commit to handler start, Dispatcher::run with default options ({} s)\n",
+        cfg.kind.name(),
+        cfg.seconds
+    );
+    println!(
+        "| effects/s | effects | p50 after commit, ms | p99 | max | p50 from fire start, ms | p99 | max | load |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+    for row in rows {
+        let [a50, a99, amax] = row.after_commit;
+        let [f50, f99, fmax] = row.from_fire;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.rate,
+            row.effects,
+            ms(a50),
+            ms(a99),
+            ms(amax),
+            ms(f50),
+            ms(f99),
+            ms(fmax),
             row.load.map_or("-".into(), |l| format!("{l:.1}"))
         );
     }

@@ -185,6 +185,42 @@ pub trait DurableStore: Store + Clone {
         older_than: Duration,
         batch: usize,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Marks `effects`, claimed by one worker and all handled, done at once (one
+    /// statement on the sqlx stores, where [`settle_effect`](Self::settle_effect) costs
+    /// one per row). Returns how many were settled: an effect whose lease was lost to
+    /// another worker is not. The default settles each in turn.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; then none, some or all may have been settled, and the rest are
+    /// claimed again when their lease runs out.
+    fn settle_done(
+        &self,
+        machine: &'static str,
+        effects: &[ClaimedEffect],
+    ) -> impl Future<Output = Result<usize>> + Send {
+        async move {
+            let mut settled = 0;
+            for effect in effects {
+                settled += usize::from(
+                    self.settle_effect(machine, effect, Settlement::Done)
+                        .await?,
+                );
+            }
+            Ok(settled)
+        }
+    }
+
+    /// A wake-up for the dispatchers of `machine`: it fires when effects of `machine`
+    /// were committed through this store (its clones included; on PostgreSQL, through
+    /// any store on the same schema), so that [`Dispatcher::run`](crate::Dispatcher::run)
+    /// hands a new effect over at once instead of at its next poll. `None` (the
+    /// default): the store offers none, and dispatchers only poll.
+    fn outbox_wakeup(&self, machine: &'static str) -> Option<crate::kit::OutboxWakeup> {
+        let _ = machine;
+        None
+    }
 }
 
 /// What [`DurableStore::outbox_depth`] counts.

@@ -41,6 +41,7 @@ pub use crate::durable::{ClaimedEffect, Settlement};
 pub use crate::machine::timer_delay;
 pub use crate::query::{ListedRow, Order, Plan, timer_name};
 pub use crate::store::{Applied, Prepared};
+pub use crate::wakeup::{OutboxWakeup, OutboxWakeups};
 
 // SnapshotSeal is defined below.
 

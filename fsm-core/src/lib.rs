@@ -48,6 +48,7 @@ mod storable;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wakeup;
 mod worker;
 
 pub use command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN};

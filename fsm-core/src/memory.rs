@@ -23,6 +23,7 @@
 //! # Ok::<(), fsm_core::Error>(()) }).unwrap();
 //! ```
 
+use crate::wakeup::{OutboxWakeup, OutboxWakeups};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -186,6 +187,8 @@ struct Shared {
     tables: Mutex<Tables>,
     /// How far [`MemoryStore::advance_clock`] moved this store's clock ahead, in ms.
     clock_offset_ms: AtomicU64,
+    /// Dispatchers waiting for effects.
+    wakeups: OutboxWakeups,
 }
 
 /// Machines held in memory behind one lock.
@@ -267,9 +270,13 @@ impl MemoryStore {
         };
         // Under the lock the stored version is the one decided from; a caller's stale
         // snapshot is superseded, as after a lost database race.
+        let queued = outbox.len();
         let transition = entry.commit(id, prepared, now, outbox, timers)?;
         if let Some(slot) = token {
             tokens.remove(&slot);
+        }
+        if outbox.len() > queued {
+            self.shared.wakeups.notify(M::DEFINITION.name);
         }
         Ok((
             Outcome::Applied(transition),
@@ -705,6 +712,10 @@ impl Store for MemoryStore {
 }
 
 impl DurableStore for MemoryStore {
+    fn outbox_wakeup(&self, machine: &'static str) -> Option<OutboxWakeup> {
+        Some(self.shared.wakeups.subscribe(machine))
+    }
+
     async fn issue_token<M: StateMachine>(&self, id: &str, ttl: Duration) -> Result<String> {
         check_id::<M>(id)?;
         let expires_at = self.now().saturating_add(millis(ttl));
@@ -778,7 +789,11 @@ impl DurableStore for MemoryStore {
             }
             let prepared = Prepared::<M>::timer(after);
             let due_at = timers[&key].due_at;
+            let queued = outbox.len();
             let result = entry.commit(id, &prepared, now, outbox, timers);
+            if outbox.len() > queued {
+                self.shared.wakeups.notify(machine);
+            }
             timers.remove(&key);
             match result {
                 Ok(transition) => {
@@ -819,6 +834,7 @@ impl DurableStore for MemoryStore {
                 row.attempts = 0;
                 row.available_at = now;
                 row.last_error = None;
+                self.shared.wakeups.notify(id.machine);
                 Ok(true)
             }
             _ => Ok(false),

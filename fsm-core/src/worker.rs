@@ -44,20 +44,49 @@ use crate::durable::{ClaimedEffect, Delivery, DurableStore, Settlement};
 use crate::error::{BoxError, Error, Result};
 use crate::machine::StateMachine;
 use crate::observe;
+use crate::wakeup::OutboxWakeup;
+
+/// What one pass of a worker found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// It did work: look again at once.
+    Busy,
+    /// Nothing to do: wait `idle`, or less when woken.
+    Idle,
+    /// The backend failed: wait the whole `idle`, whatever wakes.
+    Failed,
+}
 
 /// Runs `pass` until `shutdown` is cancelled, pausing `idle` whenever a pass found
-/// nothing to do (`pass` returns `true` then). A pass in progress finishes first.
-async fn poll_until_cancelled<F, Fut>(shutdown: &CancellationToken, idle: Duration, mut pass: F)
-where
+/// nothing to do, or until `wakeup` fires (a commit made during the pass included). A
+/// pass in progress finishes first.
+async fn poll_until_cancelled<F, Fut>(
+    shutdown: &CancellationToken,
+    idle: Duration,
+    mut wakeup: Option<OutboxWakeup>,
+    mut pass: F,
+) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output = Pass>,
 {
     while !shutdown.is_cancelled() {
-        if pass().await {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(idle) => {}
+        if let Some(wakeup) = wakeup.as_mut() {
+            wakeup.mark_seen();
+        }
+        let outcome = pass().await;
+        if outcome == Pass::Busy {
+            continue;
+        }
+        let woken = async {
+            match wakeup.as_mut() {
+                Some(wakeup) if outcome == Pass::Idle => wakeup.wait().await,
+                _ => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(idle) => {}
+            () = woken => {}
         }
     }
 }
@@ -78,7 +107,9 @@ pub struct DispatchOptions {
     pub backoff: Duration,
     /// Upper bound of the retry delay.
     pub max_backoff: Duration,
-    /// Pause when nothing is due.
+    /// Pause when nothing is due; a store that offers an
+    /// [`outbox_wakeup`](crate::DurableStore::outbox_wakeup) cuts it short when effects
+    /// are committed, so this is the fallback (for retries coming due, other processes).
     pub idle_poll: Duration,
 }
 
@@ -202,6 +233,9 @@ impl<S: DurableStore> Dispatcher<S> {
                 Duration::from_millis(now.saturating_sub(row.available_at_ms)),
             );
         }
+        // Handled rows are marked done together at the end of the batch (or before
+        // a failure is settled, so that the outbox records them in the order handled).
+        let mut done = Vec::new();
         for row in rows {
             if shutdown.is_some_and(CancellationToken::is_cancelled) {
                 self.store
@@ -213,7 +247,9 @@ impl<S: DurableStore> Dispatcher<S> {
             let settlement = match &outcome {
                 Ok(()) => {
                     report.done += 1;
-                    Settlement::Done
+                    observe::effect_settled(machine, "done");
+                    done.push(row);
+                    continue;
                 }
                 Err(failure) => {
                     let (error, dead) = match failure {
@@ -238,17 +274,40 @@ impl<S: DurableStore> Dispatcher<S> {
             observe::effect_settled(
                 machine,
                 match settlement {
-                    Settlement::Done => "done",
                     Settlement::Dead { .. } => "dead",
                     _ => "retry",
                 },
             );
+            self.settle_done(machine, &mut done).await?;
             if !self.store.settle_effect(machine, &row, settlement).await? {
                 // Our lease expired and another worker claimed the row: its outcome counts.
                 tracing::warn!(machine, id = %row.machine_id, version = row.version, seq = row.seq, "outbox lease lost before settling");
             }
         }
+        self.settle_done(machine, &mut done).await?;
         Ok(report)
+    }
+
+    /// Marks the handled rows in `done` done, in one go, and empties it.
+    async fn settle_done(
+        &self,
+        machine: &'static str,
+        done: &mut Vec<ClaimedEffect>,
+    ) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let settled = self.store.settle_done(machine, done).await?;
+        if settled < done.len() {
+            // Those leases expired and other workers claimed the rows: their outcome counts.
+            tracing::warn!(
+                machine,
+                lost = done.len() - settled,
+                "outbox leases lost before settling"
+            );
+        }
+        done.clear();
+        Ok(())
     }
 
     /// Sets the outbox gauges, at most once per interval across this dispatcher's workers.
@@ -326,13 +385,15 @@ impl<S: DurableStore> Dispatcher<S> {
             let (this, handler, shutdown) =
                 (Arc::clone(&this), Arc::clone(&handler), shutdown.clone());
             workers.spawn(async move {
-                poll_until_cancelled(&shutdown, this.options.idle_poll, || async {
+                let wakeup = this.store.outbox_wakeup(M::DEFINITION.name);
+                poll_until_cancelled(&shutdown, this.options.idle_poll, wakeup, || async {
                     this.count_outbox(M::DEFINITION.name).await;
                     match this.dispatch_batch::<M, _, _>(&*handler, Some(&shutdown)).await {
-                        Ok(report) => report.claimed == 0,
+                        Ok(report) if report.claimed == 0 => Pass::Idle,
+                        Ok(_) => Pass::Busy,
                         Err(err) => {
                             tracing::warn!(machine = M::DEFINITION.name, error = %err, "outbox claim failed; retrying");
-                            true
+                            Pass::Failed
                         }
                     }
                 })
@@ -445,7 +506,7 @@ impl<S: DurableStore> TimerWorker<S> {
     ///
     /// Never returns an error today; the `Result` leaves room for fatal conditions.
     pub async fn run<M: StateMachine>(self, shutdown: CancellationToken) -> Result<()> {
-        poll_until_cancelled(&shutdown, self.poll, || async {
+        poll_until_cancelled(&shutdown, self.poll, None, || async {
             match self
                 .store
                 .fire_due_timers::<M>(self.batch, self.lease)
@@ -455,11 +516,11 @@ impl<S: DurableStore> TimerWorker<S> {
                     for (id, transition) in &fired {
                         tracing::debug!(machine = M::DEFINITION.name, id, %transition, "timer fired");
                     }
-                    fired.is_empty()
+                    if fired.is_empty() { Pass::Idle } else { Pass::Busy }
                 }
                 Err(err) => {
                     tracing::warn!(machine = M::DEFINITION.name, error = %err, "timer pass failed; retrying");
-                    true
+                    Pass::Failed
                 }
             }
         })

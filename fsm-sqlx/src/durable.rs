@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use fsm_core::kit::{ClaimedEffect, Settlement, check_id, deadline, new_token, now_ms};
+use fsm_core::kit::{
+    ClaimedEffect, OutboxWakeup, Settlement, check_id, deadline, new_token, now_ms,
+};
 use fsm_core::{
     ArmedTimer, DeadLetter, DurableStore, EffectId, Error, OutboxDepth, OutboxEntry, PruneReport,
     Result, Retention, StateMachine, Transition,
@@ -63,6 +65,8 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
                         u64::try_from((now as i64).saturating_sub(timer.due_at)).unwrap_or(0);
                     fsm_core::observe::timer_fired(M::DEFINITION.name, Duration::from_millis(late));
                     fired.push((timer.machine_id.clone(), transition));
+                    // Its edge's action may have emitted effects.
+                    self.wakeups.notify(M::DEFINITION.name);
                 }
                 Ok(None) => {}
                 // One bad row never stops the batch: it stays leased, and is reported
@@ -103,7 +107,14 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
             format!("requeue {} {} effect", id.machine, id.id)
         })
         .await?;
+        if requeued == 1 {
+            self.wakeups.notify(id.machine);
+        }
         Ok(requeued == 1)
+    }
+
+    fn outbox_wakeup(&self, machine: &'static str) -> Option<OutboxWakeup> {
+        Some(self.wakeups.subscribe(machine))
     }
 
     async fn claim_effects(
@@ -158,6 +169,39 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         Ok(settled == 1)
     }
 
+    async fn settle_done(&self, machine: &'static str, effects: &[ClaimedEffect]) -> Result<usize> {
+        let now = now_ms() as i64;
+        let mut settled = 0;
+        let mut rest = effects;
+        while !rest.is_empty() {
+            // Power-of-two chunks: a handful of statement texts for the statement cache.
+            let size = DONE_CHUNKS
+                .iter()
+                .copied()
+                .rev()
+                .find(|&size| size <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let mut args = vec![Arg::Int(now), Arg::Text(machine)];
+            for effect in chunk {
+                args.extend([
+                    Arg::Text(&effect.machine_id),
+                    Arg::Int(i64::try_from(effect.version).unwrap_or(i64::MAX)),
+                    Arg::Small(i32::try_from(effect.seq).unwrap_or(i32::MAX)),
+                    // A worker whose lease expired and was claimed again settles nothing.
+                    Arg::Int(i64::try_from(effect.claim).unwrap_or(i64::MAX)),
+                ]);
+            }
+            let rows = execute(&self.pool, done_sql::<D>(size), &args, || {
+                format!("settle {size} {machine} effects")
+            })
+            .await?;
+            settled += usize::try_from(rows).unwrap_or(usize::MAX);
+        }
+        Ok(settled)
+    }
+
     async fn discard(&self, id: &EffectId) -> Result<bool> {
         let args = [
             Arg::Text(id.machine),
@@ -200,4 +244,46 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         check_id::<M>(id)?;
         engine::queries::outbox::<D, M>(&self.pool, id).await
     }
+}
+
+/// The row counts one statement of [`DurableStore::settle_done`] marks done.
+const DONE_CHUNKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// `UPDATE ... SET done_at` for `rows` rows at once, each matched on its key and lease
+/// token: an `OR` of conjunctions, which every dialect answers from the primary key.
+/// Built once per dialect and size and kept for the process, as the statement cache
+/// needs a `'static` text.
+fn done_sql<D: Dialect>(rows: usize) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    static BUILT: OnceLock<Mutex<HashMap<(&'static str, usize), &'static str>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    built
+        .entry((<D as sqlx::Database>::NAME, rows))
+        .or_insert_with(|| {
+            let p = |n: usize| D::placeholder(n);
+            let matches: Vec<String> = (0..rows)
+                .map(|row| {
+                    let at = 3 + row * 4;
+                    format!(
+                        "(machine_id = {} AND version = {} AND seq = {} AND claims = {})",
+                        p(at),
+                        p(at + 1),
+                        p(at + 2),
+                        p(at + 3)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE fsm_outbox SET done_at = {}, lease_until = NULL WHERE machine_type = {} AND ({})",
+                p(1),
+                p(2),
+                matches.join(" OR ")
+            );
+            Box::leak(sql.into_boxed_str())
+        })
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 
-use fsm_core::kit::{Prepared, SnapshotSeal, now_ms};
+use fsm_core::kit::{OutboxWakeups, Prepared, SnapshotSeal, now_ms};
 use fsm_core::observe;
 use fsm_core::{
     Command, Created, Error, Outcome, Page, Query, Result, RetryPolicy, Snapshot, StateCounts,
@@ -51,6 +51,8 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) seal: SnapshotSeal,
     /// Instances that lost a race lately, which an adaptive fire locks at once.
     pub(crate) hot: Arc<HotRows>,
+    /// This process's dispatchers waiting for effects committed through this store.
+    pub(crate) wakeups: OutboxWakeups,
 }
 
 impl<D: Dialect> SqlStore<D> {
@@ -63,6 +65,7 @@ impl<D: Dialect> SqlStore<D> {
             concurrency: Concurrency::default(),
             seal: SnapshotSeal::new(),
             hot: Arc::default(),
+            wakeups: OutboxWakeups::new(),
         }
     }
 
@@ -140,6 +143,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             concurrency: self.concurrency,
             seal: self.seal.clone(),
             hot: Arc::clone(&self.hot),
+            wakeups: self.wakeups.clone(),
         }
     }
 }
@@ -179,16 +183,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let span = observe::fire_span::<M>(id, event, command.key.as_ref());
         observe::fire(span, event, async {
             let prepared = Prepared::new(id, command)?;
-            let (outcome, _) = engine::fire(
-                &self.pool,
-                &self.retry,
-                self.concurrency,
-                &self.hot,
-                id,
-                prepared,
-                None,
-            )
-            .await?;
+            let (outcome, _) = engine::fire(self, id, prepared, None).await?;
             Ok(outcome)
         })
         .await
@@ -250,16 +245,7 @@ impl<D: Dialect> SqlStore<D> {
         let id = snapshot.id.clone();
         // Only a snapshot this store issued, unchanged, may stand in for the read.
         let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());
-        let (outcome, mut current) = engine::fire(
-            &self.pool,
-            &self.retry,
-            self.concurrency,
-            &self.hot,
-            &id,
-            prepared,
-            known,
-        )
-        .await?;
+        let (outcome, mut current) = engine::fire(self, &id, prepared, known).await?;
         self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)

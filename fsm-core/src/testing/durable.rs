@@ -90,6 +90,8 @@ macro_rules! durable_store_tests {
             pruning_goes_in_batches_of_the_configured_size,
             a_dead_letter_is_kept_until_discarded,
             finished_instances_are_pruned_only_when_asked_and_only_when_settled,
+            a_committed_effect_wakes_an_idle_dispatcher_before_its_next_poll,
+            a_batch_of_handled_effects_is_settled_together,
         }
     };
 }
@@ -428,18 +430,25 @@ pub async fn expired_lease_is_claimed_again<F: DurableFixture>(h: &F) {
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
+    const LEASE: Duration = Duration::from_millis(500);
     let short = DispatchOptions {
-        lease: Duration::from_millis(100),
+        lease: LEASE,
         ..DispatchOptions::default()
     };
-    // A worker claims the effect and dies before settling it.
+    // A worker claims the effect and dies in its handler, before settling it.
     let crashed = Dispatcher::new(store.clone()).with_options(short);
-    let crash = |_: Delivery<OrderEffect>| std::future::pending::<Result<(), BoxError>>();
-    let _ = tokio::time::timeout(
-        Duration::from_millis(30),
-        crashed.dispatch_once::<Order, _, _>(&crash),
-    )
-    .await;
+    let handed_over = Arc::new(tokio::sync::Notify::new());
+    let crash = {
+        let handed_over = Arc::clone(&handed_over);
+        move |_: Delivery<OrderEffect>| {
+            handed_over.notify_one();
+            std::future::pending::<Result<(), BoxError>>()
+        }
+    };
+    tokio::select! {
+        _ = crashed.dispatch_once::<Order, _, _>(&crash) => unreachable!("the handler never returns"),
+        () = handed_over.notified() => {}
+    }
     let dispatcher = Dispatcher::new(store.clone());
     let (seen, handler) = recorder();
     assert_eq!(
@@ -451,7 +460,7 @@ pub async fn expired_lease_is_claimed_again<F: DurableFixture>(h: &F) {
         0,
         "still leased"
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
     assert_eq!(
         dispatcher
             .dispatch_once::<Order, _, _>(&handler)
@@ -507,6 +516,90 @@ pub async fn concurrent_dispatchers_never_overlap<F: DurableFixture>(h: &F) {
     let counts = counts.lock().unwrap();
     assert_eq!(counts.len(), 40);
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+/// A dispatcher that found nothing and waits a minute for its next poll hands over an
+/// effect committed meanwhile at once (a store without
+/// [`outbox_wakeup`](DurableStore::outbox_wakeup) only polls: nothing to check).
+pub async fn a_committed_effect_wakes_an_idle_dispatcher_before_its_next_poll<F: DurableFixture>(
+    h: &F,
+) {
+    let store = h.store();
+    if store.outbox_wakeup("Order").is_none() {
+        return;
+    }
+    store.create::<Order>(ID, order()).await.unwrap();
+    let idle = DispatchOptions {
+        idle_poll: Duration::from_secs(60),
+        ..DispatchOptions::default()
+    };
+    let handed_over = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let handed_over = Arc::clone(&handed_over);
+        move |_: Delivery<OrderEffect>| {
+            handed_over.notify_one();
+            std::future::ready(Ok::<(), BoxError>(()))
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Dispatcher::new(store.clone())
+            .with_options(idle)
+            .run::<Order, _, _>(handler, shutdown.clone()),
+    );
+    // Its first pass finds the outbox empty (or, if it has not started yet, this
+    // effect): either way it must not wait out the minute.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.fire(ID, pay()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handed_over.notified())
+        .await
+        .expect("handed over long before the next poll");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(store.outbox_depth("Order").await.unwrap().pending, 0);
+}
+
+/// Effects handled in one batch are all marked done; none is handed over again.
+pub async fn a_batch_of_handled_effects_is_settled_together<F: DurableFixture>(h: &F) {
+    let store = h.store();
+    for n in 0..70 {
+        let id = format!("o-{n}");
+        store.create::<Order>(&id, order()).await.unwrap();
+        store.fire(&id, pay()).await.unwrap();
+    }
+    let wide = DispatchOptions {
+        batch: 100,
+        ..DispatchOptions::default()
+    };
+    let dispatcher = Dispatcher::new(store.clone()).with_options(wide);
+    let (seen, handler) = recorder();
+    let report = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!((report.claimed, report.done), (70, 70));
+    assert_eq!(store.outbox_depth("Order").await.unwrap().pending, 0);
+    let again = dispatcher
+        .dispatch_once::<Order, _, _>(&handler)
+        .await
+        .unwrap();
+    assert_eq!(again.claimed, 0);
+    let seen = seen.lock().unwrap().clone();
+    let ids: std::collections::BTreeSet<String> = seen.iter().map(|s| s.0.to_string()).collect();
+    assert_eq!((seen.len(), ids.len()), (70, 70));
+    // A worker whose lease was lost settles nothing of the batch.
+    store.create::<Order>("late", order()).await.unwrap();
+    store.fire("late", pay()).await.unwrap();
+    let lapsed = store
+        .claim_effects("Order", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let current = store.claim_effects("Order", MINUTE, 10).await.unwrap();
+    assert_eq!((lapsed.len(), current.len()), (1, 1));
+    assert_eq!(store.settle_done("Order", &lapsed).await.unwrap(), 0);
+    assert_eq!(store.settle_done("Order", &current).await.unwrap(), 1);
+    assert_eq!(store.outbox_depth("Order").await.unwrap().pending, 0);
 }
 
 /// Shutdown lets in flight handlers finish.

@@ -8,12 +8,13 @@ pub(crate) mod prune;
 pub(crate) mod queries;
 pub(crate) mod rows;
 
+use crate::SqlStore;
 use sqlx::Pool;
 
 use std::time::Duration;
 
 use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, timer_name};
-use fsm_core::{Created, Error, Outcome, Result, RetryPolicy, Snapshot, StateMachine, Transition};
+use fsm_core::{Created, Error, Outcome, Result, Snapshot, StateMachine, Transition};
 
 use crate::Concurrency;
 use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch, lost_race, retrying};
@@ -248,14 +249,20 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
 ///
 /// Returns the outcome and the instance as stored afterwards.
 pub(crate) async fn fire<D: Dialect, M: StateMachine>(
-    pool: &Pool<D>,
-    policy: &RetryPolicy,
-    mode: Concurrency,
-    hot: &hot::HotRows,
+    store: &SqlStore<D>,
     id: &str,
     prepared: Prepared<M>,
     mut known: Option<Snapshot<M>>,
 ) -> Result<(Outcome<M>, Snapshot<M>)> {
+    let SqlStore {
+        pool,
+        retry: policy,
+        concurrency: mode,
+        hot,
+        wakeups,
+        ..
+    } = store;
+    let mode = *mode;
     let machine = M::DEFINITION.name;
     let key = KeyLookup {
         stored: prepared.stored_key(),
@@ -337,6 +344,9 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         };
         match written {
             WriteOutcome::Committed => {
+                if !write.effects.is_empty() {
+                    wakeups.notify(machine);
+                }
                 return Ok((Outcome::Applied(applied.transition), applied.snapshot));
             }
             // The next read finds the key (or the token's transition) and replays it.
