@@ -7,6 +7,10 @@
 //!   the stream's ack. A re-publish after a crash or a lost ack falls in the stream's
 //!   duplicate window and is dropped there:
 //!   [`Relay::duplicate_window_needed`] says how long the window must be.
+//! * [`Inbox`]: a pull consumer firing each message as a command keyed by its stream and
+//!   sequence, acked after the commit; a redelivery is an
+//!   [`Outcome::Duplicate`](fsm_core::Outcome::Duplicate), a poison message is
+//!   terminated and recorded, a transient failure is nak'd for redelivery.
 //! * [`subject`]: subject tokens and header values from names callers do not control.
 //!
 //! # Metrics
@@ -14,6 +18,7 @@
 //! | name | kind | labels | what |
 //! | --- | --- | --- | --- |
 //! | `fsm_relay_published_total` | counter | machine, result | publishes: `stored`, `duplicate` (absorbed by the duplicate window), `failed` |
+//! | `fsm_inbox_messages_total` | counter | machine, stream, result | inbox messages: `applied`, `duplicate`, `poison`, `retry` |
 //!
 //! # Examples
 //!
@@ -42,9 +47,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod inbox;
 mod kind;
 mod relay;
 pub mod subject;
 
+pub use inbox::{
+    INBOX_MESSAGES, Inbox, InboxError, InboxOptions, InboxReport, Poison, PoisonReason,
+    consumer_config,
+};
 pub use kind::effect_kind;
 pub use relay::{RELAY_PUBLISHED, Relay, RelayError, RelayFuture};
