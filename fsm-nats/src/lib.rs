@@ -57,4 +57,4 @@ pub use inbox::{
     consumer_config,
 };
 pub use kind::effect_kind;
-pub use relay::{RELAY_PUBLISHED, Relay, RelayError, RelayFuture};
+pub use relay::{RELAY_PUBLISHED, Relay, RelayError, RelayFuture, duplicate_window};

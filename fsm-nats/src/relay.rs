@@ -197,28 +197,11 @@ impl<M: StateMachine> Relay<M> {
         self
     }
 
-    /// The shortest stream `duplicate_window` that keeps every re-publish of an effect
-    /// by a [`Dispatcher`](fsm_core::Dispatcher) with `options` a duplicate: each of the
-    /// `max_attempts - 1` retries may come up to the lease (a worker died) or the
-    /// timeout plus the backoff (an ack was lost) after the attempt before it, plus
-    /// one idle poll, and the last attempt may take the timeout.
-    ///
-    /// With the default options and timeout this is 3 min 30.8 s, longer than
-    /// JetStream's default window of 2 min.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f(jetstream: async_nats::jetstream::Context) {
-    /// use std::time::Duration;
-    /// use fsm_core::DispatchOptions;
-    /// let relay = fsm_nats::Relay::<fsm_core::testing::Order>::new(jetstream, "fsm");
-    /// let window = relay.duplicate_window_needed(&DispatchOptions::default());
-    /// assert_eq!(window, Duration::from_millis(210_800));
-    /// # }
-    /// ```
+    /// The shortest stream `duplicate_window` for this relay driven by a
+    /// [`Dispatcher`](fsm_core::Dispatcher) with `options`: [`duplicate_window`] with
+    /// this relay's timeout.
     pub fn duplicate_window_needed(&self, options: &DispatchOptions) -> Duration {
-        duplicate_window_needed(options, self.timeout)
+        duplicate_window(options, self.timeout)
     }
 
     /// The subject and headers an effect is published with.
@@ -323,8 +306,30 @@ impl<M: StateMachine> Relay<M> {
     }
 }
 
-/// See [`Relay::duplicate_window_needed`].
-fn duplicate_window_needed(options: &DispatchOptions, timeout: Duration) -> Duration {
+/// The shortest stream `duplicate_window` that keeps every re-publish of one effect a
+/// duplicate, for a [`Dispatcher`](fsm_core::Dispatcher) with `options` and a relay
+/// with `publish_timeout`: each of the `max_attempts - 1` retries may come up to the
+/// lease (a worker died) or the timeout plus the backoff (an ack was lost) after the
+/// attempt before it, plus one idle poll, and the last attempt may take the timeout.
+///
+/// With the default options and the default 5 s timeout this is 3 min 35.7 s, longer
+/// than JetStream's default window of 2 min.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use fsm_core::DispatchOptions;
+///
+/// let window = fsm_nats::duplicate_window(&DispatchOptions::default(), Duration::from_secs(5));
+/// assert_eq!(window, Duration::from_millis(215_700));
+///
+/// // A short lease and fewer attempts need a shorter window.
+/// let options = DispatchOptions { lease: Duration::from_secs(10), max_attempts: 4, ..Default::default() };
+/// assert_eq!(fsm_nats::duplicate_window(&options, Duration::from_secs(2)), Duration::from_millis(32_300));
+/// ```
+pub fn duplicate_window(options: &DispatchOptions, publish_timeout: Duration) -> Duration {
+    let timeout = publish_timeout;
     (1..options.max_attempts.max(1))
         .map(|attempt| {
             options
@@ -341,7 +346,7 @@ mod tests {
 
     #[test]
     fn the_default_dispatcher_needs_more_than_the_default_window() {
-        let window = duplicate_window_needed(&DispatchOptions::default(), Duration::from_secs(5));
+        let window = duplicate_window(&DispatchOptions::default(), Duration::from_secs(5));
         // 7 retries, each after the 30 s lease (longer than 5 s + any backoff up to
         // 12.8 s) and a 100 ms poll, then a last 5 s timeout.
         assert_eq!(window, Duration::from_millis(7 * 30_100 + 5_000));
@@ -361,7 +366,7 @@ mod tests {
         let timeout = Duration::from_millis(500);
         // retry 1: 0.5 + 2 s; retry 2: 0.5 + 3 s (capped); then 0.5 s.
         assert_eq!(
-            duplicate_window_needed(&options, timeout),
+            duplicate_window(&options, timeout),
             Duration::from_millis(2_500 + 3_500 + 500)
         );
     }
