@@ -84,6 +84,9 @@ pub enum PoisonReason<'a> {
     Rejected(&'a Error),
     /// The fire panicked (a guard or an action did): it would again.
     Panicked(String),
+    /// A transient failure on the last delivery the consumer's `max_deliver` allows:
+    /// recorded here rather than dropped silently by the server.
+    Exhausted(&'a Error),
 }
 
 impl fmt::Display for PoisonReason<'_> {
@@ -92,6 +95,7 @@ impl fmt::Display for PoisonReason<'_> {
             PoisonReason::Undecodable(why) => write!(f, "undecodable: {why}"),
             PoisonReason::Rejected(err) => write!(f, "rejected: {err}"),
             PoisonReason::Panicked(why) => write!(f, "fire panicked: {why}"),
+            PoisonReason::Exhausted(err) => write!(f, "last delivery failed: {err}"),
         }
     }
 }
@@ -142,7 +146,10 @@ type PoisonFn = dyn Fn(&Poison<'_>) + Send + Sync;
 /// * A transient failure (database, conflict) naks the message with
 ///   [`InboxOptions::retry_delay`], and the rest of its batch unfired with it (a
 ///   failing database is not hammered message by message); the server redelivers them
-///   after the delay.
+///   after the delay. If the consumer limits deliveries (`max_deliver`; unlimited by
+///   default and in [`consumer_config`]), a message on its last delivery is fired
+///   anyway, and a transient failure then makes it poison
+///   ([`PoisonReason::Exhausted`]) instead of a message the server drops unrecorded.
 ///
 /// Messages apply in stream order, except that a redelivered one (nak'd, or its ack
 /// lost) applies after messages delivered meanwhile; a consumer with
@@ -361,7 +368,10 @@ where
             let Some(message) = next else { break };
             let message = message.map_err(|e| self.pull_error(e))?;
             report.received += 1;
-            let handled = if failing {
+            let last = message
+                .info()
+                .is_ok_and(|info| self.last_delivery(info.delivered));
+            let handled = if failing && !last {
                 self.retry(&message).await;
                 Handled::Retry
             } else {
@@ -442,10 +452,21 @@ where
                             Outcome::Duplicate(_) => Handled::Duplicate,
                         }
                     }
-                    Err(err) if err.is_transient() => {
+                    Err(err) if err.is_transient() && !self.last_delivery(delivered) => {
                         tracing::warn!(machine, stream, seq = sequence, %id, error = %err, "inbox command failed; redelivery asked");
                         self.retry(message).await;
                         Handled::Retry
+                    }
+                    Err(err) if err.is_transient() => {
+                        self.terminate(Poison {
+                            message,
+                            stream: &stream,
+                            sequence,
+                            delivered,
+                            id: Some(&id),
+                            reason: PoisonReason::Exhausted(&err),
+                        })
+                        .await
                     }
                     Err(err) => {
                         self.terminate(Poison {
@@ -490,6 +511,13 @@ where
             tracing::warn!(machine = M::DEFINITION.name, stream = poison.stream, seq = poison.sequence, error = %err, "terminating a poison message failed; it may be redelivered");
         }
         Handled::Poison
+    }
+
+    /// Whether the server will not deliver a message again after its `delivered`-th
+    /// delivery (the consumer's `max_deliver`, unlimited by default).
+    fn last_delivery(&self, delivered: i64) -> bool {
+        let max_deliver = self.consumer.cached_info().config.max_deliver;
+        max_deliver > 0 && delivered >= max_deliver
     }
 
     async fn retry(&self, message: &Message) {

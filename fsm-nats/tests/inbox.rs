@@ -372,3 +372,61 @@ async fn transient_store_failures_are_nakd_and_applied_on_redelivery() {
     store.pool().close().await;
     stream.delete(&jetstream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_on_the_last_allowed_delivery_is_recorded_not_dropped() {
+    let Some(url) = common::server_url() else {
+        return;
+    };
+    common::logs();
+    let jetstream = common::jetstream(&url).await;
+    let stream = TestStream::create(&url, &jetstream, Duration::from_secs(60)).await;
+    let db = SqliteFile::create().await;
+    let published = publish(&db.store, &jetstream, &stream, 2, 2).await;
+    let total = 4 + published.poison.len();
+    let records = Records::default();
+    let broken = fsm_sqlx::SqliteStore::open(&db.path).await.unwrap();
+    broken.pool().close().await;
+    let limited = stream
+        .stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_wait: ACK_WAIT,
+            max_deliver: 2,
+            ..consumer_config(common::unique_name())
+        })
+        .await
+        .unwrap();
+    let inbox = recording_inbox(broken, limited, &records);
+
+    // First delivery: the first fire fails, and the batch is nak'd with it.
+    let mut first = InboxReport::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.received < total {
+        assert!(Instant::now() < deadline, "{first:?}");
+        add(&mut first, inbox.process_once().await.unwrap());
+    }
+    assert_eq!((first.retried, first.poison), (total, 0), "{first:?}");
+
+    // Second and last delivery: the failures are recorded as poison, none is lost.
+    let mut last = InboxReport::default();
+    while last.received < total {
+        assert!(Instant::now() < deadline, "{last:?}");
+        add(&mut last, inbox.process_once().await.unwrap());
+    }
+    assert_eq!((last.poison, last.retried), (total, 0), "{last:?}");
+    let records = records.lock().unwrap().clone();
+    assert_eq!(records.len(), total, "{records:?}");
+    let exhausted = records
+        .iter()
+        .filter(|(_, reason)| reason.starts_with("last delivery failed"))
+        .count();
+    assert_eq!(
+        exhausted,
+        total - 1,
+        "all but the undecodable one: {records:?}"
+    );
+    for id in published.notes.keys() {
+        assert_eq!(db.store.load::<Order>(id).await.unwrap().version, 0);
+    }
+    stream.delete(&jetstream).await;
+}
