@@ -185,6 +185,8 @@ pub struct Inbox<S, M, D> {
     decode: D,
     options: InboxOptions,
     on_poison: Option<Arc<PoisonFn>>,
+    /// The key's source instead of the message's stream name.
+    source: Option<String>,
     machine: PhantomData<fn() -> M>,
 }
 
@@ -255,6 +257,7 @@ where
             decode,
             options: InboxOptions::default(),
             on_poison: None,
+            source: None,
             machine: PhantomData,
         }
     }
@@ -286,6 +289,25 @@ where
     #[must_use]
     pub fn with_options(mut self, options: InboxOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Keys commands `source#sequence` instead of `stream#sequence`. A stream recreated
+    /// under its old name numbers its messages from 1 again: give the new one a source
+    /// of its own, so its messages do not meet the keys of the old one's.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(consumer: async_nats::jetstream::consumer::PullConsumer) {
+    /// # let decode = |_: &async_nats::jetstream::Message| Err::<(String, fsm_core::testing::OrderEvent), _>("");
+    /// let inbox = fsm_nats::Inbox::<_, fsm_core::testing::Order, _>::new(fsm_core::MemoryStore::new(), consumer, decode)
+    ///     .with_source("ORDERS-2026-12"); // keys ORDERS-2026-12#1, #2, ...
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
         self
     }
 
@@ -413,8 +435,8 @@ where
                 .await
             }
             Ok((id, event)) => {
-                let command =
-                    Command::<M> { event, key: None }.from_source(stream.as_str(), sequence);
+                let command = Command::<M> { event, key: None }
+                    .from_source(self.source.as_deref().unwrap_or(&stream), sequence);
                 // Its own task: a dropped inbox never cancels a fire halfway (a cancelled
                 // SQLite transaction can keep the write lock, sqlx#3932); the message stays
                 // unacked and its redelivery finds the commit.

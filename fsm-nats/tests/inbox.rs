@@ -430,3 +430,26 @@ async fn a_transient_failure_on_the_last_allowed_delivery_is_recorded_not_droppe
     }
     stream.delete(&jetstream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_source_keys_commands_by_the_source_given() {
+    let Some(url) = common::server_url() else {
+        return;
+    };
+    common::logs();
+    let jetstream = common::jetstream(&url).await;
+    let stream = TestStream::create(&url, &jetstream, Duration::from_secs(60)).await;
+    let db = SqliteFile::create().await;
+    let published = publish(&db.store, &jetstream, &stream, 1, 4).await;
+    let records = Records::default();
+    let consumer = consumer(&stream, &common::unique_name()).await;
+    let inbox = recording_inbox(db.store.clone(), consumer, &records).with_source("orders-v2");
+    let mut total = InboxReport::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while total.applied < 4 || total.poison < published.poison.len() {
+        assert!(Instant::now() < deadline, "{total:?}");
+        add(&mut total, inbox.process_once().await.unwrap());
+    }
+    check_histories(&db.store, "orders-v2", &published).await;
+    stream.delete(&jetstream).await;
+}
