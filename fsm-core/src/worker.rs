@@ -128,7 +128,19 @@ impl Default for DispatchOptions {
 }
 
 impl DispatchOptions {
-    fn retry_delay(&self, attempts: u32) -> Duration {
+    /// The backoff after failed attempt number `attempts` (from 1): `backoff` doubled per
+    /// attempt before it, at most `max_backoff`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = fsm_core::DispatchOptions::default();
+    /// assert_eq!(options.retry_delay(1), Duration::from_millis(200));
+    /// assert_eq!(options.retry_delay(3), Duration::from_millis(800));
+    /// assert_eq!(options.retry_delay(30), options.max_backoff);
+    /// ```
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
         self.backoff
             .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
             .min(self.max_backoff)
