@@ -1,6 +1,7 @@
 //! [`SqlStore`]: the one store type, generic over its [`Dialect`].
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -161,7 +162,11 @@ impl<D: Dialect> fmt::Debug for SqlStore<D> {
 
 impl<D: Dialect> Store for SqlStore<D> {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
-        let mut created = engine::create::<D, M>(&self.pool, id, context)
+        let (pool, owned_id) = (self.pool.clone(), id.to_owned());
+        let mut created =
+            detached::<M, _>(
+                async move { engine::create::<D, M>(&pool, &owned_id, context).await },
+            )
             .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
             .await?;
         match &mut created {
@@ -183,7 +188,10 @@ impl<D: Dialect> Store for SqlStore<D> {
         let span = observe::fire_span::<M>(id, event, command.key.as_ref());
         observe::fire(span, event, async {
             let prepared = Prepared::new(id, command)?;
-            let (outcome, _) = engine::fire(self, id, prepared, None).await?;
+            let (store, id) = (self.clone(), id.to_owned());
+            let (outcome, _) =
+                detached::<M, _>(async move { engine::fire(&store, &id, prepared, None).await })
+                    .await?;
             Ok(outcome)
         })
         .await
@@ -245,9 +253,33 @@ impl<D: Dialect> SqlStore<D> {
         let id = snapshot.id.clone();
         // Only a snapshot this store issued, unchanged, may stand in for the read.
         let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());
-        let (outcome, mut current) = engine::fire(self, &id, prepared, known).await?;
+        let store = self.clone();
+        let (outcome, mut current) =
+            detached::<M, _>(async move { engine::fire(&store, &id, prepared, known).await })
+                .await?;
         self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)
+    }
+}
+
+/// Runs `work` (a write) in a task of its own and waits for it, so that a caller who
+/// drops the future (a client that hung up, a `timeout`, a `select!`) does not cut it
+/// off between two statements: it then applies as a whole or not at all, and its
+/// connection goes back to the pool with no transaction open. On SQLite a transaction
+/// dropped while its `BEGIN` runs on sqlx's worker thread would keep the database's
+/// write lock, and every other writer would fail with "database is locked" (sqlx#3932).
+async fn detached<M: StateMachine, T: Send + 'static>(
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(result) => result,
+        // An action's panic reaches the caller, as it would have without the task.
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(Error::WorkerDied {
+            machine: M::DEFINITION.name,
+            worker: "write",
+            detail: join.to_string(),
+        }),
     }
 }

@@ -109,6 +109,7 @@ macro_rules! store_conformance_tests {
             entered_before_finds_instances_by_time_in_their_state,
             id_prefix_lists_matching_ids_in_byte_order,
             foreign_cursors_and_bad_limits_are_invalid_queries,
+            fires_dropped_midway_apply_at_most_once_and_leave_the_store_usable,
         }
     };
 }
@@ -705,6 +706,73 @@ pub async fn one_key_fired_by_64_tasks_applies_once<S: Store>(store: Arc<S>) {
         (loaded.state, loaded.version, loaded.context.paid_cents),
         (OrderState::Paid, 1, 500)
     );
+}
+
+/// Fires dropped at any moment (a client that hung up, a `timeout`, a `select!`) while
+/// three writers keep firing: each applies at most once, the writers never fail, a fire
+/// afterwards applies at once, and the history stays gapless.
+pub async fn fires_dropped_midway_apply_at_most_once_and_leave_the_store_usable<S: Store>(
+    store: Arc<S>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    created(&*store, 500).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut fired = 0u32;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let note = annotate(format!("w{w}-{n}")).with_key(format!("w{w}-{n}"));
+                    match store.fire(ID, note).await {
+                        Ok(_) => fired += 1,
+                        // Optimistic mode may give up on a row this hot, as documented.
+                        Err(Error::Conflict { .. }) => {}
+                        Err(err) => panic!("a writer beside dropped fires: {err}"),
+                    }
+                    n += 1;
+                }
+                fired
+            })
+        })
+        .collect();
+    let mut dropped = 0;
+    for n in 0..200u64 {
+        // Spread over the first 3 ms: before the read, inside the transaction, at commit.
+        let after = Duration::from_micros(n * 7_919 % 3_000);
+        let fire = store.fire(ID, annotate(format!("c{n}")).with_key(format!("c{n}")));
+        dropped += usize::from(tokio::time::timeout(after, fire).await.is_err());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut steady = 0;
+    for writer in writers {
+        steady += writer.await.expect("writer");
+    }
+    let mut after = Err(Error::Conflict {
+        machine: "Order",
+        id: ID.into(),
+        version: 0,
+        attempts: 0,
+    });
+    for _ in 0..20 {
+        after = store.fire(ID, annotate("after").with_key("after")).await;
+        if !matches!(after, Err(Error::Conflict { .. })) {
+            break;
+        }
+    }
+    let after = after.expect("a fire after the dropped ones");
+    let history = store.history::<Order>(ID).await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|t| t.version).collect();
+    assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
+    assert!(after.transition().version <= history.len() as u64);
+    let keys: BTreeSet<&str> = history.iter().filter_map(|t| t.key.as_deref()).collect();
+    assert_eq!(keys.len(), history.len(), "a key applied twice");
+    let writers = keys.iter().filter(|k| k.starts_with('w')).count();
+    assert_eq!(writers, steady as usize, "a writer's fire lost or doubled");
+    assert!(keys.contains("after"));
+    // A store whose fire never waits (MemoryStore) finishes each before its timeout.
+    eprintln!("{dropped} of 200 fires dropped midway");
 }
 
 /// 32 tasks with distinct keys: all applied, versions exactly 1..=32.

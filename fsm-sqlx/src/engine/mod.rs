@@ -198,6 +198,12 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
 ) -> Result<Vec<Transition<M>>> {
     check_id::<M>(id)?;
     let machine = M::DEFINITION.name;
+    // The instance's version says how many rows there must be at least (and an unknown
+    // id has none); read before the history, so a transition committed in between
+    // only adds a row the version did not count, never the other way round.
+    let (instance, _) = read(pool, machine, id, KeyLookup::NONE)
+        .await?
+        .ok_or_else(|| Error::not_found::<M>(id))?;
     let rows = fetch(
         pool,
         D::SQL.history,
@@ -205,12 +211,6 @@ pub(crate) async fn history<D: Dialect, M: StateMachine>(
         || format!("history of {machine} {id}"),
     )
     .await?;
-    // The instance's version says how many rows there must be (and an unknown id has
-    // none); read after the history, so a transition committed in between only adds a
-    // row the version also counts, never the other way round.
-    let (instance, _) = read(pool, machine, id, KeyLookup::NONE)
-        .await?
-        .ok_or_else(|| Error::not_found::<M>(id))?;
     let mut history = Vec::with_capacity(rows.len());
     for (expected, row) in (1..).zip(&rows) {
         let row = transition_row::<D>(row, 0)
