@@ -15,8 +15,8 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[] },
-//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"] },
+//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"], entry: None, exit: None },
 //!     ],
 //!     events: &[EventInfo { name: "Flip", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
@@ -65,6 +65,12 @@ pub struct StateInfo {
     /// Names this state was stored under before a rename (`#[renamed_from(Old)]`): rows
     /// holding one of them still load, as this state.
     pub renamed_from: &'static [&'static str],
+    /// Entry action (`#[entry(name)]`), run when a transition enters this state from
+    /// another state, after the edge's action.
+    pub entry: Option<&'static str>,
+    /// Exit action (`#[exit(name)]`), run when a transition leaves this state for
+    /// another state, before the edge's action.
+    pub exit: Option<&'static str>,
 }
 
 /// One event of a machine.

@@ -14,7 +14,7 @@ use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
 
-use crate::parse::{self, Block, Item, KeyValue, MachineInput, Timer, Transition};
+use crate::parse::{self, Block, Item, KeyValue, MachineInput, StateAction, Timer, Transition};
 
 pub(crate) struct Machine {
     pub(crate) docs: Vec<Attribute>,
@@ -48,6 +48,22 @@ pub(crate) struct State {
     pub(crate) terminal_attr: Option<Attribute>,
     /// Former stored names, from `#[renamed_from(..)]`.
     pub(crate) renamed_from: Vec<Ident>,
+    /// Every `#[entry(..)]` of its declaration; the first one counts.
+    pub(crate) entry: Vec<StateAction>,
+    /// Every `#[exit(..)]` of its declaration; the first one counts.
+    pub(crate) exit: Vec<StateAction>,
+}
+
+impl State {
+    /// The entry action, if declared.
+    pub(crate) fn entry(&self) -> Option<&Ident> {
+        self.entry.first().map(|a| &a.action)
+    }
+
+    /// The exit action, if declared.
+    pub(crate) fn exit(&self) -> Option<&Ident> {
+        self.exit.first().map(|a| &a.action)
+    }
 }
 
 pub(crate) struct Event {
@@ -130,8 +146,16 @@ pub(crate) struct Rule {
     pub(crate) uses: Vec<RuleUse>,
 }
 
+/// Where a rule is named: on an edge, or as a state's entry or exit action.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Site {
+    Edge(usize),
+    Entry(usize),
+    Exit(usize),
+}
+
 pub(crate) struct RuleUse {
-    pub(crate) edge: usize,
+    pub(crate) site: Site,
     pub(crate) name: Ident,
     pub(crate) kind: RuleKind,
 }
@@ -213,6 +237,8 @@ impl Machine {
             docs: Vec::new(),
             terminal_attr: None,
             renamed_from: Vec::new(),
+            entry: Vec::new(),
+            exit: Vec::new(),
         });
         self.states.len() - 1
     }
@@ -253,6 +279,8 @@ impl Machine {
                 state.docs = entry.docs.clone();
                 state.terminal_attr = entry.terminal.clone();
                 state.renamed_from = entry.renamed_from.clone();
+                state.entry = entry.entry.clone();
+                state.exit = entry.exit.clone();
             }
             state.declared.push(entry.name.clone());
         }
@@ -271,27 +299,39 @@ impl Machine {
         }
     }
 
+    /// Edge guards and actions first, in edge order, then entry and exit actions in
+    /// state order.
     fn collect_rules(&mut self) {
         let mut by_name: HashMap<String, usize> = HashMap::new();
-        for (edge, e) in self.edges.iter().enumerate() {
-            let named = [(&e.guard, RuleKind::Guard), (&e.action, RuleKind::Action)];
-            for (name, kind) in named {
-                let Some(name) = name else { continue };
-                let used = RuleUse {
-                    edge,
-                    name: name.clone(),
-                    kind,
-                };
-                match by_name.get(&name.to_string()) {
-                    Some(&i) => self.rules[i].uses.push(used),
-                    None => {
-                        by_name.insert(name.to_string(), self.rules.len());
-                        self.rules.push(Rule {
-                            name: name.clone(),
-                            kind,
-                            uses: vec![used],
-                        });
-                    }
+        let edge_rules = self.edges.iter().enumerate().flat_map(|(edge, e)| {
+            [
+                (Site::Edge(edge), e.guard.clone(), RuleKind::Guard),
+                (Site::Edge(edge), e.action.clone(), RuleKind::Action),
+            ]
+        });
+        let state_rules = self.states.iter().enumerate().flat_map(|(i, s)| {
+            [
+                (Site::Exit(i), s.exit().cloned(), RuleKind::Action),
+                (Site::Entry(i), s.entry().cloned(), RuleKind::Action),
+            ]
+        });
+        let named: Vec<(Site, Option<Ident>, RuleKind)> = edge_rules.chain(state_rules).collect();
+        for (site, name, kind) in named {
+            let Some(name) = name else { continue };
+            let used = RuleUse {
+                site,
+                name: name.clone(),
+                kind,
+            };
+            match by_name.get(&name.to_string()) {
+                Some(&i) => self.rules[i].uses.push(used),
+                None => {
+                    by_name.insert(name.to_string(), self.rules.len());
+                    self.rules.push(Rule {
+                        name,
+                        kind,
+                        uses: vec![used],
+                    });
                 }
             }
         }
@@ -305,9 +345,31 @@ impl Machine {
         }
     }
 
+    /// The payload a rule receives where it is named; entry and exit actions take none.
+    pub(crate) fn site_payload(&self, site: Site) -> Option<&Type> {
+        match site {
+            Site::Edge(edge) => self.payload_of(edge),
+            Site::Entry(_) | Site::Exit(_) => None,
+        }
+    }
+
     /// The payload of a rule's first use, which fixes its method's signature.
     pub(crate) fn rule_payload(&self, rule: &Rule) -> Option<&Type> {
-        self.payload_of(rule.uses[0].edge)
+        self.site_payload(rule.uses[0].site)
+    }
+
+    /// Where a rule is named, for docs and messages: an edge as the DSL writes it, or
+    /// `#[entry(notify)] Shipped`.
+    pub(crate) fn describe_site(&self, site: Site) -> String {
+        let state_action = |which: &str, state: usize, action: Option<&Ident>| {
+            let action = action.map(name).unwrap_or_default();
+            format!("#[{which}({action})] {}", name(&self.states[state].name))
+        };
+        match site {
+            Site::Edge(edge) => self.describe(edge),
+            Site::Entry(s) => state_action("entry", s, self.states[s].entry()),
+            Site::Exit(s) => state_action("exit", s, self.states[s].exit()),
+        }
     }
 
     /// The context type (`()` when not declared).
@@ -374,6 +436,8 @@ impl Machine {
                 initial: initial == Some(i),
                 terminal: !self.has_outgoing(i),
                 renamed_from: leak_names(&s.renamed_from),
+                entry: s.entry().map(|a| leak(name(a))),
+                exit: s.exit().map(|a| leak(name(a))),
             })
             .collect();
         let events: Vec<EventInfo> = self

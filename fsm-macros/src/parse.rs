@@ -57,7 +57,18 @@ pub(crate) struct Entry {
     pub(crate) terminal: Option<Attribute>,
     /// The names of every `#[renamed_from(A, B)]`, in order.
     pub(crate) renamed_from: Vec<Ident>,
+    /// Every `#[entry(action)]`, in order; only accepted in `states { }`.
+    pub(crate) entry: Vec<StateAction>,
+    /// Every `#[exit(action)]`, in order; only accepted in `states { }`.
+    pub(crate) exit: Vec<StateAction>,
     pub(crate) name: Ident,
+}
+
+/// `#[entry(action)]` or `#[exit(action)]` on a state.
+#[derive(Clone)]
+pub(crate) struct StateAction {
+    pub(crate) attr: Attribute,
+    pub(crate) action: Ident,
 }
 
 /// One transition line.
@@ -303,9 +314,41 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
     let mut docs = Vec::new();
     let mut terminal = None;
     let mut renamed_from = Vec::new();
+    let (mut entry, mut exit) = (Vec::new(), Vec::new());
     for attr in input.call(Attribute::parse_outer)? {
+        let action_kind = ["entry", "exit"]
+            .into_iter()
+            .find(|k| attr.path().is_ident(k));
         if attr.path().is_ident("doc") {
             docs.push(attr);
+        } else if let Some(which) = action_kind {
+            if !states {
+                cx.error_spanned_by(
+                    &attr,
+                    format!(
+                        "`#[{which}(..)]` names a state's {which} action; an event has none, \
+                         remove it"
+                    ),
+                );
+                continue;
+            }
+            match attr.parse_args::<Ident>() {
+                Ok(action) => {
+                    let list = if which == "entry" {
+                        &mut entry
+                    } else {
+                        &mut exit
+                    };
+                    list.push(StateAction { attr, action });
+                }
+                Err(_) => cx.error_spanned_by(
+                    &attr,
+                    format!(
+                        "`#[{which}(..)]` names one action method, as in \
+                         `#[{which}(notify_customer)]`"
+                    ),
+                ),
+            }
         } else if attr.path().is_ident("renamed_from") {
             let names = attr.parse_args_with(
                 syn::punctuated::Punctuated::<Ident, Token![,]>::parse_separated_nonempty,
@@ -332,7 +375,8 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
             );
         } else {
             let allowed = if states {
-                "doc comments, `#[terminal]` and `#[renamed_from(..)]`"
+                "doc comments, `#[terminal]`, `#[entry(action)]`, `#[exit(action)]` and \
+                 `#[renamed_from(..)]`"
             } else {
                 "doc comments and `#[renamed_from(..)]`"
             };
@@ -349,6 +393,8 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
         docs,
         terminal,
         renamed_from,
+        entry,
+        exit,
         name,
     })
 }
@@ -673,6 +719,27 @@ mod tests {
         });
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(machine.unwrap().complete);
+    }
+
+    #[test]
+    fn states_carry_entry_and_exit_actions() {
+        let (machine, errors) = parse(quote! {
+            machine M {
+                states { #[entry(notify)] #[exit(stop_clock)] B, #[entry] C, #[exit(a, b)] D }
+                events { #[entry(x)] E }
+                *A + E => B,
+            }
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("`#[entry(..)]` names one action method"));
+        assert!(errors[1].starts_with("`#[exit(..)]` names one action method"));
+        assert!(errors[2].starts_with("`#[entry(..)]` names a state's entry action"));
+        let machine = machine.unwrap();
+        let Item::States(states) = &machine.items[0] else {
+            panic!("states block")
+        };
+        assert_eq!(states.entries[0].entry[0].action, "notify");
+        assert_eq!(states.entries[0].exit[0].action, "stop_clock");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use syn::Ident;
 
 use crate::ctxt::Ctxt;
 use crate::model::{Machine, Trigger, name, type_string};
+use crate::parse::StateAction;
 
 pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_keys(m, cx);
@@ -16,6 +17,7 @@ pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_initial(m, cx);
     check_payloads(m, cx);
     check_rules(m, cx);
+    check_state_actions(m, cx);
     check_edges(m, cx);
     check_terminal(m, cx);
     check_reachable(m, cx);
@@ -174,12 +176,12 @@ fn check_rules(m: &Machine, cx: &mut Ctxt) {
                         "`{name}` is already the {} of `{}`; a guard and an action need \
                          different names",
                         rule.kind.as_str(),
-                        m.describe(first.edge),
+                        m.describe_site(first.site),
                     ),
                 );
                 continue;
             }
-            let here = m.payload_of(used.edge).map(type_string);
+            let here = m.site_payload(used.site).map(type_string);
             if here != payload {
                 let takes = |p: &Option<String>| match p {
                     Some(ty) => format!("`&{ty}`"),
@@ -191,9 +193,59 @@ fn check_rules(m: &Machine, cx: &mut Ctxt) {
                         "{} `{name}` takes {} on `{}` but would take {} here; use another {} name",
                         used.kind.as_str(),
                         takes(&payload),
-                        m.describe(first.edge),
+                        m.describe_site(first.site),
                         takes(&here),
                         used.kind.as_str(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A state has at most one entry and one exit action, and each one can run: some edge
+/// enters the state from another state (entry), or leaves it for another (exit).
+fn check_state_actions(m: &Machine, cx: &mut Ctxt) {
+    for (i, state) in m.states.iter().enumerate() {
+        let lists: [(&str, &Vec<StateAction>); 2] =
+            [("entry", &state.entry), ("exit", &state.exit)];
+        for (which, actions) in lists {
+            let Some(first) = actions.first() else {
+                continue;
+            };
+            for again in &actions[1..] {
+                cx.error_spanned_by(
+                    &again.attr,
+                    format!(
+                        "state `{}` already has {which} action `{}`; a state has one {which} \
+                         action, so call both from that method",
+                        state.name, first.action
+                    ),
+                );
+            }
+            if !m.complete {
+                continue;
+            }
+            let runs = m.edges.iter().any(|e| {
+                e.from != e.to
+                    && if which == "entry" {
+                        e.to == i
+                    } else {
+                        e.from == i
+                    }
+            });
+            if !runs {
+                let never = if which == "entry" {
+                    "no transition enters it from another state"
+                } else {
+                    "no transition leaves it for another state"
+                };
+                cx.error_spanned_by(
+                    &first.action,
+                    format!(
+                        "{which} action `{}` of `{}` never runs: {never} (a self-loop runs no \
+                         entry or exit action); remove it or make it an edge action",
+                        first.action, state.name
                     ),
                 );
             }
@@ -462,6 +514,40 @@ mod tests {
             "`g` is already the guard of `A + E [g] => B`",
         );
         assert!(errors(quote!(machine M { *A + E(X) / a => B, B + E / a => A })).is_empty());
+    }
+
+    #[test]
+    fn state_actions_are_single_and_can_run() {
+        assert!(errors(quote! {
+            machine M { states { #[exit(leave)] A, #[entry(arrive)] B } *A + E => B, B + F => A }
+        })
+        .is_empty());
+        assert_one(
+            quote!(machine M { states { #[entry(a)] #[entry(b)] B } *A + E => B }),
+            "state `B` already has entry action `a`",
+        );
+        assert_one(
+            quote!(machine M { states { #[exit(a)] B } *A + E => B }),
+            "exit action `a` of `B` never runs: no transition leaves it",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(a)] A } *A + E => A }),
+            "entry action `a` of `A` never runs: no transition enters it",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(g)] B } *A + E [g] => B }),
+            "`g` is already the guard of `A + E [g] => B`",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(a)] B } *A + E(X) / a => B }),
+            "action `a` takes `&X` on `A + E / a => B` but would take no payload here",
+        );
+        assert!(
+            errors(quote! {
+                machine M { states { #[entry(a)] B } *A + E / a => B, B + F => A }
+            })
+            .is_empty()
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, summary};
+use super::{edge_label, state_actions, summary};
 use crate::definition::{Definition, On};
 
 /// Renders a definition as a Graphviz `digraph`, laid out left to right.
@@ -10,7 +10,8 @@ use crate::definition::{Definition, On};
 /// States are rounded boxes, terminal states double circles; a small filled point
 /// `__start` leads into the initial state. Each edge is labelled
 /// `Event [guard] / action`; timer edges are dashed and labelled `after 30 min`. A
-/// state's doc comment, first line only, becomes its tooltip. Every name and label is
+/// state's doc comment, first line only, becomes its tooltip; its entry and exit actions
+/// are lines of its label under its name (`entry / notify_shipped`). Every name and label is
 /// quoted, with `"` and `\` escaped, so any string renders as written.
 ///
 /// # Examples
@@ -24,8 +25,8 @@ use crate::definition::{Definition, On};
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -52,6 +53,11 @@ pub fn dot(definition: &Definition) -> String {
     out.push_str("    __start [shape=point, width=0.15, label=\"\"];\n");
     for state in definition.states {
         let mut attrs = Vec::new();
+        let actions: Vec<String> = state_actions(state).collect();
+        if !actions.is_empty() {
+            let label = format!("{}\n{}", state.name, actions.join("\n"));
+            attrs.push(format!("label={}", quote(&label)));
+        }
         if state.terminal {
             attrs.push("shape=doublecircle".to_owned());
         }
@@ -149,6 +155,14 @@ mod tests {
     }
 
     #[test]
+    fn dot_lists_entry_and_exit_actions_under_the_state_name() {
+        assert!(dot(&crate::diagram::fixture::SHIP).contains(
+            "    \"Shipped\" [label=\"Shipped\\nentry / notify_shipped\\nexit / stop_clock\", \
+             shape=doublecircle, tooltip=\"With the carrier.\"];\n"
+        ));
+    }
+
+    #[test]
     fn dot_escapes_quotes_and_backslashes() {
         static ODD: Definition = Definition {
             name: "Say \"hi\"",
@@ -162,6 +176,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "\"q\"",
@@ -169,6 +185,8 @@ mod tests {
                     initial: false,
                     terminal: true,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, summary};
+use super::{edge_label, state_actions, summary};
 use crate::definition::Definition;
 
 /// Renders a definition as a Mermaid `stateDiagram-v2`, ready for a Markdown
@@ -10,7 +10,8 @@ use crate::definition::Definition;
 ///
 /// The initial state is entered from `[*]`, terminal states lead to `[*]`, each edge is
 /// labelled `Event [guard] / action` (timers `after 30 min`), and a state's doc comment
-/// shows, first line only, as its description. Edges keep declaration order.
+/// shows, first line only, as its description, followed by its entry and exit actions
+/// (`entry / notify_shipped`). Edges keep declaration order.
 ///
 /// # Examples
 ///
@@ -23,8 +24,8 @@ use crate::definition::Definition;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -55,6 +56,9 @@ pub fn mermaid(definition: &Definition) -> String {
         let doc = summary(state.doc);
         if !doc.is_empty() {
             let _ = writeln!(out, "    {id} : {}", text(doc));
+        }
+        for action in state_actions(state) {
+            let _ = writeln!(out, "    {id} : {}", text(&action));
         }
     }
     for state in definition.states.iter().filter(|s| s.initial) {
@@ -150,6 +154,20 @@ mod tests {
     }
 
     #[test]
+    fn mermaid_lists_entry_and_exit_actions_in_the_state() {
+        assert_eq!(
+            mermaid(&crate::diagram::fixture::SHIP),
+            "stateDiagram-v2\n    \
+             Shipped : With the carrier.\n    \
+             Shipped : entry / notify_shipped\n    \
+             Shipped : exit / stop_clock\n    \
+             [*] --> Paid\n    \
+             Paid --> Shipped : Ship\n    \
+             Shipped --> [*]\n",
+        );
+    }
+
+    #[test]
     fn mermaid_escapes_what_its_parser_would_read() {
         static ODD: Definition = Definition {
             name: "Odd",
@@ -163,6 +181,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "Two words",
@@ -170,6 +190,8 @@ mod tests {
                     initial: false,
                     terminal: true,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],

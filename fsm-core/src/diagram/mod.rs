@@ -9,7 +9,9 @@
 //!   DOT and SVG;
 //! * every edge, labelled the way the DSL writes it: `Pay [amount_matches] /
 //!   record_payment`, with guard and action only when the edge has them;
-//! * timer edges, labelled `after 30 min` and dashed where the format can dash.
+//! * timer edges, labelled `after 30 min` and dashed where the format can dash;
+//! * entry and exit actions inside their state, as UML writes them: `entry /
+//!   notify_shipped`, `exit / stop_clock`.
 //!
 //! An `A | B + E` line is two edges, so it is drawn as two arrows.
 //!
@@ -36,9 +38,9 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[] },
-//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[] },
-//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[] },
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 //!     ],
 //!     events: &[EventInfo { name: "Pay", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
@@ -67,7 +69,7 @@
 //! assert!(dot.contains(r#""Created" -> "Expired" [label="after 30 min", style=dashed];"#));
 //! ```
 
-use crate::definition::{Edge, On, format_duration};
+use crate::definition::{Edge, On, StateInfo, format_duration};
 
 mod dot;
 mod mermaid;
@@ -93,6 +95,14 @@ fn edge_label(edge: &Edge) -> String {
         label.push_str(&format!(" / {action}"));
     }
     label
+}
+
+/// A state's entry and exit actions as UML writes them: `entry / notify_shipped`,
+/// `exit / stop_clock`.
+fn state_actions(state: &StateInfo) -> impl Iterator<Item = String> {
+    let entry = state.entry.map(|a| format!("entry / {a}"));
+    let exit = state.exit.map(|a| format!("exit / {a}"));
+    entry.into_iter().chain(exit)
 }
 
 /// The first line of a doc comment, trimmed: what fits in a diagram.
@@ -123,6 +133,8 @@ pub(crate) mod fixture {
                 initial: true,
                 terminal: false,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Paid",
@@ -130,6 +142,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: false,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Delivered",
@@ -137,6 +151,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: true,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Cancelled",
@@ -144,6 +160,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: true,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
         ],
         events: &[
@@ -203,6 +221,42 @@ pub(crate) mod fixture {
                 to: "Cancelled",
             },
         ],
+    };
+
+    /// A state with a doc comment, an entry and an exit action.
+    pub(crate) static SHIP: Definition = Definition {
+        name: "Ship",
+        doc: "",
+        context: "()",
+        effect: None,
+        states: &[
+            StateInfo {
+                name: "Paid",
+                doc: "",
+                initial: true,
+                terminal: false,
+                renamed_from: &[],
+                entry: None,
+                exit: None,
+            },
+            StateInfo {
+                name: "Shipped",
+                doc: "With the carrier.",
+                initial: false,
+                terminal: true,
+                renamed_from: &[],
+                entry: Some("notify_shipped"),
+                exit: Some("stop_clock"),
+            },
+        ],
+        events: &[],
+        edges: &[Edge {
+            from: "Paid",
+            on: On::Event("Ship"),
+            guard: None,
+            action: None,
+            to: "Shipped",
+        }],
     };
 }
 

@@ -11,7 +11,7 @@ use layout::std_shapes::render::get_shape_size;
 use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
-use super::edge_label;
+use super::{edge_label, state_actions};
 use crate::definition::{Definition, On, StateInfo};
 
 /// One font size for every text: `layout-rs` emits one CSS class per size in hash-map
@@ -48,8 +48,8 @@ const START_SIZE: f64 = 14.;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -93,8 +93,8 @@ pub struct StateMark {
 /// # static DOOR: Definition = Definition {
 /// #     name: "Door", doc: "", context: "()", effect: None,
 /// #     states: &[
-/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 /// #     ],
 /// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 /// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked" }],
@@ -120,11 +120,16 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
             fill,
             href,
         } = mark(state);
-        let label = match &caption {
+        let mut label = state.name.to_owned();
+        for action in state_actions(state) {
+            label.push('\n');
+            label.push_str(&action);
+        }
+        if let Some(caption) = &caption {
             // One line: a caption cannot add lines of its own.
-            Some(caption) => format!("{}\n{}", state.name, caption.replace(['\n', '\r'], " ")),
-            None => state.name.to_owned(),
-        };
+            label.push('\n');
+            label.push_str(&caption.replace(['\n', '\r'], " "));
+        }
         if let Some(href) = href {
             links.push((label_text(&label), href));
         }
@@ -319,6 +324,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "On",
@@ -326,6 +333,8 @@ mod tests {
                     initial: false,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],
@@ -356,6 +365,13 @@ mod tests {
         let out = svg(&TOGGLE);
         assert_eq!(out.matches(">Flip<").count(), 2);
         assert!(out.contains(">Dim<"));
+    }
+
+    #[test]
+    fn svg_lists_entry_and_exit_actions_under_the_state_name() {
+        let out = svg(&crate::diagram::fixture::SHIP);
+        assert!(out.contains(">entry / notify_shipped<"), "{out}");
+        assert!(out.contains(">exit / stop_clock<"), "{out}");
     }
 
     #[test]

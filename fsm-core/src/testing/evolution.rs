@@ -101,6 +101,8 @@ const fn state(
         initial,
         terminal: false,
         renamed_from,
+        entry: None,
+        exit: None,
     }
 }
 

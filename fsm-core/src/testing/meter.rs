@@ -107,6 +107,8 @@ impl StateMachine for Meter {
             initial: true,
             terminal: false,
             renamed_from: &[],
+            entry: None,
+            exit: None,
         }],
         events: &[
             EventInfo {

@@ -241,6 +241,8 @@ const STATES: &[StateInfo] = &[
         initial: true,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Paid",
@@ -248,6 +250,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Shipped",
@@ -255,6 +259,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Delivered",
@@ -262,6 +268,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Cancelled",
@@ -269,6 +277,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Expired",
@@ -276,6 +286,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
 ];
 
