@@ -1,11 +1,12 @@
-//! The DSL's state-level forms through real stores, MemoryStore and SQLite alike: entry
-//! and exit actions, and what each transition writes to the outbox.
+//! The DSL's newer forms through real stores, MemoryStore and SQLite alike: entry and
+//! exit actions with what each transition writes to the outbox, and wildcard sources.
 // Every generated item carries docs.
 #![deny(missing_docs)]
 
 use std::time::Duration;
 
-use fsm::{Command, Dispatcher, DurableStore, Effects, MemoryStore};
+use fsm::{Command, Dispatcher, DurableStore, Effects, Error, MemoryStore};
+use serde::{Deserialize, Serialize};
 
 fsm::state_machine! {
     /// A parcel: each action writes one line to the outbox, so the outbox shows the order
@@ -169,6 +170,141 @@ fn step_alone_orders_effects_the_same_way() {
     assert_eq!(step.effects.into_vec(), ["edge Scan"]);
 }
 
+fsm::state_machine! {
+    /// A support ticket: any open state may be closed, except that an assigned ticket
+    /// closes only through its own guarded edge.
+    machine Ticket {
+        context: TicketData,
+        effect: String,
+        *New + Assign => Assigned,
+        Assigned + Resolve => Resolved,
+        Resolved + Reopen => New,
+        Assigned + Close [assignee_agrees] / close_assigned => Closed,
+        _ + Close / close_any => Closed,
+    }
+}
+
+/// What a ticket knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TicketData {
+    /// Whether the assignee agrees to close.
+    agrees: bool,
+}
+
+impl TicketRules for TicketData {
+    fn assignee_agrees(&self) -> bool {
+        self.agrees
+    }
+    fn close_assigned(&mut self, effects: &mut Effects<String>) {
+        effects.emit("closed by the assignee".into());
+    }
+    fn close_any(&mut self, effects: &mut Effects<String>) {
+        effects.emit("closed".into());
+    }
+}
+
+async fn a_wildcard_leaves_every_state_without_its_own_edge<S: DurableStore>(store: S) {
+    for (id, path) in [
+        ("t-new", &[][..]),
+        (
+            "t-resolved",
+            &[TicketEvent::Assign, TicketEvent::Resolve][..],
+        ),
+    ] {
+        store
+            .create::<Ticket>(id, TicketData::default())
+            .await
+            .unwrap();
+        for event in path {
+            store.fire(id, Command::new(event.clone())).await.unwrap();
+        }
+        let outcome = store.fire(id, Command::new(TicketEvent::Close)).await;
+        assert_eq!(
+            outcome.unwrap().transition().to,
+            TicketState::Closed,
+            "{id}"
+        );
+        let effects: Vec<String> = store
+            .outbox::<Ticket>(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|row| row.effect)
+            .collect();
+        assert_eq!(effects, ["closed"], "{id}");
+    }
+}
+
+async fn an_explicit_edge_wins_over_the_wildcard_even_when_its_guard_fails<S: DurableStore>(
+    store: S,
+) {
+    store
+        .create::<Ticket>("t-1", TicketData { agrees: false })
+        .await
+        .unwrap();
+    store
+        .fire("t-1", Command::new(TicketEvent::Assign))
+        .await
+        .unwrap();
+    let refused = store.fire("t-1", Command::new(TicketEvent::Close)).await;
+    assert!(
+        matches!(&refused, Err(Error::GuardRejected { guards, .. }) if guards == &["assignee_agrees"]),
+        "{refused:?}"
+    );
+    store
+        .create::<Ticket>("t-2", TicketData { agrees: true })
+        .await
+        .unwrap();
+    store
+        .fire("t-2", Command::new(TicketEvent::Assign))
+        .await
+        .unwrap();
+    store
+        .fire("t-2", Command::new(TicketEvent::Close))
+        .await
+        .unwrap();
+    let effects: Vec<String> = store
+        .outbox::<Ticket>("t-2")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|row| row.effect)
+        .collect();
+    assert_eq!(effects, ["closed by the assignee"]);
+}
+
+async fn a_terminal_state_gets_no_wildcard_edge<S: DurableStore>(store: S) {
+    store
+        .create::<Ticket>("t-1", TicketData::default())
+        .await
+        .unwrap();
+    store
+        .fire("t-1", Command::new(TicketEvent::Close))
+        .await
+        .unwrap();
+    let again = store.fire("t-1", Command::new(TicketEvent::Close)).await;
+    assert!(matches!(&again, Err(e) if e.is_repeat()), "{again:?}");
+}
+
+#[test]
+fn the_definition_marks_the_edges_a_wildcard_generated() {
+    let generated: Vec<(&str, &str)> = Ticket::DEFINITION
+        .edges
+        .iter()
+        .filter(|e| e.from_wildcard)
+        .map(|e| (e.from, e.to))
+        .collect();
+    assert_eq!(generated, [("New", "Closed"), ("Resolved", "Closed")]);
+    let closed = Ticket::DEFINITION.state("Closed").unwrap();
+    assert!(closed.terminal);
+    let mermaid = fsm::diagram::mermaid(Ticket::DEFINITION);
+    assert!(mermaid.contains(
+        "    %% _ + Close / close_any => Closed: every state without its own edge\n    \
+         New --> Closed : Close (any) / close_any\n    \
+         Resolved --> Closed : Close (any) / close_any\n"
+    ));
+}
+
 async fn sqlite() -> fsm::sqlx::SqliteStore {
     let store = fsm::sqlx::SqliteStore::memory()
         .await
@@ -204,4 +340,7 @@ on_every_store!(
     a_self_loop_runs_its_edge_action_but_no_exit_or_entry,
     a_timer_runs_exit_edge_and_entry_actions_too,
     the_dispatcher_delivers_effects_in_the_documented_order,
+    a_wildcard_leaves_every_state_without_its_own_edge,
+    an_explicit_edge_wins_over_the_wildcard_even_when_its_guard_fails,
+    a_terminal_state_gets_no_wildcard_edge,
 );

@@ -20,8 +20,8 @@
 //!     ],
 //!     events: &[EventInfo { name: "Flip", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
-//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On" },
-//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off" },
+//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On", from_wildcard: false },
+//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off", from_wildcard: false },
 //!     ],
 //! };
 //! assert_eq!(TOGGLE.initial().name, "Off");
@@ -47,7 +47,9 @@ pub struct Definition {
     pub states: &'static [StateInfo],
     /// Events in order of first appearance (timers are not events).
     pub events: &'static [EventInfo],
-    /// Edges in declaration order; `A | B + E` contributes one edge per source.
+    /// Edges in declaration order; `A | B + E` contributes one edge per source. The
+    /// edges of wildcard lines (`_ + E => T`, [`Edge::from_wildcard`]) follow the
+    /// others, one line after another.
     pub edges: &'static [Edge],
 }
 
@@ -123,6 +125,10 @@ pub struct Edge {
     pub action: Option<&'static str>,
     /// Target state name.
     pub to: &'static str,
+    /// Whether a wildcard line `_ + Event => Target` generated this edge: one such edge
+    /// leaves each state that is not terminal, is not the target and has no edge of its
+    /// own on that event. The edges of one wildcard line are consecutive.
+    pub from_wildcard: bool,
 }
 
 impl Definition {

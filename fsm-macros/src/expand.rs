@@ -480,8 +480,16 @@ fn definition_tokens(d: &Definition) -> TokenStream {
             }
         };
         let (from, to, guard, action) = (e.from, e.to, option(e.guard), option(e.action));
+        let from_wildcard = e.from_wildcard;
         quote! {
-            ::fsm::Edge { from: #from, on: #on, guard: #guard, action: #action, to: #to }
+            ::fsm::Edge {
+                from: #from,
+                on: #on,
+                guard: #guard,
+                action: #action,
+                to: #to,
+                from_wildcard: #from_wildcard,
+            }
         }
     });
     let (name, doc, context, effect) = (d.name, d.doc, d.context, option(d.effect));

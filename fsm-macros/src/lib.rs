@@ -50,6 +50,10 @@ mod validate;
 /// is an internal transition and runs neither. They take no payload:
 /// `fn action(&mut self, effects: &mut Effects<E>)`.
 ///
+/// `_ + Cancel => Cancelled` is a wildcard source: one edge from every state that is
+/// not terminal, is not `Cancelled`, and has no edge of its own on `Cancel` (explicit
+/// edges win, guarded or not). Guards and actions apply to each generated edge.
+///
 /// For `machine Order` it generates `OrderState`, `OrderEvent`, `OrderEventKind`, the
 /// marker type `Order` (whose docs show the machine's Mermaid diagram) implementing
 /// `fsm::StateMachine`, `Order::DEFINITION`, and, when there are guards or actions, the
@@ -60,7 +64,8 @@ mod validate;
 /// initial states, duplicate or nondeterministic edges, an edge after an unguarded one
 /// that always wins, unreachable states, conflicting payload types, edges or timers
 /// leaving a `#[terminal]` state, unknown keywords and bad timer units, two entry or exit
-/// actions on one state, and an entry or exit action that no transition can run.
+/// actions on one state, an entry or exit action that no transition can run, a wildcard
+/// that adds no edge, and two wildcards for one event.
 #[proc_macro]
 pub fn state_machine(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand::state_machine(input.into()).into()

@@ -33,6 +33,8 @@ pub(crate) struct Machine {
     pub(crate) initial_marks: Vec<(Token![*], Ident)>,
     /// Guards and actions in order of first use, one per name.
     pub(crate) rules: Vec<Rule>,
+    /// Every wildcard line `_ + Event => Target`, in order.
+    pub(crate) wildcards: Vec<Wildcard>,
     /// Whether every item parsed (see [`MachineInput::complete`]).
     pub(crate) complete: bool,
 }
@@ -88,12 +90,27 @@ pub(crate) struct Edge {
     /// Index of the transition line the edge comes from.
     pub(crate) line: usize,
     pub(crate) from: usize,
-    /// The source state as written on this line.
-    pub(crate) source: Ident,
+    /// The source state as written on this line (`_` for a wildcard's edge).
+    pub(crate) source: TokenStream,
     pub(crate) on: Trigger,
     pub(crate) guard: Option<Ident>,
     pub(crate) action: Option<Ident>,
     pub(crate) to: usize,
+    /// The wildcard line (index in [`Machine::wildcards`]) that generated this edge.
+    pub(crate) wildcard: Option<usize>,
+}
+
+/// `_ + Event [guard] / action => Target`: expands to one edge per state that is not
+/// terminal, is not the target, and has no edge of its own on the event.
+pub(crate) struct Wildcard {
+    pub(crate) underscore: Token![_],
+    pub(crate) line: usize,
+    pub(crate) on: Trigger,
+    pub(crate) guard: Option<Ident>,
+    pub(crate) action: Option<Ident>,
+    pub(crate) to: usize,
+    /// Indices of the edges it generated (none for a second wildcard on one event).
+    pub(crate) edges: Vec<usize>,
 }
 
 /// What fires an edge, resolved to indices.
@@ -174,6 +191,7 @@ impl Machine {
             edges: Vec::new(),
             initial_marks: Vec::new(),
             rules: Vec::new(),
+            wildcards: Vec::new(),
             complete: input.complete,
         };
         let mut line = 0;
@@ -189,15 +207,59 @@ impl Machine {
                 }
             }
         }
+        machine.expand_wildcards();
         machine.collect_rules();
         machine
     }
 
-    /// Adds one edge per source of line number `line`.
+    /// Adds the edges of each wildcard line, after every explicit edge is known: one per
+    /// state that is not terminal (marked, or without explicit outgoing edge), is not
+    /// the target and has no explicit edge on the event. Explicit edges win wherever
+    /// they are written; a second wildcard on one event adds nothing (an error).
+    fn expand_wildcards(&mut self) {
+        let explicit = self.edges.len();
+        let terminal: Vec<bool> = (0..self.states.len())
+            .map(|s| {
+                self.states[s].terminal_attr.is_some()
+                    || !self.edges[..explicit].iter().any(|e| e.from == s)
+            })
+            .collect();
+        for w in 0..self.wildcards.len() {
+            let wildcard = &self.wildcards[w];
+            if self.wildcards[..w].iter().any(|o| o.on.same(&wildcard.on)) {
+                continue;
+            }
+            let mut added = Vec::new();
+            for (s, _) in terminal.iter().enumerate().filter(|(_, t)| !**t) {
+                let own = self.edges[..explicit]
+                    .iter()
+                    .any(|e| e.from == s && e.on.same(&wildcard.on));
+                if s == wildcard.to || own {
+                    continue;
+                }
+                added.push(self.edges.len());
+                let underscore = wildcard.underscore;
+                self.edges.push(Edge {
+                    line: wildcard.line,
+                    from: s,
+                    source: quote::quote!(#underscore),
+                    on: wildcard.on.clone(),
+                    guard: wildcard.guard.clone(),
+                    action: wildcard.action.clone(),
+                    to: wildcard.to,
+                    wildcard: Some(w),
+                });
+            }
+            self.wildcards[w].edges = added;
+        }
+    }
+
+    /// Adds one edge per source of line number `line`; a wildcard line is kept for
+    /// [`Machine::expand_wildcards`].
     fn add_transition(&mut self, t: &Transition, line: usize) {
         let sources: Vec<usize> = t.sources.iter().map(|s| self.use_state(s)).collect();
-        if let Some(star) = t.initial {
-            self.initial_marks.push((star, t.sources[0].clone()));
+        if let (Some(star), Some(first)) = (t.initial, t.sources.first()) {
+            self.initial_marks.push((star, first.clone()));
         }
         let on = match &t.trigger {
             parse::Trigger::Event { name, payload } => {
@@ -213,15 +275,28 @@ impl Machine {
             parse::Trigger::After(timer) => Trigger::After(timer.clone()),
         };
         let to = self.use_state(&t.target);
+        if let Some(underscore) = t.wildcard {
+            self.wildcards.push(Wildcard {
+                underscore,
+                line,
+                on,
+                guard: t.guard.clone(),
+                action: t.action.clone(),
+                to,
+                edges: Vec::new(),
+            });
+            return;
+        }
         for (source, from) in t.sources.iter().zip(sources) {
             self.edges.push(Edge {
                 line,
                 from,
-                source: source.clone(),
+                source: source.to_token_stream(),
                 on: on.clone(),
                 guard: t.guard.clone(),
                 action: t.action.clone(),
                 to,
+                wildcard: None,
             });
         }
     }
@@ -419,6 +494,32 @@ impl Machine {
             text.push_str(&format!(" / {action}"));
         }
         text.push_str(&format!(" => {}", name(&self.states[e.to].name)));
+        if e.wildcard.is_some() {
+            text.push_str(" (from `_`)");
+        }
+        text
+    }
+
+    /// How a wildcard line reads in the DSL: `_ + Cancel / refund => Cancelled`.
+    pub(crate) fn describe_wildcard(&self, wildcard: usize) -> String {
+        let w = &self.wildcards[wildcard];
+        let on = match &w.on {
+            Trigger::Event { event, .. } => name(&self.events[*event].name),
+            Trigger::After(timer) => {
+                format!(
+                    "after({})",
+                    fsm_core::format_duration(timer_duration(timer))
+                )
+            }
+        };
+        let mut text = format!("_ + {on}");
+        if let Some(guard) = &w.guard {
+            text.push_str(&format!(" [{guard}]"));
+        }
+        if let Some(action) = &w.action {
+            text.push_str(&format!(" / {action}"));
+        }
+        text.push_str(&format!(" => {}", name(&self.states[w.to].name)));
         text
     }
 
@@ -462,6 +563,7 @@ impl Machine {
                 guard: e.guard.as_ref().map(|g| leak(name(g))),
                 action: e.action.as_ref().map(|a| leak(name(a))),
                 to: states[e.to].name,
+                from_wildcard: e.wildcard.is_some(),
             })
             .collect();
         Definition {

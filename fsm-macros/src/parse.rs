@@ -74,6 +74,9 @@ pub(crate) struct StateAction {
 /// One transition line.
 pub(crate) struct Transition {
     pub(crate) initial: Option<Token![*]>,
+    /// `_ + Event => Target`: every state without its own edge on the event. `sources`
+    /// is then empty.
+    pub(crate) wildcard: Option<Token![_]>,
     pub(crate) sources: Vec<Ident>,
     pub(crate) trigger: Trigger,
     pub(crate) guard: Option<Ident>,
@@ -407,10 +410,24 @@ fn name(input: ParseStream, what: &str) -> syn::Result<Ident> {
 
 fn transition(input: ParseStream) -> syn::Result<Transition> {
     let initial: Option<Token![*]> = input.parse()?;
-    let mut sources = vec![name(
-        input,
-        "a source state, as in `*Created + Pay => Paid`",
-    )?];
+    let wildcard: Option<Token![_]> = input.parse()?;
+    if let (Some(star), Some(_)) = (&initial, &wildcard) {
+        return Err(syn::Error::new_spanned(
+            star,
+            "`*` marks one named initial state; a wildcard `_` cannot be initial",
+        ));
+    }
+    let mut sources = Vec::new();
+    if wildcard.is_none() {
+        sources.push(name(
+            input,
+            "a source state, as in `*Created + Pay => Paid`",
+        )?);
+    } else if input.peek(Token![|]) {
+        return Err(input.error(
+            "`_` already stands for every state without its own edge; write `_ + Event` alone",
+        ));
+    }
     while input.peek(Token![|]) {
         input.parse::<Token![|]>()?;
         if input.peek(Token![*]) {
@@ -429,6 +446,12 @@ fn transition(input: ParseStream) -> syn::Result<Transition> {
     }
     input.parse::<Token![+]>()?;
     let trigger = trigger(input)?;
+    if let (Some(underscore), Trigger::After(_)) = (&wildcard, &trigger) {
+        return Err(syn::Error::new_spanned(
+            underscore,
+            "a wildcard `_` takes an event, not a timer; write the timer on each state",
+        ));
+    }
     let guard = if input.peek(token::Bracket) {
         let content;
         let brackets = bracketed!(content in input);
@@ -472,6 +495,7 @@ fn transition(input: ParseStream) -> syn::Result<Transition> {
     }
     Ok(Transition {
         initial,
+        wildcard,
         sources,
         trigger,
         guard,
@@ -719,6 +743,24 @@ mod tests {
         });
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(machine.unwrap().complete);
+    }
+
+    #[test]
+    fn a_wildcard_source_parses_alone() {
+        let (machine, errors) = parse(quote! {
+            machine M { *A + E => B, _ + Cancel [ok] / refund => C }
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let machine = machine.unwrap();
+        let line = transitions(&machine)[1];
+        assert!(line.wildcard.is_some() && line.sources.is_empty());
+        let (_, errors) = parse(quote! {
+            machine M { *_ + E => B, _ | A + E => B, _ + after(1 s) => B }
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("`*` marks one named initial state"));
+        assert!(errors[1].starts_with("`_` already stands for every state"));
+        assert!(errors[2].starts_with("a wildcard `_` takes an event"));
     }
 
     #[test]

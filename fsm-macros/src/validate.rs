@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use quote::quote;
+use quote::{ToTokens, quote};
 use syn::Ident;
 
 use crate::ctxt::Ctxt;
@@ -19,6 +19,7 @@ pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_rules(m, cx);
     check_state_actions(m, cx);
     check_edges(m, cx);
+    check_wildcards(m, cx);
     check_terminal(m, cx);
     check_reachable(m, cx);
     check_size(m, cx);
@@ -264,9 +265,9 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
         for (j, other) in earlier {
             // Within one `A | A + E` line the repeated source is the mistake.
             let at = if other.line == edge.line {
-                &edge.source
+                edge.source.clone()
             } else {
-                edge.on.token()
+                edge.on.token().to_token_stream()
             };
             if other.guard == edge.guard {
                 let identical = other.to == edge.to && other.action == edge.action;
@@ -301,6 +302,33 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
                 );
                 break;
             }
+        }
+    }
+}
+
+/// One wildcard per event, and each one adds at least one edge.
+fn check_wildcards(m: &Machine, cx: &mut Ctxt) {
+    for (i, w) in m.wildcards.iter().enumerate() {
+        let event = name(w.on.token());
+        if let Some(first) = m.wildcards[..i].iter().position(|o| o.on.same(&w.on)) {
+            cx.error_spanned_by(
+                w.underscore,
+                format!(
+                    "`{}` already covers every state without its own `{event}` edge; one \
+                     wildcard per event, remove this one or write its edges per state",
+                    m.describe_wildcard(first)
+                ),
+            );
+        } else if w.edges.is_empty() && m.complete {
+            let target = name(&m.states[w.to].name);
+            cx.error_spanned_by(
+                w.underscore,
+                format!(
+                    "`{}` adds no edge: every state is terminal, is `{target}` itself, or has \
+                     its own `{event}` edge; remove it",
+                    m.describe_wildcard(i)
+                ),
+            );
         }
     }
 }
@@ -354,6 +382,14 @@ fn check_reachable(m: &Machine, cx: &mut Ctxt) {
     for (state, _) in m.states.iter().zip(reached).filter(|(_, r)| !r) {
         // A state no transition mentions is reported by `check_declarations`.
         let Some(at) = &state.used_at else { continue };
+        // The target of a wildcard that adds no edge: `check_wildcards` reports it.
+        let barren_target = m
+            .wildcards
+            .iter()
+            .any(|w| w.edges.is_empty() && m.states[w.to].name == state.name);
+        if barren_target {
+            continue;
+        }
         cx.error_spanned_by(
             at,
             format!(
@@ -514,6 +550,52 @@ mod tests {
             "`g` is already the guard of `A + E [g] => B`",
         );
         assert!(errors(quote!(machine M { *A + E(X) / a => B, B + E / a => A })).is_empty());
+    }
+
+    #[test]
+    fn wildcards_add_edges_and_explicit_edges_win() {
+        let m = {
+            let mut cx = Ctxt::new();
+            let input = crate::parse::machine(
+                quote!(machine M {
+                    *A + E => B,
+                    B + F => C,
+                    _ + Cancel => X,
+                    B + Cancel [late] => C,
+                    C + Done => D,
+                }),
+                &mut cx,
+            )
+            .unwrap();
+            Machine::from_input(&input)
+        };
+        let from: Vec<String> = m.wildcards[0]
+            .edges
+            .iter()
+            .map(|&e| name(&m.states[m.edges[e].from].name))
+            .collect();
+        // B has its own (guarded) Cancel edge; D and X are terminal.
+        assert_eq!(from, ["A", "C"]);
+        assert_eq!(
+            m.describe(m.wildcards[0].edges[0]),
+            "A + Cancel => X (from `_`)"
+        );
+    }
+
+    #[test]
+    fn wildcard_checks() {
+        assert_one(
+            quote!(machine M { *A + E => B, A + Cancel => C, _ + Cancel => C }),
+            "`_ + Cancel => C` adds no edge",
+        );
+        assert_one(
+            quote!(machine M { *A + E => B, B + F => A, _ + Cancel => C, _ + Cancel => D }),
+            "`_ + Cancel => C` already covers every state without its own `Cancel` edge",
+        );
+        assert!(
+            errors(quote!(machine M { *A + E => B, B + F => A, _ + Cancel [g] / a => C }))
+                .is_empty()
+        );
     }
 
     #[test]

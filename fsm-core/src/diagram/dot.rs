@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, state_actions, summary};
+use super::{edge_label, state_actions, summary, wildcard_group_start};
 use crate::definition::{Definition, On};
 
 /// Renders a definition as a Graphviz `digraph`, laid out left to right.
@@ -35,6 +35,7 @@ use crate::definition::{Definition, On};
 ///         guard: Some("is_closed"),
 ///         action: None,
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -70,10 +71,17 @@ pub fn dot(definition: &Definition) -> String {
     for state in definition.states.iter().filter(|s| s.initial) {
         let _ = writeln!(out, "    __start -> {};", quote(state.name));
     }
-    for edge in definition.edges {
+    for (i, edge) in definition.edges.iter().enumerate() {
+        if let Some(line) = wildcard_group_start(definition.edges, i) {
+            let line = line.replace(['\n', '\r'], " ");
+            let _ = writeln!(out, "    // {line}: every state without its own edge");
+        }
         let mut attrs = vec![format!("label={}", quote(&edge_label(edge)))];
         if matches!(edge.on, On::After(_)) {
             attrs.push("style=dashed".to_owned());
+        }
+        if edge.from_wildcard {
+            attrs.push("color=gray40, fontcolor=gray40".to_owned());
         }
         let (from, to) = (quote(edge.from), quote(edge.to));
         let _ = writeln!(out, "    {from} -> {to}{};", attr_list(&attrs));
@@ -163,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn dot_groups_a_wildcard_lines_edges_in_grey_under_one_comment() {
+        let out = dot(&crate::diagram::fixture::WILDCARD);
+        let grey = "color=gray40, fontcolor=gray40";
+        assert!(out.contains(&format!(
+            "    // _ + Cancel / refund => X: every state without its own edge\n    \
+             \"A\" -> \"X\" [label=\"Cancel (any) / refund\", {grey}];\n    \
+             \"B\" -> \"X\" [label=\"Cancel (any) / refund\", {grey}];\n"
+        )));
+        assert_eq!(out.matches("// _ +").count(), 1);
+    }
+
+    #[test]
     fn dot_escapes_quotes_and_backslashes() {
         static ODD: Definition = Definition {
             name: "Say \"hi\"",
@@ -196,6 +216,7 @@ mod tests {
                 guard: None,
                 action: None,
                 to: "\"q\"",
+                from_wildcard: false,
             }],
         };
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, state_actions, summary};
+use super::{edge_label, state_actions, summary, wildcard_group_start};
 use crate::definition::Definition;
 
 /// Renders a definition as a Mermaid `stateDiagram-v2`, ready for a Markdown
@@ -34,6 +34,7 @@ use crate::definition::Definition;
 ///         guard: Some("is_closed"),
 ///         action: Some("engage_bolt"),
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -64,7 +65,12 @@ pub fn mermaid(definition: &Definition) -> String {
     for state in definition.states.iter().filter(|s| s.initial) {
         let _ = writeln!(out, "    [*] --> {}", state_id(state.name));
     }
-    for edge in definition.edges {
+    for (i, edge) in definition.edges.iter().enumerate() {
+        if let Some(line) = wildcard_group_start(definition.edges, i) {
+            // A comment ends at the line's end; nothing else in it is parsed.
+            let line = line.replace(['\n', '\r'], " ");
+            let _ = writeln!(out, "    %% {line}: every state without its own edge");
+        }
         let (from, to) = (state_id(edge.from), state_id(edge.to));
         let _ = writeln!(out, "    {from} --> {to} : {}", text(&edge_label(edge)));
     }
@@ -168,6 +174,22 @@ mod tests {
     }
 
     #[test]
+    fn mermaid_groups_a_wildcard_lines_edges_under_one_comment() {
+        assert_eq!(
+            mermaid(&crate::diagram::fixture::WILDCARD),
+            "stateDiagram-v2\n    \
+             [*] --> A\n    \
+             A --> B : Go\n    \
+             B --> C : Go\n    \
+             %% _ + Cancel / refund => X: every state without its own edge\n    \
+             A --> X : Cancel (any) / refund\n    \
+             B --> X : Cancel (any) / refund\n    \
+             C --> [*]\n    \
+             X --> [*]\n",
+        );
+    }
+
+    #[test]
     fn mermaid_escapes_what_its_parser_would_read() {
         static ODD: Definition = Definition {
             name: "Odd",
@@ -201,6 +223,7 @@ mod tests {
                 guard: None,
                 action: None,
                 to: "Two words",
+                from_wildcard: false,
             }],
         };
         assert_eq!(

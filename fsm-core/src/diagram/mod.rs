@@ -10,6 +10,9 @@
 //! * every edge, labelled the way the DSL writes it: `Pay [amount_matches] /
 //!   record_payment`, with guard and action only when the edge has them;
 //! * timer edges, labelled `after 30 min` and dashed where the format can dash;
+//! * the edges of a wildcard line `_ + Cancel => Cancelled` as one group: labelled
+//!   `Cancel (any)`, introduced by a comment naming the line in Mermaid and DOT, drawn
+//!   grey in DOT and SVG;
 //! * entry and exit actions inside their state, as UML writes them: `entry /
 //!   notify_shipped`, `exit / stop_clock`.
 //!
@@ -50,6 +53,7 @@
 //!             guard: Some("amount_matches"),
 //!             action: None,
 //!             to: "Paid",
+//!             from_wildcard: false,
 //!         },
 //!         Edge {
 //!             from: "Created",
@@ -57,6 +61,7 @@
 //!             guard: None,
 //!             action: None,
 //!             to: "Expired",
+//!             from_wildcard: false,
 //!         },
 //!     ],
 //! };
@@ -82,12 +87,16 @@ pub use mermaid::mermaid;
 pub use svg::{StateMark, svg, svg_marked};
 
 /// The label of an edge as the DSL writes it: `Pay [amount_matches] / record_payment`,
-/// or `after 30 min` for a timer; guard and action only when present.
+/// or `after 30 min` for a timer; guard and action only when present. An edge of a
+/// wildcard line says so: `Cancel (any) / refund`.
 fn edge_label(edge: &Edge) -> String {
     let mut label = match edge.on {
         On::Event(event) => event.to_owned(),
         On::After(delay) => format!("after {}", format_duration(delay)),
     };
+    if edge.from_wildcard {
+        label.push_str(" (any)");
+    }
     if let Some(guard) = edge.guard {
         label.push_str(&format!(" [{guard}]"));
     }
@@ -95,6 +104,33 @@ fn edge_label(edge: &Edge) -> String {
         label.push_str(&format!(" / {action}"));
     }
     label
+}
+
+/// The wildcard line an edge comes from, as the DSL writes it (`_ + Cancel / refund =>
+/// Cancelled`), when `edge` is the first edge of that line's group in `edges`.
+fn wildcard_group_start(edges: &[Edge], index: usize) -> Option<String> {
+    let edge = &edges[index];
+    if !edge.from_wildcard {
+        return None;
+    }
+    let same_line =
+        |other: &Edge| other.from_wildcard && other.on == edge.on && other.to == edge.to;
+    if index > 0 && same_line(&edges[index - 1]) {
+        return None;
+    }
+    let mut line = String::from("_ + ");
+    line.push_str(&match edge.on {
+        On::Event(event) => event.to_owned(),
+        On::After(delay) => format!("after({})", format_duration(delay)),
+    });
+    if let Some(guard) = edge.guard {
+        line.push_str(&format!(" [{guard}]"));
+    }
+    if let Some(action) = edge.action {
+        line.push_str(&format!(" / {action}"));
+    }
+    line.push_str(&format!(" => {}", edge.to));
+    Some(line)
 }
 
 /// A state's entry and exit actions as UML writes them: `entry / notify_shipped`,
@@ -191,6 +227,7 @@ pub(crate) mod fixture {
                 guard: Some("amount_matches"),
                 action: Some("record_payment"),
                 to: "Paid",
+                from_wildcard: false,
             },
             Edge {
                 from: "Created",
@@ -198,6 +235,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
+                from_wildcard: false,
             },
             Edge {
                 from: "Paid",
@@ -205,6 +243,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
+                from_wildcard: false,
             },
             Edge {
                 from: "Paid",
@@ -212,6 +251,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: None,
                 to: "Delivered",
+                from_wildcard: false,
             },
             Edge {
                 from: "Created",
@@ -219,6 +259,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: None,
                 to: "Cancelled",
+                from_wildcard: false,
             },
         ],
     };
@@ -256,7 +297,52 @@ pub(crate) mod fixture {
             guard: None,
             action: None,
             to: "Shipped",
+            from_wildcard: false,
         }],
+    };
+    const fn state(name: &'static str, initial: bool, terminal: bool) -> StateInfo {
+        StateInfo {
+            name,
+            doc: "",
+            initial,
+            terminal,
+            renamed_from: &[],
+            entry: None,
+            exit: None,
+        }
+    }
+
+    const fn edge(from: &'static str, event: &'static str, to: &'static str, any: bool) -> Edge {
+        Edge {
+            from,
+            on: On::Event(event),
+            guard: None,
+            action: if any { Some("refund") } else { None },
+            to,
+            from_wildcard: any,
+        }
+    }
+
+    /// `*A + Go => B, B + Go => C, _ + Cancel / refund => X`: the wildcard adds
+    /// `A + Cancel` and `B + Cancel`.
+    pub(crate) static WILDCARD: Definition = Definition {
+        name: "Wildcard",
+        doc: "",
+        context: "()",
+        effect: None,
+        states: &[
+            state("A", true, false),
+            state("B", false, false),
+            state("C", false, true),
+            state("X", false, true),
+        ],
+        events: &[],
+        edges: &[
+            edge("A", "Go", "B", false),
+            edge("B", "Go", "C", false),
+            edge("A", "Cancel", "X", true),
+            edge("B", "Cancel", "X", true),
+        ],
     };
 }
 
@@ -273,6 +359,7 @@ mod tests {
             guard,
             action,
             to: "B",
+            from_wildcard: false,
         }
     }
 

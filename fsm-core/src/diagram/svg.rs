@@ -58,6 +58,7 @@ const START_SIZE: f64 = 14.;
 ///         guard: Some("is_closed"),
 ///         action: None,
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -97,7 +98,7 @@ pub struct StateMark {
 /// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 /// #     ],
 /// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
-/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked" }],
+/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false }],
 /// # };
 ///
 /// let svg = svg_marked(&DOOR, |state| StateMark {
@@ -152,7 +153,11 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
     let start_size = Point::splat(START_SIZE);
     let start = graph.add_node(Element::create(start_shape, start_look, dir, start_size));
     for state in definition.states.iter().filter(|s| s.initial) {
-        graph.add_edge(arrow(LineStyleKind::Normal, ""), start, states[state.name]);
+        graph.add_edge(
+            arrow(LineStyleKind::Normal, "", black()),
+            start,
+            states[state.name],
+        );
     }
 
     for edge in definition.edges {
@@ -164,7 +169,13 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
             On::Event(_) => LineStyleKind::Normal,
             On::After(_) => LineStyleKind::Dashed,
         };
-        graph.add_edge(arrow(line, &edge_label(edge)), from, to);
+        // A wildcard line's edges are grey: one group, set apart from the explicit edges.
+        let color = if edge.from_wildcard {
+            Color::fast("gray")
+        } else {
+            black()
+        };
+        graph.add_edge(arrow(line, &edge_label(edge), color), from, to);
     }
 
     let mut writer = SVGWriter::new();
@@ -224,8 +235,8 @@ fn black() -> Color {
     Color::fast("black")
 }
 
-fn arrow(line: LineStyleKind, label: &str) -> Arrow {
-    let look = StyleAttr::new(black(), 1, None, 0, FONT_SIZE);
+fn arrow(line: LineStyleKind, label: &str, color: Color) -> Arrow {
+    let look = StyleAttr::new(color, 1, None, 0, FONT_SIZE);
     Arrow::new(
         LineEndKind::None,
         LineEndKind::Arrow,
@@ -345,6 +356,7 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "On",
+                    from_wildcard: false,
                 },
                 Edge {
                     from: "On",
@@ -352,6 +364,7 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "Off",
+                    from_wildcard: false,
                 },
                 Edge {
                     from: "On",
@@ -359,6 +372,7 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "On",
+                    from_wildcard: false,
                 },
             ],
         };
@@ -372,6 +386,12 @@ mod tests {
         let out = svg(&crate::diagram::fixture::SHIP);
         assert!(out.contains(">entry / notify_shipped<"), "{out}");
         assert!(out.contains(">exit / stop_clock<"), "{out}");
+    }
+
+    #[test]
+    fn svg_labels_wildcard_edges_as_any() {
+        let out = svg(&crate::diagram::fixture::WILDCARD);
+        assert_eq!(out.matches(">Cancel (any) / refund<").count(), 2);
     }
 
     #[test]

@@ -122,6 +122,7 @@ const fn edge(from: &'static str, on: On, to: &'static str) -> Edge {
         guard: None,
         action: None,
         to,
+        from_wildcard: false,
     }
 }
 

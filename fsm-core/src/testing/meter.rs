@@ -131,6 +131,7 @@ impl StateMachine for Meter {
                 guard: None,
                 action: Some("record"),
                 to: "Reading",
+                from_wildcard: false,
             },
             Edge {
                 from: "Reading",
@@ -138,6 +139,7 @@ impl StateMachine for Meter {
                 guard: None,
                 action: Some("burst"),
                 to: "Reading",
+                from_wildcard: false,
             },
         ],
     };

@@ -337,6 +337,7 @@ const EDGES: &[Edge] = &[
         guard: Some("amount_matches"),
         action: Some("record_payment"),
         to: "Paid",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -344,6 +345,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Cancelled",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -351,6 +353,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("refund"),
         to: "Cancelled",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -358,6 +361,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Shipped",
+        from_wildcard: false,
     },
     Edge {
         from: "Shipped",
@@ -365,6 +369,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Delivered",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -372,6 +377,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("annotate"),
         to: "Created",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -379,6 +385,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("annotate"),
         to: "Paid",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -386,6 +393,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Expired",
+        from_wildcard: false,
     },
 ];
 
