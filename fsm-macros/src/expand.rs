@@ -75,8 +75,9 @@ fn expand(m: &Machine) -> TokenStream {
     let names = Names::of(m);
     let definition = m.definition();
     let doc = format!(
-        "{}\n\n# Diagram\n\n```mermaid\n{}```",
+        "{}\n\n# Diagram\n\n{}\n\nMermaid source:\n\n```mermaid\n{}```",
         machine_doc(m),
+        inline_svg(&definition),
         fsm_core::diagram::mermaid(&definition),
     );
     let state_enum = state_enum(m, &names);
@@ -98,6 +99,23 @@ fn expand(m: &Machine) -> TokenStream {
         }
         #state_machine
     }
+}
+
+/// The machine's SVG diagram as an HTML block for rustdoc: no XML prolog, scaled down to
+/// the page's width; rendered here at compile time, so the page needs no script.
+fn inline_svg(definition: &Definition) -> String {
+    let svg = fsm_core::diagram::svg(definition);
+    let svg = match svg.find("<svg ") {
+        Some(start) => &svg[start..],
+        None => &svg[..],
+    };
+    svg.replacen(
+        "<svg ",
+        "<svg style=\"max-width: 100%; height: auto\" role=\"img\" ",
+        1,
+    )
+    .trim_end()
+    .to_owned()
 }
 
 /// The machine's doc comment, or a sentence naming it.
@@ -749,6 +767,8 @@ mod tests {
             "fn notify (& mut self , effects : & mut :: fsm :: Effects < OrderEffect >)",
             "```mermaid",
             "Created --> Paid : Pay [amount_matches] / record_payment",
+            "# Diagram\\n\\n<svg style=\\\"max-width: 100%; height: auto\\\" role=\\\"img\\\" ",
+            ">Pay [amount_matches] / record_payment<",
             ":: core :: time :: Duration :: from_millis (1800000u64)",
         ] {
             assert!(out.contains(item), "missing {item:?} in {out}");

@@ -55,7 +55,8 @@ mod validate;
 /// edges win, guarded or not). Guards and actions apply to each generated edge.
 ///
 /// For `machine Order` it generates `OrderState`, `OrderEvent`, `OrderEventKind`, the
-/// marker type `Order` (whose docs show the machine's Mermaid diagram) implementing
+/// marker type `Order` (whose docs show the machine's diagram: an SVG rendered at compile
+/// time, then the Mermaid source) implementing
 /// `fsm::StateMachine`, `Order::DEFINITION`, and, when there are guards or actions, the
 /// trait `OrderRules` with one method per guard and action, to implement on the context
 /// type.
