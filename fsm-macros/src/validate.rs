@@ -224,7 +224,8 @@ fn check_state_actions(m: &Machine, cx: &mut Ctxt) {
                     ),
                 );
             }
-            if !m.complete {
+            // A state no transition mentions is reported by `check_declarations`.
+            if !m.complete || state.used_at.is_none() {
                 continue;
             }
             let runs = m.edges.iter().any(|e| {
@@ -629,6 +630,11 @@ mod tests {
                 machine M { states { #[entry(a)] B } *A + E / a => B, B + F => A }
             })
             .is_empty()
+        );
+        // An action on a state no transition uses: that is the one mistake reported.
+        assert_one(
+            quote!(machine M { states { #[entry(a)] Lost } *A + E => B }),
+            "state `Lost` is declared in `states { }` but no transition uses it",
         );
     }
 
