@@ -15,13 +15,13 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[] },
-//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"] },
+//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"], entry: None, exit: None },
 //!     ],
 //!     events: &[EventInfo { name: "Flip", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
-//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On" },
-//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off" },
+//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On", from_wildcard: false },
+//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off", from_wildcard: false },
 //!     ],
 //! };
 //! assert_eq!(TOGGLE.initial().name, "Off");
@@ -47,7 +47,9 @@ pub struct Definition {
     pub states: &'static [StateInfo],
     /// Events in order of first appearance (timers are not events).
     pub events: &'static [EventInfo],
-    /// Edges in declaration order; `A | B + E` contributes one edge per source.
+    /// Edges in declaration order; `A | B + E` contributes one edge per source. The
+    /// edges of wildcard lines (`_ + E => T`, [`Edge::from_wildcard`]) follow the
+    /// others, one line after another.
     pub edges: &'static [Edge],
 }
 
@@ -65,6 +67,12 @@ pub struct StateInfo {
     /// Names this state was stored under before a rename (`#[renamed_from(Old)]`): rows
     /// holding one of them still load, as this state.
     pub renamed_from: &'static [&'static str],
+    /// Entry action (`#[entry(name)]`), run when a transition enters this state from
+    /// another state, after the edge's action.
+    pub entry: Option<&'static str>,
+    /// Exit action (`#[exit(name)]`), run when a transition leaves this state for
+    /// another state, before the edge's action.
+    pub exit: Option<&'static str>,
 }
 
 /// One event of a machine.
@@ -117,6 +125,10 @@ pub struct Edge {
     pub action: Option<&'static str>,
     /// Target state name.
     pub to: &'static str,
+    /// Whether a wildcard line `_ + Event => Target` generated this edge: one such edge
+    /// leaves each state that is not terminal, is not the target and has no edge of its
+    /// own on that event. The edges of one wildcard line are consecutive.
+    pub from_wildcard: bool,
 }
 
 impl Definition {

@@ -76,6 +76,18 @@ pub trait StateMachine: Sized + Send + Sync + 'static {
         event: Option<&Self::Event>,
         effects: &mut Effects<Self::Effect>,
     );
+    /// Runs the exit action of `state`, if it has one. [`step`] calls it when an edge
+    /// leaves `state` for another state, before the edge's action; a self-loop (an
+    /// internal transition) does not.
+    fn exit(state: Self::State, context: &mut Self::Context, effects: &mut Effects<Self::Effect>) {
+        let _ = (state, context, effects);
+    }
+    /// Runs the entry action of `state`, if it has one. [`step`] calls it when an edge
+    /// enters `state` from another state, after the edge's action; a self-loop (an
+    /// internal transition) does not.
+    fn enter(state: Self::State, context: &mut Self::Context, effects: &mut Effects<Self::Effect>) {
+        let _ = (state, context, effects);
+    }
 }
 
 /// Ties a generated `<Name>Event` enum back to its machine, so that
@@ -202,7 +214,7 @@ mod duration_ms {
     }
 }
 
-/// The edge [`step`] chose, with the effects its action emitted.
+/// The edge [`step`] chose, with the effects its actions emitted.
 #[derive(Debug)]
 pub struct Step<M: StateMachine> {
     /// Index of the edge taken.
@@ -211,7 +223,7 @@ pub struct Step<M: StateMachine> {
     pub from: M::State,
     /// The state after.
     pub to: M::State,
-    /// Effects emitted by the edge's action.
+    /// Effects emitted by the exit, edge and entry actions, in that order.
     pub effects: Effects<M::Effect>,
 }
 
@@ -234,7 +246,10 @@ pub enum Rejection {
 /// Takes one transition: the first edge (in declaration order) leaving `state` on
 /// `event` whose guard passes wins, and its action runs on `context`.
 ///
-/// `context` is changed only when an edge is taken.
+/// When the edge leads to another state, the source's exit action runs first and the
+/// target's entry action last: exit(source), edge action, entry(target), their effects
+/// in that order. A self-loop (source == target) is an internal transition and runs
+/// neither. `context` is changed only when an edge is taken.
 ///
 /// # Errors
 ///
@@ -251,21 +266,15 @@ pub fn step<M: StateMachine>(
     let candidates = M::edges(state, event);
     for &edge in candidates {
         if M::guard(edge, context, Some(event)) {
-            let mut effects = Effects::new();
-            M::act(edge, context, Some(event), &mut effects);
-            return Ok(Step {
-                edge,
-                from: state,
-                to: M::target(edge),
-                effects,
-            });
+            return Ok(take::<M>(edge, state, context, Some(event)));
         }
     }
     Err(rejection::<M>(state, M::event_name(event), candidates))
 }
 
 /// Fires the timer `after(..)` of `state`: the first timer edge (in declaration order)
-/// leaving `state` with that delay whose guard passes wins, as for an event.
+/// leaving `state` with that delay whose guard passes wins, as for an event, with the
+/// same exit, edge and entry actions as [`step`].
 ///
 /// # Errors
 ///
@@ -289,18 +298,39 @@ pub fn step_timer<M: StateMachine>(
     let mut guards = Vec::new();
     for edge in candidates {
         if M::guard(edge, context, None) {
-            let mut effects = Effects::new();
-            M::act(edge, context, None, &mut effects);
-            return Ok(Step {
-                edge,
-                from: state,
-                to: M::target(edge),
-                effects,
-            });
+            return Ok(take::<M>(edge, state, context, None));
         }
         guards.extend(M::DEFINITION.edges[usize::from(edge)].guard);
     }
     Err(Rejection::GuardRejected { guards })
+}
+
+/// Takes edge `edge` out of `state`: exit action of `state`, the edge's action, entry
+/// action of the target, in that order, all emitting into one [`Effects`]. A self-loop
+/// is an internal transition: it runs the edge's action only.
+#[inline(always)]
+fn take<M: StateMachine>(
+    edge: EdgeIndex,
+    state: M::State,
+    context: &mut M::Context,
+    event: Option<&M::Event>,
+) -> Step<M> {
+    let to = M::target(edge);
+    let mut effects = Effects::new();
+    let moves = to != state;
+    if moves {
+        M::exit(state, context, &mut effects);
+    }
+    M::act(edge, context, event, &mut effects);
+    if moves {
+        M::enter(to, context, &mut effects);
+    }
+    Step {
+        edge,
+        from: state,
+        to,
+        effects,
+    }
 }
 
 #[cold]

@@ -11,7 +11,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::{Attribute, Ident};
 
 use crate::ctxt::Ctxt;
-use crate::model::{Machine, RuleKind, Trigger, name, parameter_name, type_string};
+use crate::model::{Machine, RuleKind, Site, Trigger, name, parameter_name, type_string};
 use crate::{fallback, parse, validate};
 
 /// `state_machine!`: parse, build the model, check it, then generate. On errors the
@@ -75,8 +75,9 @@ fn expand(m: &Machine) -> TokenStream {
     let names = Names::of(m);
     let definition = m.definition();
     let doc = format!(
-        "{}\n\n# Diagram\n\n```mermaid\n{}```",
+        "{}\n\n# Diagram\n\n{}\n\nMermaid source:\n\n```mermaid\n{}```",
         machine_doc(m),
+        inline_svg(&definition),
         fsm_core::diagram::mermaid(&definition),
     );
     let state_enum = state_enum(m, &names);
@@ -98,6 +99,23 @@ fn expand(m: &Machine) -> TokenStream {
         }
         #state_machine
     }
+}
+
+/// The machine's SVG diagram as an HTML block for rustdoc: no XML prolog, scaled down to
+/// the page's width; rendered here at compile time, so the page needs no script.
+fn inline_svg(definition: &Definition) -> String {
+    let svg = fsm_core::diagram::svg(definition);
+    let svg = match svg.find("<svg ") {
+        Some(start) => &svg[start..],
+        None => &svg[..],
+    };
+    svg.replacen(
+        "<svg ",
+        "<svg style=\"max-width: 100%; height: auto\" role=\"img\" ",
+        1,
+    )
+    .trim_end()
+    .to_owned()
 }
 
 /// The machine's doc comment, or a sentence naming it.
@@ -376,7 +394,17 @@ pub(crate) fn rules_trait(m: &Machine, names: &Names) -> TokenStream {
         let edges: String = rule
             .uses
             .iter()
-            .map(|u| format!("\n* `{}`", m.describe(u.edge)))
+            .map(|u| match u.site {
+                Site::Edge(_) => format!("\n* `{}`", m.describe_site(u.site)),
+                Site::Entry(s) => format!(
+                    "\n* on entering `{}` from another state",
+                    name(&m.states[s].name)
+                ),
+                Site::Exit(s) => format!(
+                    "\n* on leaving `{}` for another state",
+                    name(&m.states[s].name)
+                ),
+            })
             .collect();
         let payload = m.rule_payload(rule).map(|ty| {
             let param = Ident::new(&parameter_name(ty), span);
@@ -392,8 +420,7 @@ pub(crate) fn rules_trait(m: &Machine, names: &Names) -> TokenStream {
                 }
             }
             RuleKind::Action => {
-                let doc =
-                    format!("Action `{method}`, run when one of these edges is taken:\n{edges}");
+                let doc = format!("Action `{method}`, run when one of these is taken:\n{edges}");
                 quote_spanned! {span=>
                     #[doc = #doc]
                     fn #method(&mut self, #payload effects: &mut ::fsm::Effects<#effect>);
@@ -437,7 +464,7 @@ fn definition_tokens(d: &Definition) -> TokenStream {
     }
     let states = d.states.iter().map(|s| {
         let (name, doc, initial, terminal) = (s.name, s.doc, s.initial, s.terminal);
-        let renamed_from = s.renamed_from;
+        let (renamed_from, entry, exit) = (s.renamed_from, option(s.entry), option(s.exit));
         quote! {
             ::fsm::StateInfo {
                 name: #name,
@@ -445,6 +472,8 @@ fn definition_tokens(d: &Definition) -> TokenStream {
                 initial: #initial,
                 terminal: #terminal,
                 renamed_from: &[#(#renamed_from),*],
+                entry: #entry,
+                exit: #exit,
             }
         }
     });
@@ -469,8 +498,16 @@ fn definition_tokens(d: &Definition) -> TokenStream {
             }
         };
         let (from, to, guard, action) = (e.from, e.to, option(e.guard), option(e.action));
+        let from_wildcard = e.from_wildcard;
         quote! {
-            ::fsm::Edge { from: #from, on: #on, guard: #guard, action: #action, to: #to }
+            ::fsm::Edge {
+                from: #from,
+                on: #on,
+                guard: #guard,
+                action: #action,
+                to: #to,
+                from_wildcard: #from_wildcard,
+            }
         }
     });
     let (name, doc, context, effect) = (d.name, d.doc, d.context, option(d.effect));
@@ -585,6 +622,38 @@ fn state_machine_impl(m: &Machine, names: &Names) -> TokenStream {
         })
         .collect();
 
+    // Entry and exit actions: `match` over the states that have one; the trait's
+    // default (nothing) when none has.
+    let state_actions = |which: &str, action: fn(&crate::model::State) -> Option<&Ident>| {
+        let arms: Vec<TokenStream> = m
+            .states
+            .iter()
+            .filter_map(|s| {
+                let (variant, action) = (&s.name, action(s)?);
+                Some(quote!(#state::#variant => <#context as #rules>::#action(#context_, #effects_),))
+            })
+            .collect();
+        if arms.is_empty() {
+            return TokenStream::new();
+        }
+        let method = Ident::new(which, Span::call_site());
+        quote! {
+            #[allow(unreachable_patterns)]
+            fn #method(
+                #state_: #state,
+                #context_: &mut #context,
+                #effects_: &mut ::fsm::Effects<#effect>,
+            ) {
+                match #state_ {
+                    #(#arms)*
+                    _ => {}
+                }
+            }
+        }
+    };
+    let exit_fn = state_actions("exit", crate::model::State::exit);
+    let enter_fn = state_actions("enter", crate::model::State::entry);
+
     quote! {
         #[automatically_derived]
         impl ::fsm::MachineEvent for #event {
@@ -656,6 +725,9 @@ fn state_machine_impl(m: &Machine, names: &Names) -> TokenStream {
                     _ => {}
                 }
             }
+
+            #exit_fn
+            #enter_fn
         }
     }
 }
@@ -695,7 +767,33 @@ mod tests {
             "fn notify (& mut self , effects : & mut :: fsm :: Effects < OrderEffect >)",
             "```mermaid",
             "Created --> Paid : Pay [amount_matches] / record_payment",
+            "# Diagram\\n\\n<svg style=\\\"max-width: 100%; height: auto\\\" role=\\\"img\\\" ",
+            ">Pay [amount_matches] / record_payment<",
             ":: core :: time :: Duration :: from_millis (1800000u64)",
+        ] {
+            assert!(out.contains(item), "missing {item:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn entry_and_exit_actions_are_rules_and_state_matches() {
+        let out = expand_str(quote! {
+            machine Order {
+                effect: E,
+                states { #[entry(notify_shipped)] #[exit(stop_clock)] Shipped }
+                *Paid + Ship => Shipped,
+                Shipped + Deliver => Delivered,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        for item in [
+            "fn notify_shipped (& mut self , effects : & mut :: fsm :: Effects < E >)",
+            "fn stop_clock (& mut self , effects : & mut :: fsm :: Effects < E >)",
+            "fn enter (",
+            "fn exit (",
+            "OrderState :: Shipped => < () as OrderRules > :: notify_shipped (",
+            "entry : :: core :: option :: Option :: Some (\"notify_shipped\")",
+            "Shipped : entry / notify_shipped",
         ] {
             assert!(out.contains(item), "missing {item:?} in {out}");
         }

@@ -20,9 +20,10 @@ mod validate;
 ///     pub machine Order {
 ///         context: OrderData,    // optional, default `()`
 ///         effect: OrderEffect,   // optional, default `()`
-///         states {               // optional: docs, and `#[terminal]` to forbid outgoing edges
+///         states {               // optional: docs, `#[terminal]`, entry and exit actions
 ///             /// Waiting for payment.
 ///             Created,
+///             #[entry(email_tracking)] #[exit(stop_tracking)] Shipped,
 ///             #[terminal] Delivered,
 ///         }
 ///         events {               // optional: docs
@@ -43,8 +44,19 @@ mod validate;
 /// per event, guard and action are optional method names, and `after(N unit)` (units
 /// `ms`, `s`, `sec`, `min`, `h`, `d`) is a durable timer instead of an event.
 ///
+/// `#[entry(action)]` and `#[exit(action)]` on a state name methods run by every
+/// transition that enters or leaves it, events and timers alike: exit(source), the
+/// edge's action, entry(target), effects in that order. A self-loop (source == target)
+/// is an internal transition and runs neither. They take no payload:
+/// `fn action(&mut self, effects: &mut Effects<E>)`.
+///
+/// `_ + Cancel => Cancelled` is a wildcard source: one edge from every state that is
+/// not terminal, is not `Cancelled`, and has no edge of its own on `Cancel` (explicit
+/// edges win, guarded or not). Guards and actions apply to each generated edge.
+///
 /// For `machine Order` it generates `OrderState`, `OrderEvent`, `OrderEventKind`, the
-/// marker type `Order` (whose docs show the machine's Mermaid diagram) implementing
+/// marker type `Order` (whose docs show the machine's diagram: an SVG rendered at compile
+/// time, then the Mermaid source) implementing
 /// `fsm::StateMachine`, `Order::DEFINITION`, and, when there are guards or actions, the
 /// trait `OrderRules` with one method per guard and action, to implement on the context
 /// type.
@@ -52,7 +64,9 @@ mod validate;
 /// Every mistake is reported in one compile at the token that causes it: no or several
 /// initial states, duplicate or nondeterministic edges, an edge after an unguarded one
 /// that always wins, unreachable states, conflicting payload types, edges or timers
-/// leaving a `#[terminal]` state, unknown keywords and bad timer units.
+/// leaving a `#[terminal]` state, unknown keywords and bad timer units, two entry or exit
+/// actions on one state, an entry or exit action that no transition can run, a wildcard
+/// that adds no edge, and two wildcards for one event.
 #[proc_macro]
 pub fn state_machine(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand::state_machine(input.into()).into()

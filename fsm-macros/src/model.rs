@@ -14,7 +14,7 @@ use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
 
-use crate::parse::{self, Block, Item, KeyValue, MachineInput, Timer, Transition};
+use crate::parse::{self, Block, Item, KeyValue, MachineInput, StateAction, Timer, Transition};
 
 pub(crate) struct Machine {
     pub(crate) docs: Vec<Attribute>,
@@ -33,6 +33,8 @@ pub(crate) struct Machine {
     pub(crate) initial_marks: Vec<(Token![*], Ident)>,
     /// Guards and actions in order of first use, one per name.
     pub(crate) rules: Vec<Rule>,
+    /// Every wildcard line `_ + Event => Target`, in order.
+    pub(crate) wildcards: Vec<Wildcard>,
     /// Whether every item parsed (see [`MachineInput::complete`]).
     pub(crate) complete: bool,
 }
@@ -48,6 +50,22 @@ pub(crate) struct State {
     pub(crate) terminal_attr: Option<Attribute>,
     /// Former stored names, from `#[renamed_from(..)]`.
     pub(crate) renamed_from: Vec<Ident>,
+    /// Every `#[entry(..)]` of its declaration; the first one counts.
+    pub(crate) entry: Vec<StateAction>,
+    /// Every `#[exit(..)]` of its declaration; the first one counts.
+    pub(crate) exit: Vec<StateAction>,
+}
+
+impl State {
+    /// The entry action, if declared.
+    pub(crate) fn entry(&self) -> Option<&Ident> {
+        self.entry.first().map(|a| &a.action)
+    }
+
+    /// The exit action, if declared.
+    pub(crate) fn exit(&self) -> Option<&Ident> {
+        self.exit.first().map(|a| &a.action)
+    }
 }
 
 pub(crate) struct Event {
@@ -72,12 +90,27 @@ pub(crate) struct Edge {
     /// Index of the transition line the edge comes from.
     pub(crate) line: usize,
     pub(crate) from: usize,
-    /// The source state as written on this line.
-    pub(crate) source: Ident,
+    /// The source state as written on this line (`_` for a wildcard's edge).
+    pub(crate) source: TokenStream,
     pub(crate) on: Trigger,
     pub(crate) guard: Option<Ident>,
     pub(crate) action: Option<Ident>,
     pub(crate) to: usize,
+    /// The wildcard line (index in [`Machine::wildcards`]) that generated this edge.
+    pub(crate) wildcard: Option<usize>,
+}
+
+/// `_ + Event [guard] / action => Target`: expands to one edge per state that is not
+/// terminal, is not the target, and has no edge of its own on the event.
+pub(crate) struct Wildcard {
+    pub(crate) underscore: Token![_],
+    pub(crate) line: usize,
+    pub(crate) on: Trigger,
+    pub(crate) guard: Option<Ident>,
+    pub(crate) action: Option<Ident>,
+    pub(crate) to: usize,
+    /// Indices of the edges it generated (none for a second wildcard on one event).
+    pub(crate) edges: Vec<usize>,
 }
 
 /// What fires an edge, resolved to indices.
@@ -130,8 +163,16 @@ pub(crate) struct Rule {
     pub(crate) uses: Vec<RuleUse>,
 }
 
+/// Where a rule is named: on an edge, or as a state's entry or exit action.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Site {
+    Edge(usize),
+    Entry(usize),
+    Exit(usize),
+}
+
 pub(crate) struct RuleUse {
-    pub(crate) edge: usize,
+    pub(crate) site: Site,
     pub(crate) name: Ident,
     pub(crate) kind: RuleKind,
 }
@@ -150,6 +191,7 @@ impl Machine {
             edges: Vec::new(),
             initial_marks: Vec::new(),
             rules: Vec::new(),
+            wildcards: Vec::new(),
             complete: input.complete,
         };
         let mut line = 0;
@@ -165,15 +207,59 @@ impl Machine {
                 }
             }
         }
+        machine.expand_wildcards();
         machine.collect_rules();
         machine
     }
 
-    /// Adds one edge per source of line number `line`.
+    /// Adds the edges of each wildcard line, after every explicit edge is known: one per
+    /// state that is not terminal (marked, or without explicit outgoing edge), is not
+    /// the target and has no explicit edge on the event. Explicit edges win wherever
+    /// they are written; a second wildcard on one event adds nothing (an error).
+    fn expand_wildcards(&mut self) {
+        let explicit = self.edges.len();
+        let terminal: Vec<bool> = (0..self.states.len())
+            .map(|s| {
+                self.states[s].terminal_attr.is_some()
+                    || !self.edges[..explicit].iter().any(|e| e.from == s)
+            })
+            .collect();
+        for w in 0..self.wildcards.len() {
+            let wildcard = &self.wildcards[w];
+            if self.wildcards[..w].iter().any(|o| o.on.same(&wildcard.on)) {
+                continue;
+            }
+            let mut added = Vec::new();
+            for (s, _) in terminal.iter().enumerate().filter(|(_, t)| !**t) {
+                let own = self.edges[..explicit]
+                    .iter()
+                    .any(|e| e.from == s && e.on.same(&wildcard.on));
+                if s == wildcard.to || own {
+                    continue;
+                }
+                added.push(self.edges.len());
+                let underscore = wildcard.underscore;
+                self.edges.push(Edge {
+                    line: wildcard.line,
+                    from: s,
+                    source: quote::quote!(#underscore),
+                    on: wildcard.on.clone(),
+                    guard: wildcard.guard.clone(),
+                    action: wildcard.action.clone(),
+                    to: wildcard.to,
+                    wildcard: Some(w),
+                });
+            }
+            self.wildcards[w].edges = added;
+        }
+    }
+
+    /// Adds one edge per source of line number `line`; a wildcard line is kept for
+    /// [`Machine::expand_wildcards`].
     fn add_transition(&mut self, t: &Transition, line: usize) {
         let sources: Vec<usize> = t.sources.iter().map(|s| self.use_state(s)).collect();
-        if let Some(star) = t.initial {
-            self.initial_marks.push((star, t.sources[0].clone()));
+        if let (Some(star), Some(first)) = (t.initial, t.sources.first()) {
+            self.initial_marks.push((star, first.clone()));
         }
         let on = match &t.trigger {
             parse::Trigger::Event { name, payload } => {
@@ -189,15 +275,28 @@ impl Machine {
             parse::Trigger::After(timer) => Trigger::After(timer.clone()),
         };
         let to = self.use_state(&t.target);
+        if let Some(underscore) = t.wildcard {
+            self.wildcards.push(Wildcard {
+                underscore,
+                line,
+                on,
+                guard: t.guard.clone(),
+                action: t.action.clone(),
+                to,
+                edges: Vec::new(),
+            });
+            return;
+        }
         for (source, from) in t.sources.iter().zip(sources) {
             self.edges.push(Edge {
                 line,
                 from,
-                source: source.clone(),
+                source: source.to_token_stream(),
                 on: on.clone(),
                 guard: t.guard.clone(),
                 action: t.action.clone(),
                 to,
+                wildcard: None,
             });
         }
     }
@@ -213,6 +312,8 @@ impl Machine {
             docs: Vec::new(),
             terminal_attr: None,
             renamed_from: Vec::new(),
+            entry: Vec::new(),
+            exit: Vec::new(),
         });
         self.states.len() - 1
     }
@@ -253,6 +354,8 @@ impl Machine {
                 state.docs = entry.docs.clone();
                 state.terminal_attr = entry.terminal.clone();
                 state.renamed_from = entry.renamed_from.clone();
+                state.entry = entry.entry.clone();
+                state.exit = entry.exit.clone();
             }
             state.declared.push(entry.name.clone());
         }
@@ -271,27 +374,39 @@ impl Machine {
         }
     }
 
+    /// Edge guards and actions first, in edge order, then entry and exit actions in
+    /// state order.
     fn collect_rules(&mut self) {
         let mut by_name: HashMap<String, usize> = HashMap::new();
-        for (edge, e) in self.edges.iter().enumerate() {
-            let named = [(&e.guard, RuleKind::Guard), (&e.action, RuleKind::Action)];
-            for (name, kind) in named {
-                let Some(name) = name else { continue };
-                let used = RuleUse {
-                    edge,
-                    name: name.clone(),
-                    kind,
-                };
-                match by_name.get(&name.to_string()) {
-                    Some(&i) => self.rules[i].uses.push(used),
-                    None => {
-                        by_name.insert(name.to_string(), self.rules.len());
-                        self.rules.push(Rule {
-                            name: name.clone(),
-                            kind,
-                            uses: vec![used],
-                        });
-                    }
+        let edge_rules = self.edges.iter().enumerate().flat_map(|(edge, e)| {
+            [
+                (Site::Edge(edge), e.guard.clone(), RuleKind::Guard),
+                (Site::Edge(edge), e.action.clone(), RuleKind::Action),
+            ]
+        });
+        let state_rules = self.states.iter().enumerate().flat_map(|(i, s)| {
+            [
+                (Site::Exit(i), s.exit().cloned(), RuleKind::Action),
+                (Site::Entry(i), s.entry().cloned(), RuleKind::Action),
+            ]
+        });
+        let named: Vec<(Site, Option<Ident>, RuleKind)> = edge_rules.chain(state_rules).collect();
+        for (site, name, kind) in named {
+            let Some(name) = name else { continue };
+            let used = RuleUse {
+                site,
+                name: name.clone(),
+                kind,
+            };
+            match by_name.get(&name.to_string()) {
+                Some(&i) => self.rules[i].uses.push(used),
+                None => {
+                    by_name.insert(name.to_string(), self.rules.len());
+                    self.rules.push(Rule {
+                        name,
+                        kind,
+                        uses: vec![used],
+                    });
                 }
             }
         }
@@ -305,9 +420,31 @@ impl Machine {
         }
     }
 
+    /// The payload a rule receives where it is named; entry and exit actions take none.
+    pub(crate) fn site_payload(&self, site: Site) -> Option<&Type> {
+        match site {
+            Site::Edge(edge) => self.payload_of(edge),
+            Site::Entry(_) | Site::Exit(_) => None,
+        }
+    }
+
     /// The payload of a rule's first use, which fixes its method's signature.
     pub(crate) fn rule_payload(&self, rule: &Rule) -> Option<&Type> {
-        self.payload_of(rule.uses[0].edge)
+        self.site_payload(rule.uses[0].site)
+    }
+
+    /// Where a rule is named, for docs and messages: an edge as the DSL writes it, or
+    /// `#[entry(notify)] Shipped`.
+    pub(crate) fn describe_site(&self, site: Site) -> String {
+        let state_action = |which: &str, state: usize, action: Option<&Ident>| {
+            let action = action.map(name).unwrap_or_default();
+            format!("#[{which}({action})] {}", name(&self.states[state].name))
+        };
+        match site {
+            Site::Edge(edge) => self.describe(edge),
+            Site::Entry(s) => state_action("entry", s, self.states[s].entry()),
+            Site::Exit(s) => state_action("exit", s, self.states[s].exit()),
+        }
     }
 
     /// The context type (`()` when not declared).
@@ -357,6 +494,32 @@ impl Machine {
             text.push_str(&format!(" / {action}"));
         }
         text.push_str(&format!(" => {}", name(&self.states[e.to].name)));
+        if e.wildcard.is_some() {
+            text.push_str(" (from `_`)");
+        }
+        text
+    }
+
+    /// How a wildcard line reads in the DSL: `_ + Cancel / refund => Cancelled`.
+    pub(crate) fn describe_wildcard(&self, wildcard: usize) -> String {
+        let w = &self.wildcards[wildcard];
+        let on = match &w.on {
+            Trigger::Event { event, .. } => name(&self.events[*event].name),
+            Trigger::After(timer) => {
+                format!(
+                    "after({})",
+                    fsm_core::format_duration(timer_duration(timer))
+                )
+            }
+        };
+        let mut text = format!("_ + {on}");
+        if let Some(guard) = &w.guard {
+            text.push_str(&format!(" [{guard}]"));
+        }
+        if let Some(action) = &w.action {
+            text.push_str(&format!(" / {action}"));
+        }
+        text.push_str(&format!(" => {}", name(&self.states[w.to].name)));
         text
     }
 
@@ -374,6 +537,8 @@ impl Machine {
                 initial: initial == Some(i),
                 terminal: !self.has_outgoing(i),
                 renamed_from: leak_names(&s.renamed_from),
+                entry: s.entry().map(|a| leak(name(a))),
+                exit: s.exit().map(|a| leak(name(a))),
             })
             .collect();
         let events: Vec<EventInfo> = self
@@ -398,6 +563,7 @@ impl Machine {
                 guard: e.guard.as_ref().map(|g| leak(name(g))),
                 action: e.action.as_ref().map(|a| leak(name(a))),
                 to: states[e.to].name,
+                from_wildcard: e.wildcard.is_some(),
             })
             .collect();
         Definition {

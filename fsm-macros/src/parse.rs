@@ -57,12 +57,26 @@ pub(crate) struct Entry {
     pub(crate) terminal: Option<Attribute>,
     /// The names of every `#[renamed_from(A, B)]`, in order.
     pub(crate) renamed_from: Vec<Ident>,
+    /// Every `#[entry(action)]`, in order; only accepted in `states { }`.
+    pub(crate) entry: Vec<StateAction>,
+    /// Every `#[exit(action)]`, in order; only accepted in `states { }`.
+    pub(crate) exit: Vec<StateAction>,
     pub(crate) name: Ident,
+}
+
+/// `#[entry(action)]` or `#[exit(action)]` on a state.
+#[derive(Clone)]
+pub(crate) struct StateAction {
+    pub(crate) attr: Attribute,
+    pub(crate) action: Ident,
 }
 
 /// One transition line.
 pub(crate) struct Transition {
     pub(crate) initial: Option<Token![*]>,
+    /// `_ + Event => Target`: every state without its own edge on the event. `sources`
+    /// is then empty.
+    pub(crate) wildcard: Option<Token![_]>,
     pub(crate) sources: Vec<Ident>,
     pub(crate) trigger: Trigger,
     pub(crate) guard: Option<Ident>,
@@ -303,9 +317,41 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
     let mut docs = Vec::new();
     let mut terminal = None;
     let mut renamed_from = Vec::new();
+    let (mut entry, mut exit) = (Vec::new(), Vec::new());
     for attr in input.call(Attribute::parse_outer)? {
+        let action_kind = ["entry", "exit"]
+            .into_iter()
+            .find(|k| attr.path().is_ident(k));
         if attr.path().is_ident("doc") {
             docs.push(attr);
+        } else if let Some(which) = action_kind {
+            if !states {
+                cx.error_spanned_by(
+                    &attr,
+                    format!(
+                        "`#[{which}(..)]` names a state's {which} action; an event has none, \
+                         remove it"
+                    ),
+                );
+                continue;
+            }
+            match attr.parse_args::<Ident>() {
+                Ok(action) => {
+                    let list = if which == "entry" {
+                        &mut entry
+                    } else {
+                        &mut exit
+                    };
+                    list.push(StateAction { attr, action });
+                }
+                Err(_) => cx.error_spanned_by(
+                    &attr,
+                    format!(
+                        "`#[{which}(..)]` names one action method, as in \
+                         `#[{which}(notify_customer)]`"
+                    ),
+                ),
+            }
         } else if attr.path().is_ident("renamed_from") {
             let names = attr.parse_args_with(
                 syn::punctuated::Punctuated::<Ident, Token![,]>::parse_separated_nonempty,
@@ -332,7 +378,8 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
             );
         } else {
             let allowed = if states {
-                "doc comments, `#[terminal]` and `#[renamed_from(..)]`"
+                "doc comments, `#[terminal]`, `#[entry(action)]`, `#[exit(action)]` and \
+                 `#[renamed_from(..)]`"
             } else {
                 "doc comments and `#[renamed_from(..)]`"
             };
@@ -349,6 +396,8 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
         docs,
         terminal,
         renamed_from,
+        entry,
+        exit,
         name,
     })
 }
@@ -361,10 +410,24 @@ fn name(input: ParseStream, what: &str) -> syn::Result<Ident> {
 
 fn transition(input: ParseStream) -> syn::Result<Transition> {
     let initial: Option<Token![*]> = input.parse()?;
-    let mut sources = vec![name(
-        input,
-        "a source state, as in `*Created + Pay => Paid`",
-    )?];
+    let wildcard: Option<Token![_]> = input.parse()?;
+    if let (Some(star), Some(_)) = (&initial, &wildcard) {
+        return Err(syn::Error::new_spanned(
+            star,
+            "`*` marks one named initial state; a wildcard `_` cannot be initial",
+        ));
+    }
+    let mut sources = Vec::new();
+    if wildcard.is_none() {
+        sources.push(name(
+            input,
+            "a source state, as in `*Created + Pay => Paid`",
+        )?);
+    } else if input.peek(Token![|]) {
+        return Err(input.error(
+            "`_` already stands for every state without its own edge; write `_ + Event` alone",
+        ));
+    }
     while input.peek(Token![|]) {
         input.parse::<Token![|]>()?;
         if input.peek(Token![*]) {
@@ -383,6 +446,12 @@ fn transition(input: ParseStream) -> syn::Result<Transition> {
     }
     input.parse::<Token![+]>()?;
     let trigger = trigger(input)?;
+    if let (Some(underscore), Trigger::After(_)) = (&wildcard, &trigger) {
+        return Err(syn::Error::new_spanned(
+            underscore,
+            "a wildcard `_` takes an event, not a timer; write the timer on each state",
+        ));
+    }
     let guard = if input.peek(token::Bracket) {
         let content;
         let brackets = bracketed!(content in input);
@@ -426,6 +495,7 @@ fn transition(input: ParseStream) -> syn::Result<Transition> {
     }
     Ok(Transition {
         initial,
+        wildcard,
         sources,
         trigger,
         guard,
@@ -673,6 +743,45 @@ mod tests {
         });
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(machine.unwrap().complete);
+    }
+
+    #[test]
+    fn a_wildcard_source_parses_alone() {
+        let (machine, errors) = parse(quote! {
+            machine M { *A + E => B, _ + Cancel [ok] / refund => C }
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let machine = machine.unwrap();
+        let line = transitions(&machine)[1];
+        assert!(line.wildcard.is_some() && line.sources.is_empty());
+        let (_, errors) = parse(quote! {
+            machine M { *_ + E => B, _ | A + E => B, _ + after(1 s) => B }
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("`*` marks one named initial state"));
+        assert!(errors[1].starts_with("`_` already stands for every state"));
+        assert!(errors[2].starts_with("a wildcard `_` takes an event"));
+    }
+
+    #[test]
+    fn states_carry_entry_and_exit_actions() {
+        let (machine, errors) = parse(quote! {
+            machine M {
+                states { #[entry(notify)] #[exit(stop_clock)] B, #[entry] C, #[exit(a, b)] D }
+                events { #[entry(x)] E }
+                *A + E => B,
+            }
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("`#[entry(..)]` names one action method"));
+        assert!(errors[1].starts_with("`#[exit(..)]` names one action method"));
+        assert!(errors[2].starts_with("`#[entry(..)]` names a state's entry action"));
+        let machine = machine.unwrap();
+        let Item::States(states) = &machine.items[0] else {
+            panic!("states block")
+        };
+        assert_eq!(states.entries[0].entry[0].action, "notify");
+        assert_eq!(states.entries[0].exit[0].action, "stop_clock");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 
 use std::collections::VecDeque;
 
-use quote::quote;
+use quote::{ToTokens, quote};
 use syn::Ident;
 
 use crate::ctxt::Ctxt;
 use crate::model::{Machine, Trigger, name, type_string};
+use crate::parse::StateAction;
 
 pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_keys(m, cx);
@@ -16,7 +17,9 @@ pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
     check_initial(m, cx);
     check_payloads(m, cx);
     check_rules(m, cx);
+    check_state_actions(m, cx);
     check_edges(m, cx);
+    check_wildcards(m, cx);
     check_terminal(m, cx);
     check_reachable(m, cx);
     check_size(m, cx);
@@ -174,12 +177,12 @@ fn check_rules(m: &Machine, cx: &mut Ctxt) {
                         "`{name}` is already the {} of `{}`; a guard and an action need \
                          different names",
                         rule.kind.as_str(),
-                        m.describe(first.edge),
+                        m.describe_site(first.site),
                     ),
                 );
                 continue;
             }
-            let here = m.payload_of(used.edge).map(type_string);
+            let here = m.site_payload(used.site).map(type_string);
             if here != payload {
                 let takes = |p: &Option<String>| match p {
                     Some(ty) => format!("`&{ty}`"),
@@ -191,9 +194,60 @@ fn check_rules(m: &Machine, cx: &mut Ctxt) {
                         "{} `{name}` takes {} on `{}` but would take {} here; use another {} name",
                         used.kind.as_str(),
                         takes(&payload),
-                        m.describe(first.edge),
+                        m.describe_site(first.site),
                         takes(&here),
                         used.kind.as_str(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A state has at most one entry and one exit action, and each one can run: some edge
+/// enters the state from another state (entry), or leaves it for another (exit).
+fn check_state_actions(m: &Machine, cx: &mut Ctxt) {
+    for (i, state) in m.states.iter().enumerate() {
+        let lists: [(&str, &Vec<StateAction>); 2] =
+            [("entry", &state.entry), ("exit", &state.exit)];
+        for (which, actions) in lists {
+            let Some(first) = actions.first() else {
+                continue;
+            };
+            for again in &actions[1..] {
+                cx.error_spanned_by(
+                    &again.attr,
+                    format!(
+                        "state `{}` already has {which} action `{}`; a state has one {which} \
+                         action, so call both from that method",
+                        state.name, first.action
+                    ),
+                );
+            }
+            // A state no transition mentions is reported by `check_declarations`.
+            if !m.complete || state.used_at.is_none() {
+                continue;
+            }
+            let runs = m.edges.iter().any(|e| {
+                e.from != e.to
+                    && if which == "entry" {
+                        e.to == i
+                    } else {
+                        e.from == i
+                    }
+            });
+            if !runs {
+                let never = if which == "entry" {
+                    "no transition enters it from another state"
+                } else {
+                    "no transition leaves it for another state"
+                };
+                cx.error_spanned_by(
+                    &first.action,
+                    format!(
+                        "{which} action `{}` of `{}` never runs: {never} (a self-loop runs no \
+                         entry or exit action); remove it or make it an edge action",
+                        first.action, state.name
                     ),
                 );
             }
@@ -212,9 +266,9 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
         for (j, other) in earlier {
             // Within one `A | A + E` line the repeated source is the mistake.
             let at = if other.line == edge.line {
-                &edge.source
+                edge.source.clone()
             } else {
-                edge.on.token()
+                edge.on.token().to_token_stream()
             };
             if other.guard == edge.guard {
                 let identical = other.to == edge.to && other.action == edge.action;
@@ -249,6 +303,33 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
                 );
                 break;
             }
+        }
+    }
+}
+
+/// One wildcard per event, and each one adds at least one edge.
+fn check_wildcards(m: &Machine, cx: &mut Ctxt) {
+    for (i, w) in m.wildcards.iter().enumerate() {
+        let event = name(w.on.token());
+        if let Some(first) = m.wildcards[..i].iter().position(|o| o.on.same(&w.on)) {
+            cx.error_spanned_by(
+                w.underscore,
+                format!(
+                    "`{}` already covers every state without its own `{event}` edge; one \
+                     wildcard per event, remove this one or write its edges per state",
+                    m.describe_wildcard(first)
+                ),
+            );
+        } else if w.edges.is_empty() && m.complete {
+            let target = name(&m.states[w.to].name);
+            cx.error_spanned_by(
+                w.underscore,
+                format!(
+                    "`{}` adds no edge: every state is terminal, is `{target}` itself, or has \
+                     its own `{event}` edge; remove it",
+                    m.describe_wildcard(i)
+                ),
+            );
         }
     }
 }
@@ -302,6 +383,14 @@ fn check_reachable(m: &Machine, cx: &mut Ctxt) {
     for (state, _) in m.states.iter().zip(reached).filter(|(_, r)| !r) {
         // A state no transition mentions is reported by `check_declarations`.
         let Some(at) = &state.used_at else { continue };
+        // The target of a wildcard that adds no edge: `check_wildcards` reports it.
+        let barren_target = m
+            .wildcards
+            .iter()
+            .any(|w| w.edges.is_empty() && m.states[w.to].name == state.name);
+        if barren_target {
+            continue;
+        }
         cx.error_spanned_by(
             at,
             format!(
@@ -462,6 +551,91 @@ mod tests {
             "`g` is already the guard of `A + E [g] => B`",
         );
         assert!(errors(quote!(machine M { *A + E(X) / a => B, B + E / a => A })).is_empty());
+    }
+
+    #[test]
+    fn wildcards_add_edges_and_explicit_edges_win() {
+        let m = {
+            let mut cx = Ctxt::new();
+            let input = crate::parse::machine(
+                quote!(machine M {
+                    *A + E => B,
+                    B + F => C,
+                    _ + Cancel => X,
+                    B + Cancel [late] => C,
+                    C + Done => D,
+                }),
+                &mut cx,
+            )
+            .unwrap();
+            Machine::from_input(&input)
+        };
+        let from: Vec<String> = m.wildcards[0]
+            .edges
+            .iter()
+            .map(|&e| name(&m.states[m.edges[e].from].name))
+            .collect();
+        // B has its own (guarded) Cancel edge; D and X are terminal.
+        assert_eq!(from, ["A", "C"]);
+        assert_eq!(
+            m.describe(m.wildcards[0].edges[0]),
+            "A + Cancel => X (from `_`)"
+        );
+    }
+
+    #[test]
+    fn wildcard_checks() {
+        assert_one(
+            quote!(machine M { *A + E => B, A + Cancel => C, _ + Cancel => C }),
+            "`_ + Cancel => C` adds no edge",
+        );
+        assert_one(
+            quote!(machine M { *A + E => B, B + F => A, _ + Cancel => C, _ + Cancel => D }),
+            "`_ + Cancel => C` already covers every state without its own `Cancel` edge",
+        );
+        assert!(
+            errors(quote!(machine M { *A + E => B, B + F => A, _ + Cancel [g] / a => C }))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn state_actions_are_single_and_can_run() {
+        assert!(errors(quote! {
+            machine M { states { #[exit(leave)] A, #[entry(arrive)] B } *A + E => B, B + F => A }
+        })
+        .is_empty());
+        assert_one(
+            quote!(machine M { states { #[entry(a)] #[entry(b)] B } *A + E => B }),
+            "state `B` already has entry action `a`",
+        );
+        assert_one(
+            quote!(machine M { states { #[exit(a)] B } *A + E => B }),
+            "exit action `a` of `B` never runs: no transition leaves it",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(a)] A } *A + E => A }),
+            "entry action `a` of `A` never runs: no transition enters it",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(g)] B } *A + E [g] => B }),
+            "`g` is already the guard of `A + E [g] => B`",
+        );
+        assert_one(
+            quote!(machine M { states { #[entry(a)] B } *A + E(X) / a => B }),
+            "action `a` takes `&X` on `A + E / a => B` but would take no payload here",
+        );
+        assert!(
+            errors(quote! {
+                machine M { states { #[entry(a)] B } *A + E / a => B, B + F => A }
+            })
+            .is_empty()
+        );
+        // An action on a state no transition uses: that is the one mistake reported.
+        assert_one(
+            quote!(machine M { states { #[entry(a)] Lost } *A + E => B }),
+            "state `Lost` is declared in `states { }` but no transition uses it",
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, summary};
+use super::{edge_label, state_actions, summary, wildcard_group_start};
 use crate::definition::{Definition, On};
 
 /// Renders a definition as a Graphviz `digraph`, laid out left to right.
@@ -10,7 +10,8 @@ use crate::definition::{Definition, On};
 /// States are rounded boxes, terminal states double circles; a small filled point
 /// `__start` leads into the initial state. Each edge is labelled
 /// `Event [guard] / action`; timer edges are dashed and labelled `after 30 min`. A
-/// state's doc comment, first line only, becomes its tooltip. Every name and label is
+/// state's doc comment, first line only, becomes its tooltip; its entry and exit actions
+/// are lines of its label under its name (`entry / notify_shipped`). Every name and label is
 /// quoted, with `"` and `\` escaped, so any string renders as written.
 ///
 /// # Examples
@@ -24,8 +25,8 @@ use crate::definition::{Definition, On};
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -34,6 +35,7 @@ use crate::definition::{Definition, On};
 ///         guard: Some("is_closed"),
 ///         action: None,
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -52,6 +54,11 @@ pub fn dot(definition: &Definition) -> String {
     out.push_str("    __start [shape=point, width=0.15, label=\"\"];\n");
     for state in definition.states {
         let mut attrs = Vec::new();
+        let actions: Vec<String> = state_actions(state).collect();
+        if !actions.is_empty() {
+            let label = format!("{}\n{}", state.name, actions.join("\n"));
+            attrs.push(format!("label={}", quote(&label)));
+        }
         if state.terminal {
             attrs.push("shape=doublecircle".to_owned());
         }
@@ -64,10 +71,17 @@ pub fn dot(definition: &Definition) -> String {
     for state in definition.states.iter().filter(|s| s.initial) {
         let _ = writeln!(out, "    __start -> {};", quote(state.name));
     }
-    for edge in definition.edges {
+    for (i, edge) in definition.edges.iter().enumerate() {
+        if let Some(line) = wildcard_group_start(definition.edges, i) {
+            let line = line.replace(['\n', '\r'], " ");
+            let _ = writeln!(out, "    // {line}: every state without its own edge");
+        }
         let mut attrs = vec![format!("label={}", quote(&edge_label(edge)))];
         if matches!(edge.on, On::After(_)) {
             attrs.push("style=dashed".to_owned());
+        }
+        if edge.from_wildcard {
+            attrs.push("color=gray40, fontcolor=gray40".to_owned());
         }
         let (from, to) = (quote(edge.from), quote(edge.to));
         let _ = writeln!(out, "    {from} -> {to}{};", attr_list(&attrs));
@@ -149,6 +163,26 @@ mod tests {
     }
 
     #[test]
+    fn dot_lists_entry_and_exit_actions_under_the_state_name() {
+        assert!(dot(&crate::diagram::fixture::SHIP).contains(
+            "    \"Shipped\" [label=\"Shipped\\nentry / notify_shipped\\nexit / stop_clock\", \
+             shape=doublecircle, tooltip=\"With the carrier.\"];\n"
+        ));
+    }
+
+    #[test]
+    fn dot_groups_a_wildcard_lines_edges_in_grey_under_one_comment() {
+        let out = dot(&crate::diagram::fixture::WILDCARD);
+        let grey = "color=gray40, fontcolor=gray40";
+        assert!(out.contains(&format!(
+            "    // _ + Cancel / refund => X: every state without its own edge\n    \
+             \"A\" -> \"X\" [label=\"Cancel (any) / refund\", {grey}];\n    \
+             \"B\" -> \"X\" [label=\"Cancel (any) / refund\", {grey}];\n"
+        )));
+        assert_eq!(out.matches("// _ +").count(), 1);
+    }
+
+    #[test]
     fn dot_escapes_quotes_and_backslashes() {
         static ODD: Definition = Definition {
             name: "Say \"hi\"",
@@ -162,6 +196,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "\"q\"",
@@ -169,6 +205,8 @@ mod tests {
                     initial: false,
                     terminal: true,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],
@@ -178,6 +216,7 @@ mod tests {
                 guard: None,
                 action: None,
                 to: "\"q\"",
+                from_wildcard: false,
             }],
         };
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, summary};
+use super::{edge_label, state_actions, summary, wildcard_group_start};
 use crate::definition::Definition;
 
 /// Renders a definition as a Mermaid `stateDiagram-v2`, ready for a Markdown
@@ -10,7 +10,8 @@ use crate::definition::Definition;
 ///
 /// The initial state is entered from `[*]`, terminal states lead to `[*]`, each edge is
 /// labelled `Event [guard] / action` (timers `after 30 min`), and a state's doc comment
-/// shows, first line only, as its description. Edges keep declaration order.
+/// shows, first line only, as its description, followed by its entry and exit actions
+/// (`entry / notify_shipped`). Edges keep declaration order.
 ///
 /// # Examples
 ///
@@ -23,8 +24,8 @@ use crate::definition::Definition;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -33,6 +34,7 @@ use crate::definition::Definition;
 ///         guard: Some("is_closed"),
 ///         action: Some("engage_bolt"),
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -56,11 +58,19 @@ pub fn mermaid(definition: &Definition) -> String {
         if !doc.is_empty() {
             let _ = writeln!(out, "    {id} : {}", text(doc));
         }
+        for action in state_actions(state) {
+            let _ = writeln!(out, "    {id} : {}", text(&action));
+        }
     }
     for state in definition.states.iter().filter(|s| s.initial) {
         let _ = writeln!(out, "    [*] --> {}", state_id(state.name));
     }
-    for edge in definition.edges {
+    for (i, edge) in definition.edges.iter().enumerate() {
+        if let Some(line) = wildcard_group_start(definition.edges, i) {
+            // A comment ends at the line's end; nothing else in it is parsed.
+            let line = line.replace(['\n', '\r'], " ");
+            let _ = writeln!(out, "    %% {line}: every state without its own edge");
+        }
         let (from, to) = (state_id(edge.from), state_id(edge.to));
         let _ = writeln!(out, "    {from} --> {to} : {}", text(&edge_label(edge)));
     }
@@ -150,6 +160,36 @@ mod tests {
     }
 
     #[test]
+    fn mermaid_lists_entry_and_exit_actions_in_the_state() {
+        assert_eq!(
+            mermaid(&crate::diagram::fixture::SHIP),
+            "stateDiagram-v2\n    \
+             Shipped : With the carrier.\n    \
+             Shipped : entry / notify_shipped\n    \
+             Shipped : exit / stop_clock\n    \
+             [*] --> Paid\n    \
+             Paid --> Shipped : Ship\n    \
+             Shipped --> [*]\n",
+        );
+    }
+
+    #[test]
+    fn mermaid_groups_a_wildcard_lines_edges_under_one_comment() {
+        assert_eq!(
+            mermaid(&crate::diagram::fixture::WILDCARD),
+            "stateDiagram-v2\n    \
+             [*] --> A\n    \
+             A --> B : Go\n    \
+             B --> C : Go\n    \
+             %% _ + Cancel / refund => X: every state without its own edge\n    \
+             A --> X : Cancel (any) / refund\n    \
+             B --> X : Cancel (any) / refund\n    \
+             C --> [*]\n    \
+             X --> [*]\n",
+        );
+    }
+
+    #[test]
     fn mermaid_escapes_what_its_parser_would_read() {
         static ODD: Definition = Definition {
             name: "Odd",
@@ -163,6 +203,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "Two words",
@@ -170,6 +212,8 @@ mod tests {
                     initial: false,
                     terminal: true,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],
@@ -179,6 +223,7 @@ mod tests {
                 guard: None,
                 action: None,
                 to: "Two words",
+                from_wildcard: false,
             }],
         };
         assert_eq!(

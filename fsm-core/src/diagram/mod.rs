@@ -9,7 +9,12 @@
 //!   DOT and SVG;
 //! * every edge, labelled the way the DSL writes it: `Pay [amount_matches] /
 //!   record_payment`, with guard and action only when the edge has them;
-//! * timer edges, labelled `after 30 min` and dashed where the format can dash.
+//! * timer edges, labelled `after 30 min` and dashed where the format can dash;
+//! * the edges of a wildcard line `_ + Cancel => Cancelled` as one group: labelled
+//!   `Cancel (any)`, introduced by a comment naming the line in Mermaid and DOT, drawn
+//!   grey in DOT and SVG;
+//! * entry and exit actions inside their state, as UML writes them: `entry /
+//!   notify_shipped`, `exit / stop_clock`.
 //!
 //! An `A | B + E` line is two edges, so it is drawn as two arrows.
 //!
@@ -36,9 +41,9 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[] },
-//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[] },
-//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[] },
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 //!     ],
 //!     events: &[EventInfo { name: "Pay", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
@@ -48,6 +53,7 @@
 //!             guard: Some("amount_matches"),
 //!             action: None,
 //!             to: "Paid",
+//!             from_wildcard: false,
 //!         },
 //!         Edge {
 //!             from: "Created",
@@ -55,6 +61,7 @@
 //!             guard: None,
 //!             action: None,
 //!             to: "Expired",
+//!             from_wildcard: false,
 //!         },
 //!     ],
 //! };
@@ -67,7 +74,7 @@
 //! assert!(dot.contains(r#""Created" -> "Expired" [label="after 30 min", style=dashed];"#));
 //! ```
 
-use crate::definition::{Edge, On, format_duration};
+use crate::definition::{Edge, On, StateInfo, format_duration};
 
 mod dot;
 mod mermaid;
@@ -80,12 +87,16 @@ pub use mermaid::mermaid;
 pub use svg::{StateMark, svg, svg_marked};
 
 /// The label of an edge as the DSL writes it: `Pay [amount_matches] / record_payment`,
-/// or `after 30 min` for a timer; guard and action only when present.
+/// or `after 30 min` for a timer; guard and action only when present. An edge of a
+/// wildcard line says so: `Cancel (any) / refund`.
 fn edge_label(edge: &Edge) -> String {
     let mut label = match edge.on {
         On::Event(event) => event.to_owned(),
         On::After(delay) => format!("after {}", format_duration(delay)),
     };
+    if edge.from_wildcard {
+        label.push_str(" (any)");
+    }
     if let Some(guard) = edge.guard {
         label.push_str(&format!(" [{guard}]"));
     }
@@ -93,6 +104,41 @@ fn edge_label(edge: &Edge) -> String {
         label.push_str(&format!(" / {action}"));
     }
     label
+}
+
+/// The wildcard line an edge comes from, as the DSL writes it (`_ + Cancel / refund =>
+/// Cancelled`), when `edge` is the first edge of that line's group in `edges`.
+fn wildcard_group_start(edges: &[Edge], index: usize) -> Option<String> {
+    let edge = &edges[index];
+    if !edge.from_wildcard {
+        return None;
+    }
+    let same_line =
+        |other: &Edge| other.from_wildcard && other.on == edge.on && other.to == edge.to;
+    if index > 0 && same_line(&edges[index - 1]) {
+        return None;
+    }
+    let mut line = String::from("_ + ");
+    line.push_str(&match edge.on {
+        On::Event(event) => event.to_owned(),
+        On::After(delay) => format!("after({})", format_duration(delay)),
+    });
+    if let Some(guard) = edge.guard {
+        line.push_str(&format!(" [{guard}]"));
+    }
+    if let Some(action) = edge.action {
+        line.push_str(&format!(" / {action}"));
+    }
+    line.push_str(&format!(" => {}", edge.to));
+    Some(line)
+}
+
+/// A state's entry and exit actions as UML writes them: `entry / notify_shipped`,
+/// `exit / stop_clock`.
+fn state_actions(state: &StateInfo) -> impl Iterator<Item = String> {
+    let entry = state.entry.map(|a| format!("entry / {a}"));
+    let exit = state.exit.map(|a| format!("exit / {a}"));
+    entry.into_iter().chain(exit)
 }
 
 /// The first line of a doc comment, trimmed: what fits in a diagram.
@@ -123,6 +169,8 @@ pub(crate) mod fixture {
                 initial: true,
                 terminal: false,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Paid",
@@ -130,6 +178,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: false,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Delivered",
@@ -137,6 +187,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: true,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
             StateInfo {
                 name: "Cancelled",
@@ -144,6 +196,8 @@ pub(crate) mod fixture {
                 initial: false,
                 terminal: true,
                 renamed_from: &[],
+                entry: None,
+                exit: None,
             },
         ],
         events: &[
@@ -173,6 +227,7 @@ pub(crate) mod fixture {
                 guard: Some("amount_matches"),
                 action: Some("record_payment"),
                 to: "Paid",
+                from_wildcard: false,
             },
             Edge {
                 from: "Created",
@@ -180,6 +235,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
+                from_wildcard: false,
             },
             Edge {
                 from: "Paid",
@@ -187,6 +243,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
+                from_wildcard: false,
             },
             Edge {
                 from: "Paid",
@@ -194,6 +251,7 @@ pub(crate) mod fixture {
                 guard: None,
                 action: None,
                 to: "Delivered",
+                from_wildcard: false,
             },
             Edge {
                 from: "Created",
@@ -201,7 +259,89 @@ pub(crate) mod fixture {
                 guard: None,
                 action: None,
                 to: "Cancelled",
+                from_wildcard: false,
             },
+        ],
+    };
+
+    /// A state with a doc comment, an entry and an exit action.
+    pub(crate) static SHIP: Definition = Definition {
+        name: "Ship",
+        doc: "",
+        context: "()",
+        effect: None,
+        states: &[
+            StateInfo {
+                name: "Paid",
+                doc: "",
+                initial: true,
+                terminal: false,
+                renamed_from: &[],
+                entry: None,
+                exit: None,
+            },
+            StateInfo {
+                name: "Shipped",
+                doc: "With the carrier.",
+                initial: false,
+                terminal: true,
+                renamed_from: &[],
+                entry: Some("notify_shipped"),
+                exit: Some("stop_clock"),
+            },
+        ],
+        events: &[],
+        edges: &[Edge {
+            from: "Paid",
+            on: On::Event("Ship"),
+            guard: None,
+            action: None,
+            to: "Shipped",
+            from_wildcard: false,
+        }],
+    };
+    const fn state(name: &'static str, initial: bool, terminal: bool) -> StateInfo {
+        StateInfo {
+            name,
+            doc: "",
+            initial,
+            terminal,
+            renamed_from: &[],
+            entry: None,
+            exit: None,
+        }
+    }
+
+    const fn edge(from: &'static str, event: &'static str, to: &'static str, any: bool) -> Edge {
+        Edge {
+            from,
+            on: On::Event(event),
+            guard: None,
+            action: if any { Some("refund") } else { None },
+            to,
+            from_wildcard: any,
+        }
+    }
+
+    /// `*A + Go => B, B + Go => C, _ + Cancel / refund => X`: the wildcard adds
+    /// `A + Cancel` and `B + Cancel`.
+    pub(crate) static WILDCARD: Definition = Definition {
+        name: "Wildcard",
+        doc: "",
+        context: "()",
+        effect: None,
+        states: &[
+            state("A", true, false),
+            state("B", false, false),
+            state("C", false, true),
+            state("X", false, true),
+        ],
+        events: &[],
+        edges: &[
+            edge("A", "Go", "B", false),
+            edge("B", "Go", "C", false),
+            edge("A", "Cancel", "X", true),
+            edge("B", "Cancel", "X", true),
         ],
     };
 }
@@ -219,6 +359,7 @@ mod tests {
             guard,
             action,
             to: "B",
+            from_wildcard: false,
         }
     }
 

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use layout::backends::svg::SVGWriter;
 use layout::core::base::Orientation;
 use layout::core::color::Color;
+use layout::core::format::{ClipHandle, RenderBackend};
 use layout::core::geometry::Point;
 use layout::core::style::{LineStyleKind, StyleAttr};
 use layout::std_shapes::render::get_shape_size;
 use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
-use super::edge_label;
+use super::{edge_label, state_actions};
 use crate::definition::{Definition, On, StateInfo};
 
 /// One font size for every text: `layout-rs` emits one CSS class per size in hash-map
@@ -28,13 +29,26 @@ const BOX_GROW: f64 = 10.;
 /// Diameter of the start marker, in pixels.
 const START_SIZE: f64 = 14.;
 
+/// Blank space kept around the drawing, in pixels.
+const MARGIN: f64 = 8.;
+
+/// Gap between an edge and its label, in pixels.
+const LABEL_GAP: f64 = 3.;
+
+/// Width of one character of a sans-serif font, as a share of the font size: what the
+/// drawing's bounds allow for text (`layout-rs` reserves a whole font size per
+/// character when it places nodes).
+const CHAR_WIDTH: f64 = 0.6;
+
 /// Renders a definition as a standalone SVG document, laid out left to right without
 /// Graphviz.
 ///
 /// The drawing matches [`dot`](super::dot()): states are rounded boxes, terminal states
 /// have a double outline, a small filled circle leads into the initial state, edges are
-/// labelled `Event [guard] / action`, and timer edges are dashed and labelled
-/// `after 30 min`. The output is deterministic, so it can be committed next to the code
+/// labelled `Event [guard] / action` beside (never across) the edge, and timer edges
+/// are dashed and labelled `after 30 min`. Text is sans-serif and the picture is cropped
+/// to the drawing with a small margin; the document has no blank line, so it can be
+/// inlined in Markdown (the rustdoc of a `state_machine!` type does). The output is deterministic, so it can be committed next to the code
 /// and diffed.
 ///
 /// # Examples
@@ -48,8 +62,8 @@ const START_SIZE: f64 = 14.;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 ///     ],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
@@ -58,6 +72,7 @@ const START_SIZE: f64 = 14.;
 ///         guard: Some("is_closed"),
 ///         action: None,
 ///         to: "Locked",
+///         from_wildcard: false,
 ///     }],
 /// };
 ///
@@ -93,11 +108,11 @@ pub struct StateMark {
 /// # static DOOR: Definition = Definition {
 /// #     name: "Door", doc: "", context: "()", effect: None,
 /// #     states: &[
-/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[] },
-/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[] },
+/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
+/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
 /// #     ],
 /// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
-/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked" }],
+/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false }],
 /// # };
 ///
 /// let svg = svg_marked(&DOOR, |state| StateMark {
@@ -120,11 +135,16 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
             fill,
             href,
         } = mark(state);
-        let label = match &caption {
+        let mut label = state.name.to_owned();
+        for action in state_actions(state) {
+            label.push('\n');
+            label.push_str(&action);
+        }
+        if let Some(caption) = &caption {
             // One line: a caption cannot add lines of its own.
-            Some(caption) => format!("{}\n{}", state.name, caption.replace(['\n', '\r'], " ")),
-            None => state.name.to_owned(),
-        };
+            label.push('\n');
+            label.push_str(&caption.replace(['\n', '\r'], " "));
+        }
         if let Some(href) = href {
             links.push((label_text(&label), href));
         }
@@ -147,7 +167,11 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
     let start_size = Point::splat(START_SIZE);
     let start = graph.add_node(Element::create(start_shape, start_look, dir, start_size));
     for state in definition.states.iter().filter(|s| s.initial) {
-        graph.add_edge(arrow(LineStyleKind::Normal, ""), start, states[state.name]);
+        graph.add_edge(
+            arrow(LineStyleKind::Normal, "", black()),
+            start,
+            states[state.name],
+        );
     }
 
     for edge in definition.edges {
@@ -159,16 +183,252 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
             On::Event(_) => LineStyleKind::Normal,
             On::After(_) => LineStyleKind::Dashed,
         };
-        graph.add_edge(arrow(line, &edge_label(edge)), from, to);
+        // A wildcard line's edges are grey: one group, set apart from the explicit edges.
+        let color = if edge.from_wildcard {
+            Color::fast("gray")
+        } else {
+            black()
+        };
+        graph.add_edge(arrow(line, &edge_label(edge), color), from, to);
     }
 
-    let mut writer = SVGWriter::new();
-    graph.do_it(false, false, false, &mut writer);
-    let mut out = writer.finalize();
+    let mut out = draw(graph).finish();
     for (text, href) in links {
         link_text(&mut out, &text, &href);
     }
     out
+}
+
+/// Lays the graph out and draws it, labels still pending.
+fn draw(mut graph: VisualGraph) -> Canvas {
+    let mut canvas = Canvas::default();
+    graph.do_it(false, false, false, &mut canvas);
+    canvas
+}
+
+/// `layout-rs`'s SVG writer, with three changes to its drawing: an edge's label sits
+/// beside the edge instead of on it (the layout routes the edge through the label's
+/// centre), the picture is cropped to what is drawn, and text is sans-serif.
+#[derive(Default)]
+struct Canvas {
+    svg: SVGWriter,
+    /// Whether the last call drew a state's shape, whose text comes next; any other
+    /// text is an edge label.
+    after_shape: bool,
+    /// Edge labels, drawn last, once the edges through them are known.
+    labels: Vec<Label>,
+    /// Points along each edge drawn, for placing labels clear of them.
+    edges: Vec<Vec<Point>>,
+    /// Top-left and bottom-right corner of everything drawn so far.
+    bounds: Option<(Point, Point)>,
+}
+
+struct Label {
+    at: Point,
+    text: String,
+    look: StyleAttr,
+}
+
+impl Label {
+    fn size(&self) -> Point {
+        let lines = self.text.lines().count().max(1) as f64;
+        let chars = self
+            .text
+            .lines()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0) as f64;
+        let font = self.look.font_size as f64;
+        Point::new(chars * font * CHAR_WIDTH, lines * font)
+    }
+}
+
+impl Canvas {
+    fn include(&mut self, a: Point, b: Point) {
+        let (lo, hi) = (
+            Point::new(a.x.min(b.x), a.y.min(b.y)),
+            Point::new(a.x.max(b.x), a.y.max(b.y)),
+        );
+        self.bounds = Some(match self.bounds {
+            None => (lo, hi),
+            Some((min, max)) => (
+                Point::new(min.x.min(lo.x), min.y.min(lo.y)),
+                Point::new(max.x.max(hi.x), max.y.max(hi.y)),
+            ),
+        });
+    }
+
+    /// Text centred on `at`, as far as the bounds go.
+    fn include_text(&mut self, at: Point, size: Point) {
+        let half = Point::new(size.x / 2., size.y / 2. + 2.);
+        self.include(at.sub(half), at.add(half));
+    }
+
+    /// How far up `label` moves so that its own edge (the one drawn through its
+    /// centre) passes under it across its whole width.
+    fn lift(&self, label: &Label) -> f64 {
+        let size = label.size();
+        let at = label.at;
+        let distance = |p: &Point| (p.x - at.x).hypot(p.y - at.y);
+        let own = self.edges.iter().min_by(|a, b| {
+            let near = |curve: &&Vec<Point>| curve.iter().map(distance).fold(f64::MAX, f64::min);
+            near(a).total_cmp(&near(b))
+        });
+        let bottom = at.y + size.y / 2. + LABEL_GAP;
+        let highest = own
+            .into_iter()
+            .flatten()
+            .filter(|p| (p.x - at.x).abs() <= size.x / 2. + LABEL_GAP)
+            .map(|p| p.y)
+            .fold(at.y, f64::min);
+        bottom - highest
+    }
+
+    /// The finished document: labels drawn, cropped to the drawing, sans-serif.
+    fn finish(mut self) -> String {
+        for label in std::mem::take(&mut self.labels) {
+            let at = Point::new(label.at.x, label.at.y - self.lift(&label));
+            self.include_text(at, label.size());
+            self.svg.draw_text(at, &label.text, &label.look);
+        }
+        let out = self.svg.finalize();
+        let (min, max) = self.bounds.unwrap_or((Point::zero(), Point::zero()));
+        let (x, y) = (min.x - MARGIN, min.y - MARGIN);
+        let (w, h) = (max.x - min.x + 2. * MARGIN, max.y - min.y + 2. * MARGIN);
+        let header = format!(
+            "<svg width=\"{w}\" height=\"{h}\" viewBox=\"{x} {y} {w} {h}\" \
+             xmlns=\"http://www.w3.org/2000/svg\">"
+        );
+        let mut out = match (
+            out.find("<svg "),
+            out.find(" xmlns=\"http://www.w3.org/2000/svg\">"),
+        ) {
+            (Some(start), Some(end)) => {
+                let end = end + " xmlns=\"http://www.w3.org/2000/svg\">".len();
+                format!("{}{header}{}", &out[..start], &out[end..])
+            }
+            _ => out,
+        };
+        out = out.replace("font-family: Times, serif;", "font-family: sans-serif;");
+        // No blank lines: Markdown (a rustdoc page) ends an inline HTML block at one.
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+}
+
+impl RenderBackend for Canvas {
+    fn draw_rect(
+        &mut self,
+        xy: Point,
+        size: Point,
+        look: &StyleAttr,
+        properties: Option<String>,
+        clip: Option<ClipHandle>,
+    ) {
+        self.include(xy, xy.add(size));
+        self.after_shape = true;
+        self.svg.draw_rect(xy, size, look, properties, clip);
+    }
+
+    fn draw_line(
+        &mut self,
+        start: Point,
+        stop: Point,
+        look: &StyleAttr,
+        properties: Option<String>,
+    ) {
+        self.include(start, stop);
+        self.after_shape = false;
+        self.svg.draw_line(start, stop, look, properties);
+    }
+
+    fn draw_circle(
+        &mut self,
+        xy: Point,
+        size: Point,
+        look: &StyleAttr,
+        properties: Option<String>,
+    ) {
+        let half = Point::new(size.x / 2., size.y / 2.);
+        self.include(xy.sub(half), xy.add(half));
+        self.after_shape = true;
+        self.svg.draw_circle(xy, size, look, properties);
+    }
+
+    fn draw_text(&mut self, xy: Point, text: &str, look: &StyleAttr) {
+        if std::mem::take(&mut self.after_shape) {
+            let lines = text.lines().count().max(1) as f64;
+            let chars = text.lines().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
+            let font = look.font_size as f64;
+            self.include_text(xy, Point::new(chars * font * CHAR_WIDTH, lines * font));
+            self.svg.draw_text(xy, text, look);
+            return;
+        }
+        self.labels.push(Label {
+            at: xy,
+            text: text.to_owned(),
+            look: look.clone(),
+        });
+    }
+
+    fn draw_arrow(
+        &mut self,
+        path: &[(Point, Point)],
+        dashed: bool,
+        head: (bool, bool),
+        look: &StyleAttr,
+        properties: Option<String>,
+        text: &str,
+    ) {
+        let curve = sample_curve(path);
+        for &point in &curve {
+            self.include(point, point);
+        }
+        self.edges.push(curve);
+        self.after_shape = false;
+        self.svg
+            .draw_arrow(path, dashed, head, look, properties, text);
+    }
+
+    fn create_clip(&mut self, xy: Point, size: Point, rounded_px: usize) -> ClipHandle {
+        self.svg.create_clip(xy, size, rounded_px)
+    }
+}
+
+/// Points along an edge as `layout-rs` draws it: `M p0 C c0, c1, p1 S c2, p2 ...`, the
+/// first pair being a point and its control point, each later pair a control point and
+/// a point.
+fn sample_curve(path: &[(Point, Point)]) -> Vec<Point> {
+    const STEPS: usize = 16;
+    let mut points = Vec::new();
+    let Some(&(mut start, mut control)) = path.first() else {
+        return points;
+    };
+    points.push(start);
+    for (i, &(c2, end)) in path.iter().enumerate().skip(1) {
+        // An `S` segment's first control point mirrors the last one about the start.
+        let c1 = if i == 1 {
+            control
+        } else {
+            start.add(start.sub(control))
+        };
+        for step in 1..=STEPS {
+            let t = step as f64 / STEPS as f64;
+            let u = 1. - t;
+            let at = |a: f64, b: f64, c: f64, d: f64| {
+                u * u * u * a + 3. * u * u * t * b + 3. * u * t * t * c + t * t * t * d
+            };
+            points.push(Point::new(
+                at(start.x, c1.x, c2.x, end.x),
+                at(start.y, c1.y, c2.y, end.y),
+            ));
+        }
+        (start, control) = (end, c2);
+    }
+    points
 }
 
 /// The lines of `label` as `layout-rs` writes them, escaped.
@@ -219,8 +479,8 @@ fn black() -> Color {
     Color::fast("black")
 }
 
-fn arrow(line: LineStyleKind, label: &str) -> Arrow {
-    let look = StyleAttr::new(black(), 1, None, 0, FONT_SIZE);
+fn arrow(line: LineStyleKind, label: &str, color: Color) -> Arrow {
+    let look = StyleAttr::new(color, 1, None, 0, FONT_SIZE);
     Arrow::new(
         LineEndKind::None,
         LineEndKind::Arrow,
@@ -319,6 +579,8 @@ mod tests {
                     initial: true,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
                 StateInfo {
                     name: "On",
@@ -326,6 +588,8 @@ mod tests {
                     initial: false,
                     terminal: false,
                     renamed_from: &[],
+                    entry: None,
+                    exit: None,
                 },
             ],
             events: &[],
@@ -336,6 +600,7 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "On",
+                    from_wildcard: false,
                 },
                 Edge {
                     from: "On",
@@ -343,6 +608,7 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "Off",
+                    from_wildcard: false,
                 },
                 Edge {
                     from: "On",
@@ -350,12 +616,107 @@ mod tests {
                     guard: None,
                     action: None,
                     to: "On",
+                    from_wildcard: false,
                 },
             ],
         };
         let out = svg(&TOGGLE);
         assert_eq!(out.matches(">Flip<").count(), 2);
         assert!(out.contains(">Dim<"));
+    }
+
+    #[test]
+    fn svg_lists_entry_and_exit_actions_under_the_state_name() {
+        let out = svg(&crate::diagram::fixture::SHIP);
+        assert!(out.contains(">entry / notify_shipped<"), "{out}");
+        assert!(out.contains(">exit / stop_clock<"), "{out}");
+    }
+
+    #[test]
+    fn svg_labels_wildcard_edges_as_any() {
+        let out = svg(&crate::diagram::fixture::WILDCARD);
+        assert_eq!(out.matches(">Cancel (any) / refund<").count(), 2);
+    }
+
+    #[test]
+    fn svg_text_is_sans_serif_and_has_no_blank_line() {
+        let out = svg(&ORDER);
+        assert!(out.contains("font-family: sans-serif;"), "{out}");
+        assert!(!out.contains("Times"), "{out}");
+        assert!(out.lines().all(|l| !l.trim().is_empty()), "{out}");
+    }
+
+    #[test]
+    fn svg_is_cropped_to_the_drawing() {
+        let out = svg(&ORDER);
+        let view_box: Vec<f64> = out
+            .split("viewBox=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // The start marker is the leftmost shape: a circle of START_SIZE at (cx, cy).
+        let marker = out.split("<ellipse cx=\"").last().unwrap();
+        let cx: f64 = marker.split('"').next().unwrap().parse().unwrap();
+        assert_eq!(cx - START_SIZE / 2. - MARGIN, view_box[0], "{out}");
+        let header = format!("width=\"{}\" height=\"{}\"", view_box[2], view_box[3]);
+        assert!(out.contains(&header), "{out}");
+    }
+
+    #[test]
+    fn edge_labels_sit_clear_of_their_own_edge() {
+        let mut graph = VisualGraph::new(Orientation::LeftToRight);
+        let look = StyleAttr::new(black(), 1, Some(Color::fast("white")), 0, FONT_SIZE);
+        let node = |graph: &mut VisualGraph, name: &str| {
+            let shape = ShapeKind::new_box(name);
+            let size = get_shape_size(Orientation::LeftToRight, &shape, FONT_SIZE, false);
+            graph.add_node(Element::create(
+                shape,
+                look.clone(),
+                Orientation::LeftToRight,
+                size,
+            ))
+        };
+        let (a, b, c) = (
+            node(&mut graph, "A"),
+            node(&mut graph, "B"),
+            node(&mut graph, "C"),
+        );
+        for (from, to, label) in [
+            (a, b, "a long label on a sloped edge"),
+            (a, c, "x"),
+            (b, c, "y"),
+        ] {
+            graph.add_edge(arrow(LineStyleKind::Normal, label, black()), from, to);
+        }
+        let canvas = draw(graph);
+        assert_eq!(canvas.labels.len(), 3);
+        for label in &canvas.labels {
+            let size = label.size();
+            let centre = label.at.y - canvas.lift(label);
+            let own = canvas
+                .edges
+                .iter()
+                .find(|curve| {
+                    curve
+                        .iter()
+                        .any(|p| (p.x - label.at.x).abs() < 40. && (p.y - label.at.y).abs() < 40.)
+                })
+                .expect("the edge through the label");
+            for p in own
+                .iter()
+                .filter(|p| (p.x - label.at.x).abs() <= size.x / 2.)
+            {
+                assert!(
+                    p.y >= centre + size.y / 2.,
+                    "{:?} crosses label {:?} at {centre}",
+                    p,
+                    label.text
+                );
+            }
+        }
     }
 
     #[test]

@@ -101,6 +101,8 @@ const fn state(
         initial,
         terminal: false,
         renamed_from,
+        entry: None,
+        exit: None,
     }
 }
 
@@ -120,6 +122,7 @@ const fn edge(from: &'static str, on: On, to: &'static str) -> Edge {
         guard: None,
         action: None,
         to,
+        from_wildcard: false,
     }
 }
 

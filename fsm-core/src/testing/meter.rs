@@ -107,6 +107,8 @@ impl StateMachine for Meter {
             initial: true,
             terminal: false,
             renamed_from: &[],
+            entry: None,
+            exit: None,
         }],
         events: &[
             EventInfo {
@@ -129,6 +131,7 @@ impl StateMachine for Meter {
                 guard: None,
                 action: Some("record"),
                 to: "Reading",
+                from_wildcard: false,
             },
             Edge {
                 from: "Reading",
@@ -136,6 +139,7 @@ impl StateMachine for Meter {
                 guard: None,
                 action: Some("burst"),
                 to: "Reading",
+                from_wildcard: false,
             },
         ],
     };

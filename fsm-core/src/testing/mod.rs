@@ -242,6 +242,8 @@ const STATES: &[StateInfo] = &[
         initial: true,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Paid",
@@ -249,6 +251,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Shipped",
@@ -256,6 +260,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: false,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Delivered",
@@ -263,6 +269,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Cancelled",
@@ -270,6 +278,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
     StateInfo {
         name: "Expired",
@@ -277,6 +287,8 @@ const STATES: &[StateInfo] = &[
         initial: false,
         terminal: true,
         renamed_from: &[],
+        entry: None,
+        exit: None,
     },
 ];
 
@@ -326,6 +338,7 @@ const EDGES: &[Edge] = &[
         guard: Some("amount_matches"),
         action: Some("record_payment"),
         to: "Paid",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -333,6 +346,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Cancelled",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -340,6 +354,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("refund"),
         to: "Cancelled",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -347,6 +362,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Shipped",
+        from_wildcard: false,
     },
     Edge {
         from: "Shipped",
@@ -354,6 +370,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Delivered",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -361,6 +378,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("annotate"),
         to: "Created",
+        from_wildcard: false,
     },
     Edge {
         from: "Paid",
@@ -368,6 +386,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: Some("annotate"),
         to: "Paid",
+        from_wildcard: false,
     },
     Edge {
         from: "Created",
@@ -375,6 +394,7 @@ const EDGES: &[Edge] = &[
         guard: None,
         action: None,
         to: "Expired",
+        from_wildcard: false,
     },
 ];
 
