@@ -13,7 +13,7 @@ use fsm_core::{
 
 use crate::dialect::{Arg, Dialect, claimed_effect, decodable, execute, fetch, retrying};
 use crate::engine;
-use crate::store::SqlStore;
+use crate::store::{SqlStore, detached};
 
 impl<D: Dialect> DurableStore for SqlStore<D> {
     async fn issue_token<M: StateMachine>(&self, id: &str, ttl: Duration) -> Result<String> {
@@ -45,39 +45,11 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<(String, Transition<M>)>> {
-        let now = now_ms();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let due = retrying(|| {
-            D::claim_timers(
-                &self.pool,
-                M::DEFINITION.name,
-                now as i64,
-                deadline(now, lease),
-                limit,
-            )
+        let store = self.clone();
+        detached(M::DEFINITION.name, async move {
+            store.fire_due_timers_now::<M>(limit, lease).await
         })
-        .await?;
-        let mut fired = Vec::new();
-        for timer in &due {
-            match engine::fire_timer::<D, M>(&self.pool, timer).await {
-                Ok(Some(transition)) => {
-                    let late =
-                        u64::try_from((now as i64).saturating_sub(timer.due_at)).unwrap_or(0);
-                    fsm_core::observe::timer_fired(M::DEFINITION.name, Duration::from_millis(late));
-                    fired.push((timer.machine_id.clone(), transition));
-                    // Its edge's action may have emitted effects.
-                    self.wakeups.notify(M::DEFINITION.name);
-                }
-                Ok(None) => {}
-                // One bad row never stops the batch: it stays leased, and is reported
-                // again when its lease expires.
-                Err(err @ Error::Corrupt { .. }) => {
-                    tracing::error!(error = %err, "timer skipped: its row is corrupt");
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(fired)
+        .await
     }
 
     async fn dead_letters<M: StateMachine>(&self) -> Result<Vec<DeadLetter<M::Effect>>> {
@@ -123,17 +95,11 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<ClaimedEffect>> {
-        let now = now_ms();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut effects = retrying(|| {
-            D::claim_effects(&self.pool, machine, now as i64, deadline(now, lease), limit)
+        let store = self.clone();
+        detached(machine, async move {
+            store.claim_effects_now(machine, lease, limit).await
         })
-        .await?;
-        // RETURNING has no order: hand each instance's effects over in emission order.
-        effects.sort_by(|a, b| {
-            (&a.machine_id, a.version, a.seq).cmp(&(&b.machine_id, b.version, b.seq))
-        });
-        Ok(effects)
+        .await
     }
 
     async fn settle_effect(
@@ -220,7 +186,11 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
     }
 
     async fn prune(&self, retention: &Retention) -> Result<PruneReport> {
-        engine::prune::prune::<D>(&self.pool, retention).await
+        let (pool, retention) = (self.pool.clone(), *retention);
+        detached("fsm", async move {
+            engine::prune::prune::<D>(&pool, &retention).await
+        })
+        .await
     }
 
     async fn prune_finished<M: StateMachine>(
@@ -243,6 +213,68 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
     async fn outbox<M: StateMachine>(&self, id: &str) -> Result<Vec<OutboxEntry<M::Effect>>> {
         check_id::<M>(id)?;
         engine::queries::outbox::<D, M>(&self.pool, id).await
+    }
+}
+
+/// The bodies of the transactional [`DurableStore`] methods, which run
+/// [`detached`]: a caller who drops one does not cut its transaction off.
+impl<D: Dialect> SqlStore<D> {
+    async fn fire_due_timers_now<M: StateMachine>(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<(String, Transition<M>)>> {
+        let now = now_ms();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let due = retrying(|| {
+            D::claim_timers(
+                &self.pool,
+                M::DEFINITION.name,
+                now as i64,
+                deadline(now, lease),
+                limit,
+            )
+        })
+        .await?;
+        let mut fired = Vec::new();
+        for timer in &due {
+            match engine::fire_timer::<D, M>(&self.pool, timer).await {
+                Ok(Some(transition)) => {
+                    let late =
+                        u64::try_from((now as i64).saturating_sub(timer.due_at)).unwrap_or(0);
+                    fsm_core::observe::timer_fired(M::DEFINITION.name, Duration::from_millis(late));
+                    fired.push((timer.machine_id.clone(), transition));
+                    // Its edge's action may have emitted effects.
+                    self.wakeups.notify(M::DEFINITION.name);
+                }
+                Ok(None) => {}
+                // One bad row never stops the batch: it stays leased, and is reported
+                // again when its lease expires.
+                Err(err @ Error::Corrupt { .. }) => {
+                    tracing::error!(error = %err, "timer skipped: its row is corrupt");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(fired)
+    }
+    async fn claim_effects_now(
+        &self,
+        machine: &'static str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEffect>> {
+        let now = now_ms();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut effects = retrying(|| {
+            D::claim_effects(&self.pool, machine, now as i64, deadline(now, lease), limit)
+        })
+        .await?;
+        // RETURNING has no order: hand each instance's effects over in emission order.
+        effects.sort_by(|a, b| {
+            (&a.machine_id, a.version, a.seq).cmp(&(&b.machine_id, b.version, b.seq))
+        });
+        Ok(effects)
     }
 }
 

@@ -163,12 +163,11 @@ impl<D: Dialect> fmt::Debug for SqlStore<D> {
 impl<D: Dialect> Store for SqlStore<D> {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
         let (pool, owned_id) = (self.pool.clone(), id.to_owned());
-        let mut created =
-            detached::<M, _>(
-                async move { engine::create::<D, M>(&pool, &owned_id, context).await },
-            )
-            .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
-            .await?;
+        let mut created = detached(M::DEFINITION.name, async move {
+            engine::create::<D, M>(&pool, &owned_id, context).await
+        })
+        .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
+        .await?;
         match &mut created {
             Created::New(snapshot) | Created::Existing(snapshot) => self.seal.seal(snapshot),
         }
@@ -189,9 +188,10 @@ impl<D: Dialect> Store for SqlStore<D> {
         observe::fire(span, event, async {
             let prepared = Prepared::new(id, command)?;
             let (store, id) = (self.clone(), id.to_owned());
-            let (outcome, _) =
-                detached::<M, _>(async move { engine::fire(&store, &id, prepared, None).await })
-                    .await?;
+            let (outcome, _) = detached(M::DEFINITION.name, async move {
+                engine::fire(&store, &id, prepared, None).await
+            })
+            .await?;
             Ok(outcome)
         })
         .await
@@ -254,9 +254,10 @@ impl<D: Dialect> SqlStore<D> {
         // Only a snapshot this store issued, unchanged, may stand in for the read.
         let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());
         let store = self.clone();
-        let (outcome, mut current) =
-            detached::<M, _>(async move { engine::fire(&store, &id, prepared, known).await })
-                .await?;
+        let (outcome, mut current) = detached(M::DEFINITION.name, async move {
+            engine::fire(&store, &id, prepared, known).await
+        })
+        .await?;
         self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)
@@ -269,7 +270,8 @@ impl<D: Dialect> SqlStore<D> {
 /// connection goes back to the pool with no transaction open. On SQLite a transaction
 /// dropped while its `BEGIN` runs on sqlx's worker thread would keep the database's
 /// write lock, and every other writer would fail with "database is locked" (sqlx#3932).
-async fn detached<M: StateMachine, T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
+    machine: &'static str,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     match tokio::spawn(work.in_current_span()).await {
@@ -277,7 +279,7 @@ async fn detached<M: StateMachine, T: Send + 'static>(
         // An action's panic reaches the caller, as it would have without the task.
         Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Err(join) => Err(Error::WorkerDied {
-            machine: M::DEFINITION.name,
+            machine,
             worker: "write",
             detail: join.to_string(),
         }),
