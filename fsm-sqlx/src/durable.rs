@@ -149,9 +149,10 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
                 .unwrap_or(1);
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
-            let mut args = vec![Arg::Int(now), Arg::Text(machine)];
+            let mut args = vec![Arg::Int(now)];
             for effect in chunk {
                 args.extend([
+                    Arg::Text(machine),
                     Arg::Text(&effect.machine_id),
                     Arg::Int(i64::try_from(effect.version).unwrap_or(i64::MAX)),
                     Arg::Small(i32::try_from(effect.seq).unwrap_or(i32::MAX)),
@@ -281,8 +282,10 @@ impl<D: Dialect> SqlStore<D> {
 /// The row counts one statement of [`DurableStore::settle_done`] marks done.
 const DONE_CHUNKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// `UPDATE ... SET done_at` for `rows` rows at once, each matched on its key and lease
-/// token: an `OR` of conjunctions, which every dialect answers from the primary key.
+/// `UPDATE ... SET done_at` for `rows` rows at once, each matched on its whole key and
+/// lease token: an `OR` of conjunctions, each of which every dialect answers from the
+/// primary key (with the machine type outside the `OR`, SQLite scanned every row of
+/// the machine type).
 /// Built once per dialect and size and kept for the process, as the statement cache
 /// needs a `'static` text.
 fn done_sql<D: Dialect>(rows: usize) -> &'static str {
@@ -300,20 +303,20 @@ fn done_sql<D: Dialect>(rows: usize) -> &'static str {
             let p = |n: usize| D::placeholder(n);
             let matches: Vec<String> = (0..rows)
                 .map(|row| {
-                    let at = 3 + row * 4;
+                    let at = 2 + row * 5;
                     format!(
-                        "(machine_id = {} AND version = {} AND seq = {} AND claims = {})",
+                        "(machine_type = {} AND machine_id = {} AND version = {} AND seq = {} AND claims = {})",
                         p(at),
                         p(at + 1),
                         p(at + 2),
-                        p(at + 3)
+                        p(at + 3),
+                        p(at + 4)
                     )
                 })
                 .collect();
             let sql = format!(
-                "UPDATE fsm_outbox SET done_at = {}, lease_until = NULL WHERE machine_type = {} AND ({})",
+                "UPDATE fsm_outbox SET done_at = {}, lease_until = NULL WHERE {}",
                 p(1),
-                p(2),
                 matches.join(" OR ")
             );
             Box::leak(sql.into_boxed_str())
