@@ -11,22 +11,20 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::{Attribute, Ident};
 
 use crate::ctxt::Ctxt;
+use crate::fallback;
 use crate::model::{Machine, RuleKind, Site, Trigger, name, parameter_name, type_string};
-use crate::{fallback, parse, validate};
 
 /// `state_machine!`: parse, build the model, check it, then generate. On errors the
 /// fallback items are emitted with the errors, so one mistake does not cascade.
 pub(crate) fn state_machine(input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
-    let Some(input) = parse::machine(input, &mut cx) else {
+    let Some(machine) = fsm_dsl::analyze(input, &mut cx) else {
         return cx
             .check()
             .err()
             .map(syn::Error::into_compile_error)
             .unwrap_or_default();
     };
-    let machine = Machine::from_input(&input);
-    validate::check(&machine, &mut cx);
     match cx.check() {
         Ok(()) => expand(&machine),
         Err(errors) => {

@@ -124,7 +124,7 @@ mod tests {
 
     fn fallback(tokens: proc_macro2::TokenStream) -> String {
         let mut cx = Ctxt::new();
-        let input = crate::parse::machine(tokens, &mut cx).unwrap();
+        let input = fsm_dsl::parse::machine(tokens, &mut cx).unwrap();
         super::expand(&Machine::from_input(&input)).to_string()
     }
 

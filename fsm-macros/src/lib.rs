@@ -1,16 +1,15 @@
 //! The `state_machine!` macro of [`fsm`](https://docs.rs/fsm); use it through `fsm`.
 //!
-//! The pipeline is `expand::state_machine`: `parse` (syntax tree keeping spans) ->
-//! `model` (the graph, indexed) -> `validate` (every check, errors accumulated) ->
-//! `expand` (code), or `fallback` plus the errors.
+//! The pipeline is `expand::state_machine`: `fsm_dsl::analyze` (`parse`, the syntax
+//! tree keeping spans -> `model`, the graph, indexed -> `validate`, every check, errors
+//! accumulated; shared with the `fsm` command) -> `expand` (code), or `fallback` plus the
+//! errors.
 #![forbid(unsafe_code)]
 
-mod ctxt;
 mod expand;
 mod fallback;
-mod model;
-mod parse;
-mod validate;
+
+use fsm_dsl::{ctxt, model};
 
 /// Declares a state machine: its states, events, guards, actions and timers.
 ///

@@ -10,7 +10,7 @@ use crate::ctxt::Ctxt;
 use crate::model::{Machine, Trigger, name, type_string};
 use crate::parse::StateAction;
 
-pub(crate) fn check(m: &Machine, cx: &mut Ctxt) {
+pub fn check(m: &Machine, cx: &mut Ctxt) {
     check_keys(m, cx);
     check_declarations(m, cx);
     check_renames(m, cx);

@@ -5,28 +5,28 @@ use std::fmt::Display;
 use quote::ToTokens;
 
 /// Errors found so far; [`Ctxt::check`] combines them into one `syn::Error`.
-#[derive(Default)]
-pub(crate) struct Ctxt {
+#[derive(Debug, Default)]
+pub struct Ctxt {
     errors: Vec<syn::Error>,
 }
 
 impl Ctxt {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::default()
     }
 
     /// Records an error underlining `tokens` (first to last token).
-    pub(crate) fn error_spanned_by(&mut self, tokens: impl ToTokens, message: impl Display) {
+    pub fn error_spanned_by(&mut self, tokens: impl ToTokens, message: impl Display) {
         self.errors.push(syn::Error::new_spanned(tokens, message));
     }
 
     /// Records an error the parser already built.
-    pub(crate) fn syn_error(&mut self, error: syn::Error) {
+    pub fn syn_error(&mut self, error: syn::Error) {
         self.errors.push(error);
     }
 
     /// `Ok` when nothing was recorded, else every error, in the order recorded.
-    pub(crate) fn check(self) -> syn::Result<()> {
+    pub fn check(self) -> syn::Result<()> {
         let mut errors = self.errors.into_iter();
         let Some(mut combined) = errors.next() else {
             return Ok(());

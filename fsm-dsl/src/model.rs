@@ -16,113 +16,118 @@ use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
 
 use crate::parse::{self, Block, Item, KeyValue, MachineInput, StateAction, Timer, Transition};
 
-pub(crate) struct Machine {
-    pub(crate) docs: Vec<Attribute>,
-    pub(crate) vis: Visibility,
-    pub(crate) name: Ident,
+#[derive(Debug)]
+pub struct Machine {
+    pub docs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub name: Ident,
     /// Every `context:` key, in order; the first one counts.
-    pub(crate) contexts: Vec<KeyValue>,
+    pub contexts: Vec<KeyValue>,
     /// Every `effect:` key, in order; the first one counts.
-    pub(crate) effects: Vec<KeyValue>,
+    pub effects: Vec<KeyValue>,
     /// The keyword of every `states { }` / `events { }` block, in order.
-    pub(crate) blocks: Vec<Ident>,
-    pub(crate) states: Vec<State>,
-    pub(crate) events: Vec<Event>,
-    pub(crate) edges: Vec<Edge>,
+    pub blocks: Vec<Ident>,
+    pub states: Vec<State>,
+    pub events: Vec<Event>,
+    pub edges: Vec<Edge>,
     /// Every `*` with the state it marks, in order; the first one counts.
-    pub(crate) initial_marks: Vec<(Token![*], Ident)>,
+    pub initial_marks: Vec<(Token![*], Ident)>,
     /// Guards and actions in order of first use, one per name.
-    pub(crate) rules: Vec<Rule>,
+    pub rules: Vec<Rule>,
     /// Every wildcard line `_ + Event => Target`, in order.
-    pub(crate) wildcards: Vec<Wildcard>,
+    pub wildcards: Vec<Wildcard>,
     /// Whether every item parsed (see [`MachineInput::complete`]).
-    pub(crate) complete: bool,
+    pub complete: bool,
 }
 
-pub(crate) struct State {
+#[derive(Debug)]
+pub struct State {
     /// The first occurrence anywhere; the generated variant.
-    pub(crate) name: Ident,
+    pub name: Ident,
     /// The first occurrence in a transition.
-    pub(crate) used_at: Option<Ident>,
+    pub used_at: Option<Ident>,
     /// Every entry in `states { }`.
-    pub(crate) declared: Vec<Ident>,
-    pub(crate) docs: Vec<Attribute>,
-    pub(crate) terminal_attr: Option<Attribute>,
+    pub declared: Vec<Ident>,
+    pub docs: Vec<Attribute>,
+    pub terminal_attr: Option<Attribute>,
     /// Former stored names, from `#[renamed_from(..)]`.
-    pub(crate) renamed_from: Vec<Ident>,
+    pub renamed_from: Vec<Ident>,
     /// Every `#[entry(..)]` of its declaration; the first one counts.
-    pub(crate) entry: Vec<StateAction>,
+    pub entry: Vec<StateAction>,
     /// Every `#[exit(..)]` of its declaration; the first one counts.
-    pub(crate) exit: Vec<StateAction>,
+    pub exit: Vec<StateAction>,
 }
 
 impl State {
     /// The entry action, if declared.
-    pub(crate) fn entry(&self) -> Option<&Ident> {
+    pub fn entry(&self) -> Option<&Ident> {
         self.entry.first().map(|a| &a.action)
     }
 
     /// The exit action, if declared.
-    pub(crate) fn exit(&self) -> Option<&Ident> {
+    pub fn exit(&self) -> Option<&Ident> {
         self.exit.first().map(|a| &a.action)
     }
 }
 
-pub(crate) struct Event {
-    pub(crate) name: Ident,
-    pub(crate) used_at: Option<Ident>,
-    pub(crate) declared: Vec<Ident>,
-    pub(crate) docs: Vec<Attribute>,
+#[derive(Debug)]
+pub struct Event {
+    pub name: Ident,
+    pub used_at: Option<Ident>,
+    pub declared: Vec<Ident>,
+    pub docs: Vec<Attribute>,
     /// Every payload type written for this event, in order; the first one counts.
-    pub(crate) payloads: Vec<Type>,
+    pub payloads: Vec<Type>,
     /// Former recorded names, from `#[renamed_from(..)]`.
-    pub(crate) renamed_from: Vec<Ident>,
+    pub renamed_from: Vec<Ident>,
 }
 
 impl Event {
-    pub(crate) fn payload(&self) -> Option<&Type> {
+    pub fn payload(&self) -> Option<&Type> {
         self.payloads.first()
     }
 }
 
 /// One edge; an `A | B + E` line contributes one per source.
-pub(crate) struct Edge {
+#[derive(Debug)]
+pub struct Edge {
     /// Index of the transition line the edge comes from.
-    pub(crate) line: usize,
-    pub(crate) from: usize,
+    pub line: usize,
+    pub from: usize,
     /// The source state as written on this line (`_` for a wildcard's edge).
-    pub(crate) source: TokenStream,
-    pub(crate) on: Trigger,
-    pub(crate) guard: Option<Ident>,
-    pub(crate) action: Option<Ident>,
-    pub(crate) to: usize,
+    pub source: TokenStream,
+    pub on: Trigger,
+    pub guard: Option<Ident>,
+    pub action: Option<Ident>,
+    pub to: usize,
     /// The wildcard line (index in [`Machine::wildcards`]) that generated this edge.
-    pub(crate) wildcard: Option<usize>,
+    pub wildcard: Option<usize>,
 }
 
 /// `_ + Event [guard] / action => Target`: expands to one edge per state that is not
 /// terminal, is not the target, and has no edge of its own on the event.
-pub(crate) struct Wildcard {
-    pub(crate) underscore: Token![_],
-    pub(crate) line: usize,
-    pub(crate) on: Trigger,
-    pub(crate) guard: Option<Ident>,
-    pub(crate) action: Option<Ident>,
-    pub(crate) to: usize,
+#[derive(Debug)]
+pub struct Wildcard {
+    pub underscore: Token![_],
+    pub line: usize,
+    pub on: Trigger,
+    pub guard: Option<Ident>,
+    pub action: Option<Ident>,
+    pub to: usize,
     /// Indices of the edges it generated (none for a second wildcard on one event).
-    pub(crate) edges: Vec<usize>,
+    pub edges: Vec<usize>,
 }
 
 /// What fires an edge, resolved to indices.
-#[derive(Clone)]
-pub(crate) enum Trigger {
+#[derive(Debug, Clone)]
+pub enum Trigger {
     Event { event: usize, name: Ident },
     After(Timer),
 }
 
 impl Trigger {
     /// The token an error about this edge's trigger underlines.
-    pub(crate) fn token(&self) -> &Ident {
+    pub fn token(&self) -> &Ident {
         match self {
             Trigger::Event { name, .. } => name,
             Trigger::After(timer) => &timer.keyword,
@@ -130,7 +135,7 @@ impl Trigger {
     }
 
     /// Whether two edges fire on the same thing.
-    pub(crate) fn same(&self, other: &Trigger) -> bool {
+    pub fn same(&self, other: &Trigger) -> bool {
         match (self, other) {
             (Trigger::Event { event: a, .. }, Trigger::Event { event: b, .. }) => a == b,
             (Trigger::After(a), Trigger::After(b)) => a.millis == b.millis,
@@ -139,14 +144,14 @@ impl Trigger {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RuleKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
     Guard,
     Action,
 }
 
 impl RuleKind {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RuleKind::Guard => "guard",
             RuleKind::Action => "action",
@@ -155,30 +160,32 @@ impl RuleKind {
 }
 
 /// A named guard or action: one method of the generated rules trait.
-pub(crate) struct Rule {
+#[derive(Debug)]
+pub struct Rule {
     /// The first use; the method's name.
-    pub(crate) name: Ident,
-    pub(crate) kind: RuleKind,
+    pub name: Ident,
+    pub kind: RuleKind,
     /// Every use, in edge order; the first one fixes the kind and the payload.
-    pub(crate) uses: Vec<RuleUse>,
+    pub uses: Vec<RuleUse>,
 }
 
 /// Where a rule is named: on an edge, or as a state's entry or exit action.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Site {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
     Edge(usize),
     Entry(usize),
     Exit(usize),
 }
 
-pub(crate) struct RuleUse {
-    pub(crate) site: Site,
-    pub(crate) name: Ident,
-    pub(crate) kind: RuleKind,
+#[derive(Debug)]
+pub struct RuleUse {
+    pub site: Site,
+    pub name: Ident,
+    pub kind: RuleKind,
 }
 
 impl Machine {
-    pub(crate) fn from_input(input: &MachineInput) -> Machine {
+    pub fn from_input(input: &MachineInput) -> Machine {
         let mut machine = Machine {
             docs: input.docs.clone(),
             vis: input.vis.clone(),
@@ -413,7 +420,7 @@ impl Machine {
     }
 
     /// The payload an edge's guard and action receive: its event's, none for a timer.
-    pub(crate) fn payload_of(&self, edge: usize) -> Option<&Type> {
+    pub fn payload_of(&self, edge: usize) -> Option<&Type> {
         match &self.edges[edge].on {
             Trigger::Event { event, .. } => self.events[*event].payload(),
             Trigger::After(_) => None,
@@ -421,7 +428,7 @@ impl Machine {
     }
 
     /// The payload a rule receives where it is named; entry and exit actions take none.
-    pub(crate) fn site_payload(&self, site: Site) -> Option<&Type> {
+    pub fn site_payload(&self, site: Site) -> Option<&Type> {
         match site {
             Site::Edge(edge) => self.payload_of(edge),
             Site::Entry(_) | Site::Exit(_) => None,
@@ -429,13 +436,13 @@ impl Machine {
     }
 
     /// The payload of a rule's first use, which fixes its method's signature.
-    pub(crate) fn rule_payload(&self, rule: &Rule) -> Option<&Type> {
+    pub fn rule_payload(&self, rule: &Rule) -> Option<&Type> {
         self.site_payload(rule.uses[0].site)
     }
 
     /// Where a rule is named, for docs and messages: an edge as the DSL writes it, or
     /// `#[entry(notify)] Shipped`.
-    pub(crate) fn describe_site(&self, site: Site) -> String {
+    pub fn describe_site(&self, site: Site) -> String {
         let state_action = |which: &str, state: usize, action: Option<&Ident>| {
             let action = action.map(name).unwrap_or_default();
             format!("#[{which}({action})] {}", name(&self.states[state].name))
@@ -448,7 +455,7 @@ impl Machine {
     }
 
     /// The context type (`()` when not declared).
-    pub(crate) fn context(&self) -> TokenStream {
+    pub fn context(&self) -> TokenStream {
         match self.contexts.first() {
             Some(kv) => kv.ty.to_token_stream(),
             None => quote::quote!(()),
@@ -456,7 +463,7 @@ impl Machine {
     }
 
     /// The effect type (`()` when not declared).
-    pub(crate) fn effect(&self) -> TokenStream {
+    pub fn effect(&self) -> TokenStream {
         match self.effects.first() {
             Some(kv) => kv.ty.to_token_stream(),
             None => quote::quote!(()),
@@ -464,18 +471,18 @@ impl Machine {
     }
 
     /// The initial state: the first one marked `*`.
-    pub(crate) fn initial(&self) -> Option<usize> {
+    pub fn initial(&self) -> Option<usize> {
         let (_, name) = self.initial_marks.first()?;
         self.states.iter().position(|s| s.name == *name)
     }
 
     /// Whether some edge leaves state `state`.
-    pub(crate) fn has_outgoing(&self, state: usize) -> bool {
+    pub fn has_outgoing(&self, state: usize) -> bool {
         self.edges.iter().any(|e| e.from == state)
     }
 
     /// How an edge reads in the DSL, for docs and messages: `Created + Pay => Paid`.
-    pub(crate) fn describe(&self, edge: usize) -> String {
+    pub fn describe(&self, edge: usize) -> String {
         let e = &self.edges[edge];
         let on = match &e.on {
             Trigger::Event { event, .. } => name(&self.events[*event].name),
@@ -501,7 +508,7 @@ impl Machine {
     }
 
     /// How a wildcard line reads in the DSL: `_ + Cancel / refund => Cancelled`.
-    pub(crate) fn describe_wildcard(&self, wildcard: usize) -> String {
+    pub fn describe_wildcard(&self, wildcard: usize) -> String {
         let w = &self.wildcards[wildcard];
         let on = match &w.on {
             Trigger::Event { event, .. } => name(&self.events[*event].name),
@@ -525,7 +532,7 @@ impl Machine {
 
     /// The machine as the runtime's [`Definition`], for rendering its diagram here and
     /// as the source of the generated `DEFINITION` constant.
-    pub(crate) fn definition(&self) -> Definition {
+    pub fn definition(&self) -> Definition {
         let initial = self.initial();
         let states: Vec<StateInfo> = self
             .states
@@ -582,7 +589,7 @@ impl Machine {
     }
 }
 
-pub(crate) fn timer_duration(timer: &Timer) -> Duration {
+pub fn timer_duration(timer: &Timer) -> Duration {
     Duration::from_millis(timer.millis)
 }
 
@@ -602,13 +609,13 @@ fn leak_names(names: &[Ident]) -> &'static [&'static str] {
 }
 
 /// The stable name of a state, event or rule: the identifier without `r#`.
-pub(crate) fn name(ident: &Ident) -> String {
+pub fn name(ident: &Ident) -> String {
     ident.unraw().to_string()
 }
 
 /// The text of doc attributes: one line per attribute, the leading space `///` leaves
 /// removed, blank lines around trimmed.
-pub(crate) fn doc_string(attrs: &[Attribute]) -> String {
+pub fn doc_string(attrs: &[Attribute]) -> String {
     let lines: Vec<String> = attrs
         .iter()
         .filter_map(|attr| match &attr.meta {
@@ -629,7 +636,7 @@ pub(crate) fn doc_string(attrs: &[Attribute]) -> String {
 }
 
 /// A type as the user would write it: `Vec<u8>`, `std::string::String`, `(u32, bool)`.
-pub(crate) fn type_string(ty: &Type) -> String {
+pub fn type_string(ty: &Type) -> String {
     let mut out = String::new();
     write_tokens(ty.to_token_stream(), &mut out);
     out
@@ -684,7 +691,7 @@ fn write_tokens(tokens: TokenStream, out: &mut String) {
 
 /// The name of a payload parameter: the snake_case last segment of its type
 /// (`&Payment` -> `payment`), or `payload` where that is not an identifier.
-pub(crate) fn parameter_name(ty: &Type) -> String {
+pub fn parameter_name(ty: &Type) -> String {
     let segment = match ty {
         Type::Path(path) if path.qself.is_none() => path
             .path

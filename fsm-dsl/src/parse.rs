@@ -13,18 +13,20 @@ use syn::{
 use crate::ctxt::Ctxt;
 
 /// `/// docs  vis machine Name { items }`.
-pub(crate) struct MachineInput {
-    pub(crate) docs: Vec<Attribute>,
-    pub(crate) vis: Visibility,
-    pub(crate) name: Ident,
-    pub(crate) items: Vec<Item>,
+#[derive(Debug)]
+pub struct MachineInput {
+    pub docs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub name: Ident,
+    pub items: Vec<Item>,
     /// Whether every item parsed; checks over the whole graph (reachability, the initial
     /// state, unused declarations) would report noise on a partial one.
-    pub(crate) complete: bool,
+    pub complete: bool,
 }
 
 /// One comma-separated item of the machine body.
-pub(crate) enum Item {
+#[derive(Debug)]
+pub enum Item {
     /// `context: Type`
     Context(KeyValue),
     /// `effect: Type`
@@ -38,54 +40,58 @@ pub(crate) enum Item {
 }
 
 /// `key: Type`
-#[derive(Clone)]
-pub(crate) struct KeyValue {
-    pub(crate) key: Ident,
-    pub(crate) ty: Type,
+#[derive(Debug, Clone)]
+pub struct KeyValue {
+    pub key: Ident,
+    pub ty: Type,
 }
 
 /// `states { .. }` or `events { .. }`.
-pub(crate) struct Block {
-    pub(crate) keyword: Ident,
-    pub(crate) entries: Vec<Entry>,
+#[derive(Debug)]
+pub struct Block {
+    pub keyword: Ident,
+    pub entries: Vec<Entry>,
 }
 
 /// `/// docs  #[terminal] #[renamed_from(Old)] Name` inside a block.
-pub(crate) struct Entry {
-    pub(crate) docs: Vec<Attribute>,
+#[derive(Debug)]
+pub struct Entry {
+    pub docs: Vec<Attribute>,
     /// `#[terminal]`, only accepted in `states { }`.
-    pub(crate) terminal: Option<Attribute>,
+    pub terminal: Option<Attribute>,
     /// The names of every `#[renamed_from(A, B)]`, in order.
-    pub(crate) renamed_from: Vec<Ident>,
+    pub renamed_from: Vec<Ident>,
     /// Every `#[entry(action)]`, in order; only accepted in `states { }`.
-    pub(crate) entry: Vec<StateAction>,
+    pub entry: Vec<StateAction>,
     /// Every `#[exit(action)]`, in order; only accepted in `states { }`.
-    pub(crate) exit: Vec<StateAction>,
-    pub(crate) name: Ident,
+    pub exit: Vec<StateAction>,
+    pub name: Ident,
 }
 
 /// `#[entry(action)]` or `#[exit(action)]` on a state.
-#[derive(Clone)]
-pub(crate) struct StateAction {
-    pub(crate) attr: Attribute,
-    pub(crate) action: Ident,
+#[derive(Debug, Clone)]
+pub struct StateAction {
+    pub attr: Attribute,
+    pub action: Ident,
 }
 
 /// One transition line.
-pub(crate) struct Transition {
-    pub(crate) initial: Option<Token![*]>,
+#[derive(Debug)]
+pub struct Transition {
+    pub initial: Option<Token![*]>,
     /// `_ + Event => Target`: every state without its own edge on the event. `sources`
     /// is then empty.
-    pub(crate) wildcard: Option<Token![_]>,
-    pub(crate) sources: Vec<Ident>,
-    pub(crate) trigger: Trigger,
-    pub(crate) guard: Option<Ident>,
-    pub(crate) action: Option<Ident>,
-    pub(crate) target: Ident,
+    pub wildcard: Option<Token![_]>,
+    pub sources: Vec<Ident>,
+    pub trigger: Trigger,
+    pub guard: Option<Ident>,
+    pub action: Option<Ident>,
+    pub target: Ident,
 }
 
 /// What fires a transition.
-pub(crate) enum Trigger {
+#[derive(Debug)]
+pub enum Trigger {
     /// `Event` or `Event(Payload)`.
     Event {
         name: Ident,
@@ -96,17 +102,17 @@ pub(crate) enum Trigger {
 }
 
 /// `after(<amount> <unit>)`.
-#[derive(Clone)]
-pub(crate) struct Timer {
-    pub(crate) keyword: Ident,
-    pub(crate) millis: u64,
+#[derive(Debug, Clone)]
+pub struct Timer {
+    pub keyword: Ident,
+    pub millis: u64,
 }
 
 const UNITS: &str = "`ms`, `s`, `sec`, `min`, `h` or `d`";
 
 /// Parses the whole macro input. `None` when not even the machine's header parsed; item
 /// errors are recorded in `cx` and the item left out.
-pub(crate) fn machine(input: TokenStream, cx: &mut Ctxt) -> Option<MachineInput> {
+pub fn machine(input: TokenStream, cx: &mut Ctxt) -> Option<MachineInput> {
     let (docs, vis, name, body) = match header.parse2(input) {
         Ok(header) => header,
         Err(error) => {
