@@ -26,7 +26,8 @@ WHERE m.machine_type = 'Order' AND m.machine_id = :client_id
 \set next :version + 1
 
 WITH updated AS (
-    UPDATE fsm_machines SET state = 'Paid', version = :next, context = :context, updated_at = :at
+    UPDATE fsm_machines SET state = 'Paid', version = :next, context = :context, updated_at = :at,
+      entered_at = COALESCE(NULL::int8, entered_at)
     WHERE machine_type = 'Order' AND machine_id = :client_id AND version = :version
       AND (NULL::text IS NULL OR (state = NULL AND context = NULL))
     RETURNING machine_type, machine_id, version, state, updated_at
@@ -41,8 +42,8 @@ WITH updated AS (
     SELECT u.machine_type, u.machine_id, u.version, e.seq - 1, e.effect, u.updated_at
     FROM updated u, unnest('{"{\"Noted\":\"n0000001\"}"}'::text[]) WITH ORDINALITY AS e(effect, seq)
 ), armed AS (
-    INSERT INTO fsm_timers (machine_type, machine_id, version, edge, due_at)
-    SELECT u.machine_type, u.machine_id, u.version, t.edge, t.due_at
-    FROM updated u, unnest('{}'::int4[], '{}'::int8[]) AS t(edge, due_at)
+    INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, u.state, t.after_ms, t.due_at
+    FROM updated u, unnest('{}'::int8[], '{}'::int8[]) AS t(after_ms, due_at)
 )
 SELECT count(*) FROM updated;

@@ -8,9 +8,15 @@ DROP SCHEMA IF EXISTS fsm_pgbench CASCADE;
 CREATE SCHEMA fsm_pgbench;
 SET search_path TO fsm_pgbench;
 
--- The store's own migrations (psql resolves \ir relative to this file).
+-- The store's own migrations, all of them (psql resolves \ir relative to this file).
 \ir ../../fsm-sqlx/migrations/postgres/20261122000001_machines.sql
 \ir ../../fsm-sqlx/migrations/postgres/20261122000002_timers_tokens.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261202000001_trigger_column.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261202000002_outbox_claims.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261202000003_legacy_keys.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261202000004_named_timers.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261202000005_instance_times.sql
+\ir ../../fsm-sqlx/migrations/postgres/20261203000001_retention.sql
 
 -- Seed: the context examples/bench seeds with (the init fingerprint is a placeholder:
 -- only `create` reads it).

@@ -14,8 +14,8 @@ usage: bench --backend sqlite|postgres|mysql [options]
                      (sqlite: a temporary file, --url ignored)
   --instances N      instances seeded per run, split between clients  [4096]
   --pool N           connections per pool              [8, as the stores' connect/open]
-  --no-ping          pools skip sqlx's default ping (`test_before_acquire`) on
-                     every acquire; the stores' own pools ping
+  --ping             pools ping on every acquire (sqlx's default `test_before_acquire`)
+                     instead of the stores' `pool_options` (a ping only after 1 s idle)
   --rounds N         fsm/baseline pairs per client count, order alternating;
                      the median of each side is reported       [1]
   --hot-clients N    clients of the hot-row run                [32]
@@ -32,7 +32,11 @@ usage: bench --backend sqlite|postgres|mysql [options]
   --dispatch-effects N  effects written (through fsm) before each drain  [8000]
   --latency-only     only the dispatcher latency run: effects committed at --rate per
                      second for --seconds while Dispatcher::run hands them over
-  --rate N           effects per second of the latency run     [1000]";
+  --rate N           effects per second of the latency run     [1000]
+  --limit            fsm against what the database itself does with the same
+                     statements, interleaved per client count: PostgreSQL: pgbench
+                     (when on PATH) on benches/pgbench/fire.sql; SQLite: C SQLite
+                     (rusqlite, bundled) on one connection; then fsm, same seconds";
 
 /// The backend a bench runs on (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,7 @@ pub(crate) struct Config {
     pub(crate) dispatch_effects: usize,
     pub(crate) latency: bool,
     pub(crate) rate: u32,
+    pub(crate) limit: bool,
 }
 
 impl Config {
@@ -106,7 +111,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         url: None,
         instances: 4096,
         pool: None,
-        ping: true,
+        ping: false,
         pessimistic: false,
         only: None,
         one_checkout: false,
@@ -118,6 +123,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         dispatch_effects: 8000,
         latency: false,
         rate: 1000,
+        limit: false,
     };
     let mut kind = None;
     let mut it = args.iter();
@@ -154,7 +160,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
             "--url" => cfg.url = Some(value()?),
             "--instances" => cfg.instances = positive("--instances", &value()?)?,
             "--pool" => cfg.pool = Some(positive("--pool", &value()?)?),
-            "--no-ping" => cfg.ping = false,
+            "--ping" => cfg.ping = true,
             "--pessimistic" => cfg.pessimistic = true,
             "--one-checkout" => cfg.one_checkout = true,
             "--only" => {
@@ -183,12 +189,17 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.hot = false;
             }
             "--rate" => cfg.rate = positive("--rate", &value()?)?,
+            "--limit" => {
+                cfg.limit = true;
+                cfg.pairs = false;
+                cfg.hot = false;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency {
+    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

@@ -28,6 +28,11 @@ pub(crate) trait Db: Sized + Send + Sync + 'static {
 
     fn store(&self) -> &Arc<Self::Store>;
 
+    /// The database file, for a backend that has one (SQLite).
+    fn file(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Inserts instances `ids` in state `Paid` at version 0.
     fn seed(&self, ids: &[String]) -> impl Future<Output = Res<()>> + Send;
 
@@ -36,6 +41,17 @@ pub(crate) trait Db: Sized + Send + Sync + 'static {
 
     /// Drops the database.
     fn close(self) -> impl Future<Output = Res<()>> + Send;
+}
+
+/// The pool of a run: the stores' own options (`SqlStore::pool_options`), with
+/// `--pool`'s size, or with sqlx's ping on every acquire under `--ping`.
+pub(crate) fn pool_options<D: fsm_sqlx::Dialect>(cfg: &Config) -> sqlx::pool::PoolOptions<D> {
+    let options = if cfg.ping {
+        sqlx::pool::PoolOptions::new()
+    } else {
+        fsm_sqlx::SqlStore::<D>::pool_options()
+    };
+    options.max_connections(cfg.pool.unwrap_or(8))
 }
 
 /// Drops the run's database whether or not the run succeeded.

@@ -22,7 +22,7 @@
 //!   history is gapless.
 //!
 //! The table also gives the bench process's CPU time per fire; `--help` lists the
-//! experiments (`--no-ping`, `--one-checkout`, `--pessimistic`, `--pool`, `--only`).
+//! experiments (`--ping`, `--one-checkout`, `--pessimistic`, `--pool`, `--only`).
 //!
 //! Every measurement gets a fresh database (SQLite: a temporary file; PostgreSQL: a new
 //! schema on the connections' `search_path`; MySQL: a new database), migrated with
@@ -47,6 +47,7 @@
 //! | `throughput` | the uncontended fsm-vs-baseline pairs |
 //! | `hot_row` | many clients at one instance: retries, lost updates, gapless history |
 //! | `dispatch` | the outbox drained by concurrent dispatchers |
+//! | `limit` | fsm against pgbench / C SQLite on the same statements (`--limit`) |
 //! | `report` | the tables printed at the end |
 
 // Built without any backend, the bench only prints which feature it lacks.
@@ -61,6 +62,7 @@ mod db;
 mod dispatch;
 mod hot_row;
 mod latency;
+mod limit;
 mod measure;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -111,6 +113,10 @@ async fn bench<D: Db>(cfg: &Config) -> Res<()> {
             rows.push(dispatch::run_dispatch::<D>(cfg, run, workers).await?);
         }
         report::report_dispatch(cfg, &rows);
+    }
+    if cfg.limit {
+        let rows = limit::run_limits::<D>(cfg, &mut run).await?;
+        report::report_limits(cfg, &rows);
     }
     if cfg.latency {
         run += 1;

@@ -12,7 +12,7 @@ use sqlx::{Connection, MySqlPool};
 
 use crate::baseline::{self, Read, check_statements, now_ms, plan, seed_context};
 use crate::cli::{Config, Kind};
-use crate::db::Db;
+use crate::db::{Db, pool_options};
 use crate::{MACHINE, Res, STATE};
 
 // Copied from the store's source (`baseline::MYSQL_SOURCES`); `check` proves they are
@@ -77,9 +77,7 @@ impl Db for MySqlDb {
         sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
             .execute(&admin)
             .await?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(cfg.pool.unwrap_or(8))
-            .test_before_acquire(cfg.ping)
+        let pool = pool_options::<sqlx::MySql>(cfg)
             .connect_with(options.database(&database))
             .await?;
         let store = MySqlStore::from_pool(pool.clone())

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::baseline::{self, FINGERPRINT, Read, check_statements, now_ms, plan, seed_context};
 use crate::cli::{Config, Kind};
-use crate::db::Db;
+use crate::db::{Db, pool_options};
 use crate::{MACHINE, Res, STATE};
 
 // Copied from the store's source (`baseline::POSTGRES_SOURCES`); `check` proves they are
@@ -81,9 +81,7 @@ impl Db for PgDb {
         ))
         .execute(&admin)
         .await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(cfg.pool.unwrap_or(8))
-            .test_before_acquire(cfg.ping)
+        let pool = pool_options::<sqlx::Postgres>(cfg)
             .connect_with(options.options([("search_path", schema.as_str())]))
             .await?;
         let store = PgStore::from_pool(pool.clone())

@@ -8,6 +8,7 @@ use crate::cli::{Config, Kind};
 use crate::dispatch::DispatchRow;
 use crate::hot_row::{HotMode, HotRow};
 use crate::latency::LatencyRow;
+use crate::limit::{LimitRow, limit_name};
 use crate::throughput::PairRow;
 
 /// `nproc` and the CPU model (Linux).
@@ -33,6 +34,36 @@ pub(crate) fn ms(d: Duration) -> f64 {
 /// Microseconds, as the tables print CPU time per fire; NaN when not measured.
 pub(crate) fn us(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+}
+
+/// The `--limit` table: fsm against the database's own client on the same statements.
+pub(crate) fn report_limits(cfg: &Config, rows: &[LimitRow]) {
+    println!(
+        "\n## {}: fsm `fire` against {} on the same statements ({} s each, interleaved; {})\n",
+        cfg.kind.name(),
+        limit_name(cfg.kind),
+        cfg.seconds,
+        machine()
+    );
+    println!(
+        "| clients | limit tx/s | fsm tx/s | fsm / limit | fsm p50 ms | fsm p99 ms | fsm CPU us/fire | load |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let limit = row.limit.map_or("-".into(), |l| format!("{l:.0}"));
+        let ratio = row
+            .limit
+            .map_or("-".into(), |l| format!("{:.2}", row.fsm.tps / l));
+        println!(
+            "| {} | {limit} | {:.0} | {ratio} | {:.3} | {:.3} | {:.0} | {} |",
+            row.clients,
+            row.fsm.tps,
+            ms(row.fsm.p50),
+            ms(row.fsm.p99),
+            us(row.fsm.cpu_per_fire),
+            row.load.map_or("-".into(), |l| format!("{l:.1}"))
+        );
+    }
 }
 
 /// The dispatcher table.
@@ -88,6 +119,9 @@ pub(crate) fn report_latency(cfg: &Config, rows: &[LatencyRow]) {
 
 /// The machine line, the settings, the fsm-vs-baseline table and the hot-row table.
 pub(crate) fn report(cfg: &Config, pairs: &[PairRow], hot: &[HotRow]) {
+    if pairs.is_empty() && hot.is_empty() {
+        return;
+    }
     let name = cfg.kind.name();
     let loads: Vec<f64> = pairs
         .iter()
@@ -109,11 +143,11 @@ pub(crate) fn report(cfg: &Config, pairs: &[PairRow], hot: &[HotRow]) {
         cfg.warmup,
         cfg.instances,
         match (cfg.kind, cfg.pool) {
-            (Kind::Sqlite, None) if cfg.ping => "8 (SqliteStore::open)".to_owned(),
+            (Kind::Sqlite, None) if !cfg.ping => "8 (SqliteStore::open)".to_owned(),
             (_, pool) => pool.unwrap_or(8).to_string(),
         },
         [
-            (!cfg.ping, " without ping on acquire"),
+            (cfg.ping, " with sqlx's ping on every acquire"),
             (cfg.pessimistic, "; fsm side PESSIMISTIC (experiment)"),
             (
                 cfg.one_checkout,

@@ -1,5 +1,5 @@
 //! SQLite: a temporary database file per run, `SqliteStore` on it (as
-//! `SqliteStore::open` configures it unless `--pool`/`--no-ping` say otherwise), and the
+//! `SqliteStore::open` configures it unless `--pool`/`--ping` say otherwise), and the
 //! baseline's `BEGIN IMMEDIATE` transaction of compare-and-set `UPDATE`, history `INSERT`
 //! and outbox `INSERT`s.
 
@@ -9,37 +9,37 @@ use std::time::Duration;
 
 use fsm_core::RetryPolicy;
 use fsm_sqlx::{Concurrency, SqliteStore};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqlitePool};
 
 use crate::baseline::{self, Read, check_statements, now_ms, plan, seed_context};
 use crate::cli::{Config, Kind};
-use crate::db::Db;
+use crate::db::{Db, pool_options};
 use crate::{MACHINE, Res, STATE};
 
 // Copied from the store's source (`baseline::SQLITE_SOURCES`); `check` proves they are
 // still there.
-const READ: &str = "\
+pub(crate) const READ: &str = "\
 SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
 LEFT JOIN fsm_transitions t
   ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = ?1 OR (t.idem_key = ?2 AND t.legacy_key))
 WHERE m.machine_type = ?3 AND m.machine_id = ?4";
-const CAS: &str = "\
+pub(crate) const CAS: &str = "\
 UPDATE fsm_machines SET state = ?1, version = ?2, context = ?3, updated_at = ?4,
   entered_at = COALESCE(?5, entered_at)
 WHERE machine_type = ?6 AND machine_id = ?7 AND version = ?8
   AND (?9 IS NULL OR (state = ?10 AND context = ?11))";
-const RECORD: &str = "\
+pub(crate) const RECORD: &str = "\
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 // The store builds the outbox INSERT from OUTBOX_HEAD and one OUTBOX_ROW per effect.
-const OUTBOX_HEAD: &str =
+pub(crate) const OUTBOX_HEAD: &str =
     "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
-const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
-const BEGIN: &str = "BEGIN IMMEDIATE";
+pub(crate) const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
+pub(crate) const BEGIN: &str = "BEGIN IMMEDIATE";
 const SEED: &str = "\
 INSERT INTO fsm_machines
   (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
@@ -72,20 +72,18 @@ impl Db for SqliteDb {
     async fn open(cfg: &Config, run: usize, mode: Concurrency, retry: RetryPolicy) -> Res<Self> {
         let path = std::env::temp_dir().join(format!("fsm-bench-{}-{run}.db", std::process::id()));
         remove_files(&path);
-        let store = if cfg.pool.is_none() && cfg.ping {
+        let store = if cfg.pool.is_none() && !cfg.ping {
             // As an application would: WAL, synchronous = NORMAL, 8 connections.
             SqliteStore::open(&path).await?
         } else {
-            // `SqliteStore::open`'s options, with another pool size or no ping.
+            // `SqliteStore::open`'s options, with another pool size or sqlx's pings.
             let options = SqliteConnectOptions::new()
                 .filename(&path)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(cfg.pool.unwrap_or(8))
-                .test_before_acquire(cfg.ping)
+            let pool = pool_options::<sqlx::Sqlite>(cfg)
                 .connect_with(options)
                 .await?;
             SqliteStore::from_pool(pool)
@@ -103,6 +101,10 @@ impl Db for SqliteDb {
 
     fn store(&self) -> &Arc<SqliteStore> {
         &self.store
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     async fn seed(&self, ids: &[String]) -> Res<()> {

@@ -18,7 +18,12 @@ use crate::measure::{ClientLog, Stats, Window, deal, join, stats};
 use crate::report::{ms, us};
 
 /// One uncontended run: `clients` clients, each at its own instances.
-async fn run_pair_side<D: Db>(cfg: &Config, run: usize, clients: usize, side: Side) -> Res<Stats> {
+pub(crate) async fn run_pair_side<D: Db>(
+    cfg: &Config,
+    run: usize,
+    clients: usize,
+    side: Side,
+) -> Res<Stats> {
     // The store as shipped (adaptive), unless --pessimistic asks for the experiment.
     let mode = if cfg.pessimistic && side == Side::Fsm {
         Concurrency::Pessimistic

@@ -26,6 +26,7 @@
 //! | `fsm_effects_dispatched_total` | counter | machine, result | settled effects: `done`, `retry`, `dead` |
 //! | `fsm_effect_age_seconds` | histogram | machine | at dispatch, time since the effect became due (its emission, or the end of its retry backoff) |
 //! | `fsm_outbox_pending`, `fsm_outbox_dead` | gauge | machine | outbox rows waiting, and dead letters, as a [`Dispatcher`](crate::Dispatcher) last counted them |
+//! | `fsm_group_commit_size` | histogram | machine | commands per batch of a store with group commit (`fsm_sqlx::GroupCommit`) |
 //! | `fsm_pruned_total` | counter | kind | rows a [`Pruner`](crate::Pruner) deleted: `done_effects`, `expired_tokens`, `finished_instances` |
 //!
 //! Labels never hold ids or keys (unbounded); spans do.
@@ -61,6 +62,8 @@ pub const OUTBOX_PENDING: &str = "fsm_outbox_pending";
 pub const OUTBOX_DEAD: &str = "fsm_outbox_dead";
 /// `fsm_pruned_total`.
 pub const PRUNED: &str = "fsm_pruned_total";
+/// Histogram: commands per group-commit batch.
+pub const GROUP_COMMIT_SIZE: &str = "fsm_group_commit_size";
 
 /// The `outcome` label and span field of a fire's result.
 pub fn outcome_label<M: StateMachine>(result: &Result<Outcome<M>>) -> &'static str {
@@ -150,6 +153,11 @@ where
 pub fn cas_retry(machine: &'static str, attempt: u32) {
     tracing::Span::current().record("attempts", attempt);
     metrics::counter!(CAS_RETRIES, "machine" => machine).increment(1);
+}
+
+/// Records a group-commit batch of `commands` commands.
+pub fn group_commit(machine: &'static str, commands: usize) {
+    metrics::histogram!(GROUP_COMMIT_SIZE, "machine" => machine).record(commands as f64);
 }
 
 /// Records a timer transition that applied `lag` after it was due.

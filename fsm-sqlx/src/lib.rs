@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod conns;
 mod dialect;
 mod durable;
 mod engine;
@@ -42,6 +43,7 @@ mod store;
 
 pub use config::Concurrency;
 pub use dialect::Dialect;
+pub use engine::batch::GroupCommit;
 pub use store::SqlStore;
 
 pub use fsm_core::{

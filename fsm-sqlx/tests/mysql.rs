@@ -37,6 +37,22 @@ mod adaptive {
     fsm_core::store_conformance_tests!(on_server!(Concurrency::Adaptive));
 }
 
+/// As `on_server!`, with group commit.
+macro_rules! grouped {
+    ($concurrency:expr) => {{
+        let Some(url) = common::server_url(URL_VAR) else {
+            return;
+        };
+        MySqlDatabase::grouped(url, $concurrency)
+    }};
+}
+
+mod grouped {
+    use super::*;
+    fsm_core::store_conformance_tests!(grouped!(Concurrency::Adaptive));
+    fsm_core::durable_store_tests!(grouped!(Concurrency::Adaptive));
+}
+
 mod durable {
     use super::*;
     fsm_core::durable_store_tests!(on_server!(Concurrency::Optimistic));

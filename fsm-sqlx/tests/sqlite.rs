@@ -24,6 +24,24 @@ mod file_adaptive {
     fsm_core::store_conformance_tests!(SqliteFile::with(Concurrency::Adaptive));
 }
 
+mod file_grouped {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::grouped(Concurrency::Adaptive));
+    fsm_core::durable_store_tests!(SqliteFile::grouped(Concurrency::Adaptive));
+}
+
+mod memory_grouped {
+    use super::*;
+    fsm_core::store_conformance_tests!(async {
+        let store = SqliteStore::memory()
+            .await
+            .expect("in-memory SQLite")
+            .with_group_commit(fsm_sqlx::GroupCommit::new());
+        store.migrate().await.expect("migrate");
+        Arc::new(store)
+    });
+}
+
 mod memory {
     use super::*;
     fsm_core::store_conformance_tests!(async {

@@ -340,10 +340,12 @@ pub async fn failing_handler_retries_then_dead_letters<F: DurableFixture>(h: &F)
     let store = h.store();
     store.create::<Order>(ID, order()).await.unwrap();
     store.fire(ID, pay()).await.unwrap();
+    // A backoff long enough that the claim right after the failure cannot outlast it
+    // on a loaded machine.
     let options = DispatchOptions {
         max_attempts: 3,
-        backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(40),
+        backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(600),
         ..DispatchOptions::default()
     };
     let dispatcher = Dispatcher::new(store.clone()).with_options(options);
@@ -369,7 +371,7 @@ pub async fn failing_handler_retries_then_dead_letters<F: DurableFixture>(h: &F)
             .claimed,
         0
     );
-    for _ in 0..100 {
+    for _ in 0..500 {
         if attempts.lock().unwrap().len() == 3 {
             break;
         }

@@ -93,14 +93,15 @@ pub(crate) mod sealed {
             super::transaction::insert::<Self>(pool, new)
         }
 
-        /// Applies one transition atomically: token, compare-and-set, history, outbox,
+        /// Applies one transition atomically on `conn` (the connection the fire read
+        /// on, so a fire checks out one): token, compare-and-set, history, outbox,
         /// timers.
         fn write(
-            pool: &Pool<Self>,
+            conn: &mut Self::Connection,
             write: &TransitionWrite<'_>,
         ) -> impl Future<Output = Result<WriteOutcome>> + Send {
             async move {
-                let tx = super::begin_write::<Self>(pool, || {
+                let tx = super::begin_write_on::<Self>(conn, || {
                     format!("fire {} {}", write.machine, write.id)
                 })
                 .await?;
@@ -111,10 +112,58 @@ pub(crate) mod sealed {
         /// [`write`](Backend::write) inside a transaction that holds the instance's lock,
         /// committing it when applied and rolling it back otherwise.
         fn write_locked(
-            tx: sqlx::Transaction<'static, Self>,
+            tx: sqlx::Transaction<'_, Self>,
             write: &TransitionWrite<'_>,
         ) -> impl Future<Output = Result<WriteOutcome>> + Send {
             super::transaction::write_locked::<Self>(tx, write)
+        }
+
+        /// Whether a group commit runs in one transaction whose statements are each
+        /// command's (reads included: on SQLite under the write lock), rather than as a
+        /// read statement and a write statement for the whole batch.
+        const BATCH_IN_TRANSACTION: bool = true;
+
+        /// Group commit's read: `read`'s row (or none) for each `(id, key)` lookup, in
+        /// order. By default one `read` per lookup.
+        fn read_many<'c>(
+            conn: &'c mut Self::Connection,
+            machine: &'c str,
+            lookups: &'c [Lookup<'c>],
+        ) -> impl Future<Output = sqlx::Result<Vec<Option<Self::Row>>>> + Send + 'c {
+            async move {
+                let mut rows = Vec::with_capacity(lookups.len());
+                for lookup in lookups {
+                    let args = [
+                        Arg::MaybeText(lookup.key),
+                        Arg::MaybeText(lookup.legacy.or(lookup.key)),
+                        Arg::Text(machine),
+                        Arg::Text(lookup.id),
+                    ];
+                    rows.push(Self::row(conn, Self::SQL.read, &args).await?);
+                }
+                Ok(rows)
+            }
+        }
+
+        /// Group commit's write of `writes` (distinct instances, no tokens): for each,
+        /// whether it was written (`false`: its version moved, nothing of it was), or
+        /// `None` when the batch must be abandoned whole (a key another writer took; in a
+        /// transaction, the caller rolls back). By default each transition's statements.
+        fn write_many<'c>(
+            conn: &'c mut Self::Connection,
+            writes: &'c [TransitionWrite<'c>],
+        ) -> impl Future<Output = Result<Option<Vec<bool>>>> + Send + 'c {
+            async move {
+                let mut written = Vec::with_capacity(writes.len());
+                for w in writes {
+                    match super::transaction::write_rows::<Self>(conn, w).await? {
+                        WriteOutcome::Committed => written.push(true),
+                        WriteOutcome::VersionMoved => written.push(false),
+                        WriteOutcome::KeyTaken | WriteOutcome::TokenRejected => return Ok(None),
+                    }
+                }
+                Ok(Some(written))
+            }
         }
 
         /// Leases up to `limit` due, unleased outbox rows until `lease_until`, counting an
@@ -201,6 +250,14 @@ pub struct Statements {
     /// Leases due timers, returning machine id, version, state, delay in ms. Binds as
     /// `claim_effects`.
     pub claim_timers: &'static str,
+}
+
+/// One instance a group commit reads, with the key its command carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    pub id: &'a str,
+    pub key: Option<&'a str>,
+    pub legacy: Option<&'a str>,
 }
 
 /// The connection options of database `D`.
@@ -427,6 +484,22 @@ pub(crate) fn is_lost_race(err: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "40001" || code == "40P01")
 }
 
+/// Whether an [`Error::Database`] says the connection itself is gone (an I/O error, a
+/// connection exception `08xxx`, an operator intervention `57Pxx` such as a terminated
+/// backend), rather than anything about the statement.
+pub(crate) fn connection_lost(err: &Error) -> bool {
+    let Error::Database { source, .. } = err else {
+        return false;
+    };
+    match source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_)) => true,
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// [`is_lost_race`] of the sqlx error an [`Error::Database`] keeps as its source.
 pub(crate) fn lost_race(err: &Error) -> bool {
     match err {
@@ -438,7 +511,7 @@ pub(crate) fn lost_race(err: &Error) -> bool {
 }
 
 /// Runs of one statement or transaction before a lost race is reported as the error.
-const LOST_RACE_RUNS: u32 = 16;
+pub(crate) const LOST_RACE_RUNS: u32 = 16;
 
 /// Runs `run` (one statement, or one whole transaction) again while the database
 /// aborts it as a lost race, after a short random pause that grows with the attempts.
@@ -475,6 +548,19 @@ pub(crate) async fn begin_write<D: Backend>(
     match D::SQL.begin_write {
         Some(begin) => pool.begin_with(begin).await,
         None => pool.begin().await,
+    }
+    .map_err(db_error(operation))
+}
+
+/// [`begin_write`] on a connection the caller holds.
+pub(crate) async fn begin_write_on<'c, D: Backend>(
+    conn: &'c mut D::Connection,
+    operation: impl Fn() -> String,
+) -> Result<sqlx::Transaction<'c, D>> {
+    use sqlx::Connection as _;
+    match D::SQL.begin_write {
+        Some(begin) => conn.begin_with(begin).await,
+        None => conn.begin().await,
     }
     .map_err(db_error(operation))
 }
@@ -643,7 +729,7 @@ mod transaction {
     /// Every row of one transition, then `COMMIT`; on a miss the transaction is rolled
     /// back at once to release the locks it took.
     pub(super) async fn write_locked<D: Backend>(
-        mut tx: sqlx::Transaction<'static, D>,
+        mut tx: sqlx::Transaction<'_, D>,
         w: &TransitionWrite<'_>,
     ) -> Result<WriteOutcome> {
         let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
@@ -656,7 +742,7 @@ mod transaction {
         Ok(written)
     }
 
-    async fn write_rows<D: Backend>(
+    pub(super) async fn write_rows<D: Backend>(
         conn: &mut D::Connection,
         w: &TransitionWrite<'_>,
     ) -> Result<WriteOutcome> {

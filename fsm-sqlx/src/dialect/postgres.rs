@@ -8,13 +8,13 @@
 //! adds a transaction around its `DELETE ... RETURNING` and the write.
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgQueryResult;
-use sqlx::{PgConnection, Pool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgQueryResult, PgRow};
+use sqlx::{Connection as _, PgConnection, Pool, Postgres, Row, Transaction};
 
 use fsm_core::Result;
 
 use super::sealed::Backend;
-use super::{Dialect, Statements, consume_token, db_error, is_unique_violation};
+use super::{Dialect, Lookup, Statements, consume_token, db_error, is_unique_violation};
 use crate::engine::rows::{NewMachine, PendingTimer, TransitionWrite, WriteOutcome, undecodable};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -66,6 +66,48 @@ WITH updated AS (
     FROM updated u, unnest($14::int8[], $15::int8[]) AS t(after_ms, due_at)
 )
 SELECT count(*) FROM updated";
+
+// Group commit's read: `READ` for many instances at once, the lookup's position last.
+const READ_MANY: &str = "\
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at, i.n
+FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS i(id, idem_key, legacy, n)
+JOIN fsm_machines m ON m.machine_type = $1 AND m.machine_id = i.id
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = i.idem_key OR (t.idem_key = i.legacy AND t.legacy_key))";
+
+// Group commit's write: `WRITE` for many instances, one array per column (the batch has
+// distinct instances, decided on reads, so it claims nothing). A taken key aborts the
+// whole statement. The result is the ids updated.
+const WRITE_MANY: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::int8[],
+      $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[])
+      AS i(id, expected, to_state, version, context, at, from_state, event, trigger_json, idem_key, fingerprint, entered_at)
+), updated AS (
+    UPDATE fsm_machines m SET state = i.to_state, version = i.version, context = i.context,
+      updated_at = i.at, entered_at = COALESCE(i.entered_at, m.entered_at)
+    FROM input i
+    WHERE m.machine_type = $1 AND m.machine_id = i.id AND m.version = i.expected
+    RETURNING m.machine_type, m.machine_id, m.version, m.state, m.updated_at
+), recorded AS (
+    INSERT INTO fsm_transitions
+      (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+    SELECT u.machine_type, u.machine_id, u.version, i.from_state, i.event, i.trigger_json, u.state,
+      i.idem_key, i.fingerprint, u.updated_at
+    FROM updated u JOIN input i ON i.id = u.machine_id
+), queued AS (
+    INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
+    SELECT u.machine_type, u.machine_id, u.version, e.seq, e.effect, u.updated_at
+    FROM updated u JOIN unnest($14::text[], $15::int4[], $16::text[]) AS e(id, seq, effect)
+      ON e.id = u.machine_id
+), armed AS (
+    INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+    SELECT u.machine_type, u.machine_id, u.version, u.state, t.after_ms, t.due_at
+    FROM updated u JOIN unnest($17::text[], $18::int8[], $19::int8[]) AS t(id, after_ms, due_at)
+      ON t.id = u.machine_id
+)
+SELECT machine_id FROM updated";
 
 // SKIP LOCKED: concurrent dispatchers take disjoint batches instead of queueing.
 const CLAIM_EFFECTS: &str = "\
@@ -169,6 +211,23 @@ DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version =
         result.rows_affected()
     }
 
+    const BATCH_IN_TRANSACTION: bool = false;
+
+    async fn read_many<'c>(
+        conn: &'c mut PgConnection,
+        machine: &'c str,
+        lookups: &'c [Lookup<'c>],
+    ) -> sqlx::Result<Vec<Option<PgRow>>> {
+        read_many(conn, machine, lookups).await
+    }
+
+    async fn write_many<'c>(
+        conn: &'c mut PgConnection,
+        writes: &'c [TransitionWrite<'c>],
+    ) -> Result<Option<Vec<bool>>> {
+        write_many(conn, writes).await
+    }
+
     async fn insert(pool: &Pool<Postgres>, new: &NewMachine<'_>) -> Result<bool> {
         let (edges, due) = timer_columns(&new.timers);
         let row = sqlx::query(INSERT)
@@ -190,18 +249,19 @@ DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version =
         Ok(inserted == 1)
     }
 
-    async fn write(pool: &Pool<Postgres>, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
-        let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
+    async fn write(conn: &mut PgConnection, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
         if w.token.is_some() {
-            let tx = pool.begin().await.map_err(&failed)?;
+            let tx = conn
+                .begin()
+                .await
+                .map_err(db_error(|| format!("fire {} {}", w.machine, w.id)))?;
             return Self::write_locked(tx, w).await;
         }
-        let mut conn = pool.acquire().await.map_err(&failed)?;
-        write_on(&mut conn, w).await
+        write_on(conn, w).await
     }
 
     async fn write_locked(
-        mut tx: Transaction<'static, Postgres>,
+        mut tx: Transaction<'_, Postgres>,
         w: &TransitionWrite<'_>,
     ) -> Result<WriteOutcome> {
         if let Some(token) = w.token
@@ -217,6 +277,107 @@ DELETE FROM fsm_timers WHERE machine_type = $1 AND machine_id = $2 AND version =
         }
         Ok(written)
     }
+}
+
+/// [`READ_MANY`]'s rows put back in the lookups' order.
+async fn read_many(
+    conn: &mut PgConnection,
+    machine: &str,
+    lookups: &[Lookup<'_>],
+) -> sqlx::Result<Vec<Option<PgRow>>> {
+    let ids: Vec<&str> = lookups.iter().map(|l| l.id).collect();
+    let keys: Vec<Option<&str>> = lookups.iter().map(|l| l.key).collect();
+    let legacy: Vec<Option<&str>> = lookups.iter().map(|l| l.legacy.or(l.key)).collect();
+    let rows = sqlx::query(READ_MANY)
+        .bind(machine)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&legacy)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ordered: Vec<Option<PgRow>> = lookups.iter().map(|_| None).collect();
+    for row in rows {
+        let n: i64 = row.try_get(11)?;
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| ordered.get_mut(i)) {
+            *slot = Some(row);
+        }
+    }
+    Ok(ordered)
+}
+
+/// [`WRITE_MANY`]: which of `writes` were written.
+async fn write_many(
+    conn: &mut PgConnection,
+    writes: &[TransitionWrite<'_>],
+) -> Result<Option<Vec<bool>>> {
+    let Some(first) = writes.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    let (mut effect_ids, mut seqs, mut effects) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut timer_ids, mut afters, mut dues) = (Vec::new(), Vec::new(), Vec::new());
+    for w in writes {
+        for (seq, effect) in (0i32..).zip(&w.effects) {
+            effect_ids.push(w.id);
+            seqs.push(seq);
+            effects.push(effect.as_str());
+        }
+        for timer in &w.timers {
+            timer_ids.push(w.id);
+            afters.push(timer.after_ms);
+            dues.push(timer.due_at);
+        }
+    }
+    let updated = sqlx::query(WRITE_MANY)
+        .bind(first.machine)
+        .bind(writes.iter().map(|w| w.id).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.expected).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.to_state).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.version).collect::<Vec<_>>())
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.context.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(writes.iter().map(|w| w.at_ms).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.from_state).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| w.event.as_str()).collect::<Vec<_>>())
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.trigger.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(writes.iter().map(|w| w.idem_key).collect::<Vec<_>>())
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.fingerprint.as_ref().map(|f| &f[..]))
+                .collect::<Vec<_>>(),
+        )
+        .bind(writes.iter().map(|w| w.entered_at).collect::<Vec<_>>())
+        .bind(&effect_ids)
+        .bind(&seqs)
+        .bind(&effects)
+        .bind(&timer_ids)
+        .bind(&afters)
+        .bind(&dues)
+        .fetch_all(conn)
+        .await;
+    let updated = match updated {
+        Ok(rows) => rows,
+        // The statement is atomic: a taken key left nothing of the batch behind.
+        Err(e) if is_unique_violation(&e) => return Ok(None),
+        Err(e) => return Err(db_error(|| format!("fire a batch of {}", first.machine))(e)),
+    };
+    let mut ids = std::collections::HashSet::with_capacity(updated.len());
+    for row in &updated {
+        let id: String = row
+            .try_get(0)
+            .map_err(|e| undecodable(first.machine, "-", "fsm_machines", &e))?;
+        ids.insert(id);
+    }
+    Ok(Some(writes.iter().map(|w| ids.contains(w.id)).collect()))
 }
 
 fn timer_columns(timers: &[PendingTimer]) -> (Vec<i64>, Vec<i64>) {

@@ -162,8 +162,7 @@ impl SqlStore<Sqlite> {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = Self::pool_options()
             .connect_with(options)
             .await
             .map_err(db_error(|| format!("open SQLite {}", path.display())))?;

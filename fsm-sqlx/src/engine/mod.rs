@@ -3,6 +3,7 @@
 //!
 //! Deciding stays in fsm-core's [`Prepared::apply`]; a dialect only moves rows.
 
+pub(crate) mod batch;
 pub(crate) mod hot;
 pub(crate) mod prune;
 pub(crate) mod queries;
@@ -10,6 +11,7 @@ pub(crate) mod rows;
 
 use crate::SqlStore;
 use sqlx::Pool;
+use sqlx::pool::PoolConnection;
 
 use std::time::Duration;
 
@@ -17,7 +19,10 @@ use fsm_core::kit::{Prepared, check_id, check_storable, fingerprint, now_ms, tim
 use fsm_core::{Created, Error, Outcome, Result, Snapshot, StateMachine, Transition};
 
 use crate::Concurrency;
-use crate::dialect::{Arg, Dialect, begin_write, db_error, fetch, lost_race, retrying};
+use crate::dialect::{
+    Arg, Dialect, LOST_RACE_RUNS, begin_write, connection_lost, db_error, fetch, lost_race,
+    lost_race_pause, retrying,
+};
 use rows::{
     InstanceRead, MachineRow, NewMachine, TimerRow, TransitionRow, WriteOutcome, decode_machine,
     decode_transition, timers_of, to_json, undecodable, write_of,
@@ -97,14 +102,38 @@ async fn read<D: Dialect>(
     id: &str,
     key: KeyLookup<'_>,
 ) -> Result<InstanceRead> {
-    retrying(|| async {
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(db_error(|| format!("read {machine} {id}")))?;
-        read_on::<D>(&mut conn, machine, id, key).await
-    })
-    .await
+    let mut conn = acquire(pool, machine, id).await?;
+    read_again_on::<D>(&mut conn, machine, id, key).await
+}
+
+/// A pooled connection for one operation on instance `id`.
+async fn acquire<D: Dialect>(
+    pool: &Pool<D>,
+    machine: &'static str,
+    id: &str,
+) -> Result<PoolConnection<D>> {
+    pool.acquire()
+        .await
+        .map_err(db_error(|| format!("read {machine} {id}")))
+}
+
+/// [`read_on`], run again on the same connection after a lost race.
+async fn read_again_on<D: Dialect>(
+    conn: &mut D::Connection,
+    machine: &'static str,
+    id: &str,
+    key: KeyLookup<'_>,
+) -> Result<InstanceRead> {
+    let mut runs = 1;
+    loop {
+        match read_on::<D>(conn, machine, id, key).await {
+            Err(err) if runs < LOST_RACE_RUNS && lost_race(&err) => {
+                tokio::time::sleep(lost_race_pause(runs)).await;
+                runs += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// As [`read`], inside a transaction that holds the instance's row lock until it is
@@ -278,14 +307,30 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         Concurrency::Optimistic => false,
     };
     loop {
-        let mut locked = None;
+        // An unlocked attempt writes on the connection it read on: one checkout per
+        // attempt. It is dropped before a retry pauses or locks, so a fire never holds
+        // two and a full pool cannot deadlock.
+        let writer;
         // A caller's snapshot saves the read; it is trusted only once the write succeeds.
         let (snapshot, recorded, verified) = match (locking, known.take()) {
-            (false, Some(snapshot)) => (snapshot, None, false),
+            (false, Some(snapshot)) => {
+                writer = Writer::Unlocked(take(store, machine, id).await?);
+                (snapshot, None, false)
+            }
             (false, None) => {
-                let (row, recorded) = read(pool, machine, id, key)
-                    .await?
-                    .ok_or_else(|| Error::not_found::<M>(id))?;
+                let mut conn = take(store, machine, id).await?;
+                let read = match read_again_on::<D>(&mut conn, machine, id, key).await {
+                    // A kept connection that died within the ping interval: the read
+                    // changed nothing, so it runs again on a fresh one.
+                    Err(err) if connection_lost(&err) => {
+                        drop(conn.detach());
+                        conn = acquire(pool, machine, id).await?;
+                        read_again_on::<D>(&mut conn, machine, id, key).await
+                    }
+                    read => read,
+                };
+                let (row, recorded) = read?.ok_or_else(|| Error::not_found::<M>(id))?;
+                writer = Writer::Unlocked(conn);
                 (decode_machine::<M>(id, row)?, recorded, true)
             }
             (true, _) => {
@@ -301,7 +346,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
                 };
                 let (tx, read) = locked_read.ok_or_else(|| Error::not_found::<M>(id))?;
                 let (row, recorded) = read.ok_or_else(|| Error::not_found::<M>(id))?;
-                locked = Some(tx);
+                writer = Writer::Locked(tx);
                 (decode_machine::<M>(id, row)?, recorded, true)
             }
         };
@@ -315,6 +360,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
                 )
             })?;
             let outcome = prepared.replay(id, original, &recorded_fingerprint)?;
+            writer.keep(store);
             return Ok((outcome, snapshot));
         }
         if token_rejected {
@@ -327,13 +373,25 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         let applied = match prepared.apply(&snapshot) {
             Ok(applied) => applied,
             // A rejection decided on an unverified snapshot may be stale: read and decide again.
-            Err(_) if !verified => continue,
-            Err(err) => return Err(err),
+            Err(_) if !verified => {
+                writer.keep(store);
+                continue;
+            }
+            Err(err) => {
+                writer.keep(store);
+                return Err(err);
+            }
         };
         let write = write_of(id, &prepared, &snapshot, verified, &applied)?;
-        let written = match locked {
-            Some(tx) => D::write_locked(tx, &write).await,
-            None => D::write(pool, &write).await,
+        let written = match writer {
+            Writer::Locked(tx) => D::write_locked(tx, &write).await,
+            Writer::Unlocked(mut conn) => {
+                let written = D::write(&mut conn, &write).await;
+                if written.is_ok() {
+                    store.conns.keep(pool, conn);
+                }
+                written
+            }
         };
         let written = match written {
             // The database aborted the transaction (at any statement, COMMIT included)
@@ -369,6 +427,37 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         attempt += 1;
         fsm_core::observe::cas_retry(machine, attempt);
     }
+}
+
+/// What an attempt of [`fire`] writes through: the connection it read on, or the
+/// transaction holding the instance's row lock.
+enum Writer<D: Dialect> {
+    Unlocked(PoolConnection<D>),
+    Locked(sqlx::Transaction<'static, D>),
+}
+
+impl<D: Dialect> Writer<D> {
+    /// Ends an attempt that wrote nothing: an unlocked connection, clean after its read,
+    /// is kept for the next fire; a lock's transaction rolls back as it drops.
+    fn keep(self, store: &SqlStore<D>) {
+        if let Writer::Unlocked(conn) = self {
+            store.conns.keep(&store.pool, conn);
+        }
+    }
+}
+
+/// A connection for one unlocked attempt on instance `id`: one the store kept from an
+/// earlier fire, else a pooled one.
+async fn take<D: Dialect>(
+    store: &SqlStore<D>,
+    machine: &'static str,
+    id: &str,
+) -> Result<PoolConnection<D>> {
+    store
+        .conns
+        .take(&store.pool)
+        .await
+        .map_err(db_error(|| format!("read {machine} {id}")))
 }
 
 /// Fires one due timer as a compare-and-set at the version it was armed with; a machine
@@ -432,7 +521,8 @@ async fn fire_timer_once<D: Dialect, M: StateMachine>(
             match prepared.apply(&snapshot) {
                 Ok(applied) => {
                     let write = write_of(id, &prepared, &snapshot, true, &applied)?;
-                    match D::write(pool, &write).await? {
+                    let mut conn = acquire(pool, machine, id).await?;
+                    match D::write(&mut conn, &write).await? {
                         WriteOutcome::Committed => Some(applied.transition),
                         _ => None,
                     }

@@ -61,6 +61,15 @@ pub(crate) fn server_url(var: &str) -> Option<String> {
 
 /// A name no other test of any process uses, e.g. `fsm_t_4242_7_1763800000000000000`:
 /// a valid unquoted identifier on every backend.
+/// `store`, unshared, with group commit.
+#[allow(dead_code)] // not every test binary builds a grouped store
+pub(crate) fn grouped<D: fsm_sqlx::Dialect>(
+    store: std::sync::Arc<fsm_sqlx::SqlStore<D>>,
+) -> std::sync::Arc<fsm_sqlx::SqlStore<D>> {
+    let store = std::sync::Arc::into_inner(store).expect("a fixture's store is not shared yet");
+    std::sync::Arc::new(store.with_group_commit(fsm_sqlx::GroupCommit::new()))
+}
+
 pub(crate) fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
@@ -177,6 +186,13 @@ pub(crate) mod pg {
 
         pub(crate) fn schema(&self) -> &Schema {
             &self.schema
+        }
+
+        /// As [`new`](Self::new), with group commit.
+        pub(crate) async fn grouped(url: String, concurrency: Concurrency) -> Self {
+            let mut fixture = Self::new(url, concurrency).await;
+            fixture.store = super::grouped(fixture.store);
+            fixture
         }
 
         /// As [`new`](Self::new), with every transaction SERIALIZABLE
@@ -497,6 +513,13 @@ pub(crate) mod mysql {
             }
         }
 
+        /// As [`new`](Self::new), with group commit.
+        pub(crate) async fn grouped(url: String, concurrency: Concurrency) -> Self {
+            let mut fixture = Self::new(url, concurrency).await;
+            fixture.store = super::grouped(fixture.store);
+            fixture
+        }
+
         pub(crate) fn database(&self) -> &Database {
             &self.database
         }
@@ -573,6 +596,13 @@ pub(crate) mod sqlite {
                 store: Arc::new(store),
                 path,
             }
+        }
+
+        /// As [`with`](Self::with), with group commit.
+        pub(crate) async fn grouped(concurrency: Concurrency) -> Self {
+            let mut fixture = Self::with(concurrency).await;
+            fixture.store = super::grouped(fixture.store);
+            fixture
         }
 
         pub(crate) fn path(&self) -> &PathBuf {

@@ -1,0 +1,341 @@
+//! Group commit: concurrent fires of one machine type on one store, combined into one
+//! transaction (SQLite, MySQL) or one read and one write statement (PostgreSQL) per
+//! batch.
+//!
+//! Fires wait in a queue per machine type; one task per queue takes whatever is waiting
+//! (up to [`GroupCommit::max_batch`](crate::GroupCommit), one command per instance, the
+//! rest in arrival order for the next batch), reads every instance, decides each command
+//! with fsm-core as a lone fire would, and writes the applied ones together. Each caller
+//! gets its own outcome or error. A command the batch cannot settle by itself (its
+//! instance moved since the read, or another writer took a key so the batch had to be
+//! abandoned) goes back to its caller, who fires it alone: one command's lost race or
+//! failed guard never fails another.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+
+use fsm_core::kit::{Applied, Prepared};
+use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
+
+use super::{machine_row, transition_row};
+use crate::SqlStore;
+use crate::dialect::{Dialect, Lookup, begin_write_on, db_error};
+use crate::engine::rows::{decode_machine, decode_transition, undecodable, write_of};
+
+/// How a store combines concurrent fires ([`SqlStore::with_group_commit`]).
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # async fn demo() -> fsm_core::Result<()> {
+/// use fsm_sqlx::{GroupCommit, SqliteStore};
+/// let store = SqliteStore::memory()
+///     .await?
+///     .with_group_commit(GroupCommit::new().max_batch(128));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    max_batch: usize,
+}
+
+impl GroupCommit {
+    /// Batches of up to 64 commands.
+    pub const fn new() -> Self {
+        GroupCommit { max_batch: 64 }
+    }
+
+    /// The most commands one batch takes (at least 1; PostgreSQL binds one array per
+    /// column, so any size fits one statement).
+    #[must_use]
+    pub const fn max_batch(mut self, commands: usize) -> Self {
+        self.max_batch = if commands == 0 { 1 } else { commands };
+        self
+    }
+
+    /// The most commands one batch takes.
+    pub const fn batch_limit(&self) -> usize {
+        self.max_batch
+    }
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a batch tells a caller.
+pub(crate) enum Settled<M: StateMachine> {
+    /// The command's outcome or error, as a lone fire would have given it.
+    Done(Result<Outcome<M>>),
+    /// An action panicked while deciding the command: the caller resumes the panic.
+    Panicked(Box<dyn Any + Send>),
+    /// The batch could not settle the command: the caller fires it alone.
+    Alone(Prepared<M>),
+}
+
+/// One queued fire.
+struct Job<M: StateMachine> {
+    id: String,
+    prepared: Prepared<M>,
+    reply: oneshot::Sender<Settled<M>>,
+}
+
+/// The queues of one store, one per machine type, each drained by its own task.
+pub(crate) struct Batchers {
+    config: GroupCommit,
+    queues: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Batchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batchers")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batchers {
+    pub(crate) fn new(config: GroupCommit) -> Self {
+        Batchers {
+            config,
+            queues: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> GroupCommit {
+        self.config
+    }
+
+    /// Queues `prepared` for the next batch of `store` and waits for it to be settled.
+    ///
+    /// `store` is the batching store's twin without batches: the queue's task holds it,
+    /// so it must not hold the queues (which end the task when the store is dropped).
+    pub(crate) async fn fire<D: Dialect, M: StateMachine>(
+        &self,
+        unbatched: impl FnOnce() -> SqlStore<D>,
+        id: &str,
+        prepared: Prepared<M>,
+    ) -> Settled<M> {
+        let (reply, settled) = oneshot::channel();
+        let job = Job {
+            id: id.to_owned(),
+            prepared,
+            reply,
+        };
+        let sent = {
+            let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            let queue = queues.entry(TypeId::of::<M>()).or_insert_with(|| {
+                let (queue, jobs) = mpsc::unbounded_channel::<Job<M>>();
+                tokio::spawn(drain(unbatched(), jobs, self.config.max_batch));
+                Box::new(queue)
+            });
+            match queue.downcast_ref::<mpsc::UnboundedSender<Job<M>>>() {
+                Some(queue) => queue.send(job).map_err(|e| e.0),
+                None => Err(job),
+            }
+        };
+        match sent {
+            Ok(()) => match settled.await {
+                Ok(settled) => settled,
+                Err(_) => Settled::Done(Err(Error::WorkerDied {
+                    machine: M::DEFINITION.name,
+                    worker: "group commit",
+                    detail: "the batch task ended before settling the command".into(),
+                })),
+            },
+            // The queue's task is gone (its runtime shut down): fire alone.
+            Err(job) => Settled::Alone(job.prepared),
+        }
+    }
+}
+
+/// The task of one queue: batches until every store clone (and so the sender) is gone.
+async fn drain<D: Dialect, M: StateMachine>(
+    store: SqlStore<D>,
+    mut jobs: mpsc::UnboundedReceiver<Job<M>>,
+    max_batch: usize,
+) {
+    // Commands whose instance already had one in the batch being gathered, oldest first.
+    let mut waiting: VecDeque<Job<M>> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            waiting.push_back(job);
+        }
+        let mut batch = Vec::new();
+        let mut ids = HashSet::new();
+        let mut later = VecDeque::new();
+        while let Some(job) = waiting.pop_front() {
+            if batch.len() < max_batch && ids.insert(job.id.clone()) {
+                batch.push(job);
+            } else {
+                later.push_back(job);
+            }
+        }
+        waiting = later;
+        // A caller that gave up waiting needs no work done.
+        batch.retain(|job| !job.reply.is_closed());
+        if !batch.is_empty() {
+            fsm_core::observe::group_commit(M::DEFINITION.name, batch.len());
+            run(&store, batch).await;
+        }
+    }
+}
+
+/// What the batch decided for one command.
+enum Decision<M: StateMachine> {
+    Settled(Settled<M>),
+    /// Applied on the instance as read.
+    Write(Snapshot<M>, Applied<M>),
+}
+
+/// One batch: read, decide, write, reply.
+async fn run<D: Dialect, M: StateMachine>(store: &SqlStore<D>, jobs: Vec<Job<M>>) {
+    let machine = M::DEFINITION.name;
+    let mut replies: Vec<Option<Settled<M>>> = jobs.iter().map(|_| None).collect();
+    if let Err(err) = settle::<D, M>(store, &jobs, &mut replies).await {
+        tracing::debug!(error = %err, machine, commands = jobs.len(), "group commit abandoned; each command fires alone");
+    }
+    for (job, reply) in jobs.into_iter().zip(replies) {
+        let _ = job
+            .reply
+            .send(reply.unwrap_or(Settled::Alone(job.prepared)));
+    }
+}
+
+/// Reads and decides every job, writes the applied ones, and fills `replies` (`None`:
+/// the job fires alone). `Err`: the batch wrote nothing, and every job without a reply
+/// or with an `Applied` one fires alone.
+async fn settle<D: Dialect, M: StateMachine>(
+    store: &SqlStore<D>,
+    jobs: &[Job<M>],
+    replies: &mut [Option<Settled<M>>],
+) -> Result<()> {
+    let machine = M::DEFINITION.name;
+    let failed = || format!("fire a batch of {} {machine}", jobs.len());
+    let mut conn = store
+        .conns
+        .take(&store.pool)
+        .await
+        .map_err(db_error(failed))?;
+    let mut tx: Option<sqlx::Transaction<'_, D>> = None;
+    let exec: &mut D::Connection = if D::BATCH_IN_TRANSACTION {
+        tx.insert(begin_write_on::<D>(&mut conn, failed).await?)
+    } else {
+        &mut conn
+    };
+    let lookups: Vec<Lookup<'_>> = jobs
+        .iter()
+        .map(|job| Lookup {
+            id: &job.id,
+            key: job.prepared.stored_key(),
+            legacy: job.prepared.legacy_key(),
+        })
+        .collect();
+    let rows = D::read_many(exec, machine, &lookups)
+        .await
+        .map_err(db_error(failed))?;
+    let mut decided = Vec::with_capacity(jobs.len());
+    for (job, row) in jobs.iter().zip(&rows) {
+        decided.push(decide::<D, M>(job, row.as_ref()));
+    }
+    let mut writes = Vec::new();
+    let mut written_jobs = Vec::new();
+    for (n, (job, decision)) in jobs.iter().zip(decided.iter()).enumerate() {
+        if let Decision::Write(snapshot, applied) = decision {
+            match write_of(&job.id, &job.prepared, snapshot, true, applied) {
+                Ok(write) => {
+                    writes.push(write);
+                    written_jobs.push(n);
+                }
+                Err(err) => replies[n] = Some(Settled::Done(Err(err))),
+            }
+        }
+    }
+    let written = match D::write_many(exec, &writes).await {
+        Ok(Some(written)) => written,
+        // A key taken by another writer since the read (the transaction, if any, rolls
+        // back as it drops): every applied command fires alone and finds its key.
+        Ok(None) => return Err(Error::database(failed(), "a key was taken")),
+        Err(err) => return Err(err),
+    };
+    if let Some(tx) = tx.take() {
+        tx.commit().await.map_err(db_error(failed))?;
+    }
+    drop(tx);
+    store.conns.keep(&store.pool, conn);
+    let mut effects = false;
+    let mut decided: Vec<Option<Decision<M>>> = decided.into_iter().map(Some).collect();
+    for (&n, (write, hit)) in written_jobs.iter().zip(writes.iter().zip(&written)) {
+        if !*hit {
+            // Its instance moved since the read: alone, it reads again (and an adaptive
+            // store takes the row lock, as after any lost race).
+            store.hot.lost_race(machine, &jobs[n].id);
+            continue;
+        }
+        effects |= !write.effects.is_empty();
+        if let Some(Decision::Write(_, applied)) = decided[n].take() {
+            replies[n] = Some(Settled::Done(Ok(Outcome::Applied(applied.transition))));
+        }
+    }
+    for (n, decision) in decided.into_iter().enumerate() {
+        if let Some(Decision::Settled(settled)) = decision {
+            replies[n] = Some(settled);
+        }
+    }
+    if effects {
+        store.wakeups.notify(machine);
+    }
+    Ok(())
+}
+
+/// Decides one job on its read, as [`super::fire`] does on a verified read.
+fn decide<D: Dialect, M: StateMachine>(job: &Job<M>, row: Option<&D::Row>) -> Decision<M> {
+    let done = |result| Decision::Settled(Settled::Done(result));
+    let machine = M::DEFINITION.name;
+    let Some(row) = row else {
+        return done(Err(Error::not_found::<M>(&job.id)));
+    };
+    let read = machine_row::<D>(row)
+        .and_then(|m| Ok((m, transition_row::<D>(row, 4)?)))
+        .map_err(|e| undecodable(machine, &job.id, "fsm_machines", &e));
+    let (instance, recorded) = match read {
+        Ok(read) => read,
+        Err(err) => return done(Err(err)),
+    };
+    let snapshot = match decode_machine::<M>(&job.id, instance) {
+        Ok(snapshot) => snapshot,
+        Err(err) => return done(Err(err)),
+    };
+    if let Some(recorded) = recorded {
+        let replayed = decode_transition::<M>(&job.id, recorded).and_then(|(original, fp)| {
+            let fp = fp.ok_or_else(|| {
+                Error::corrupt::<M>(
+                    "fsm_transitions",
+                    &job.id,
+                    "keyed row without fingerprint".into(),
+                )
+            })?;
+            job.prepared.replay(&job.id, original, &fp)
+        });
+        return done(replayed);
+    }
+    // The rules are user code: a panic is the caller's, not the batch's.
+    match catch_unwind(AssertUnwindSafe(|| job.prepared.apply(&snapshot))) {
+        Ok(Ok(applied)) => Decision::Write(snapshot, applied),
+        Ok(Err(err)) => done(Err(err)),
+        Err(panic) => Decision::Settled(Settled::Panicked(panic)),
+    }
+}
