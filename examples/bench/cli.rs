@@ -36,7 +36,10 @@ usage: bench --backend sqlite|postgres|mysql [options]
   --limit            fsm against what the database itself does with the same
                      statements, interleaved per client count: PostgreSQL: pgbench
                      (when on PATH) on benches/pgbench/fire.sql; SQLite: C SQLite
-                     (rusqlite, bundled) on one connection; then fsm, same seconds";
+                     (rusqlite, bundled) on one connection; then fsm, same seconds
+  --grouped          every fsm store uses group commit (with --limit, say)
+  --group-commit     fsm without, then with, group commit (GroupCommit::new()) per
+                     client count, same seconds: throughput, p99, batch sizes";
 
 /// The backend a bench runs on (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,9 @@ pub(crate) struct Config {
     pub(crate) latency: bool,
     pub(crate) rate: u32,
     pub(crate) limit: bool,
+    /// The run being measured uses group commit (set per run by `--group-commit`).
+    pub(crate) grouped: bool,
+    pub(crate) group_commit: bool,
 }
 
 impl Config {
@@ -124,6 +130,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         latency: false,
         rate: 1000,
         limit: false,
+        grouped: false,
+        group_commit: false,
     };
     let mut kind = None;
     let mut it = args.iter();
@@ -189,6 +197,12 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.hot = false;
             }
             "--rate" => cfg.rate = positive("--rate", &value()?)?,
+            "--grouped" => cfg.grouped = true,
+            "--group-commit" => {
+                cfg.group_commit = true;
+                cfg.pairs = false;
+                cfg.hot = false;
+            }
             "--limit" => {
                 cfg.limit = true;
                 cfg.pairs = false;
@@ -199,7 +213,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit {
+    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit && !cfg.group_commit {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

@@ -54,6 +54,17 @@ pub(crate) fn pool_options<D: fsm_sqlx::Dialect>(cfg: &Config) -> sqlx::pool::Po
     options.max_connections(cfg.pool.unwrap_or(8))
 }
 
+/// `store` with group commit when the run asks for it (`--group-commit`).
+pub(crate) fn grouping<D: fsm_sqlx::Dialect>(
+    cfg: &Config,
+    store: fsm_sqlx::SqlStore<D>,
+) -> fsm_sqlx::SqlStore<D> {
+    match cfg.grouped {
+        true => store.with_group_commit(fsm_sqlx::GroupCommit::new()),
+        false => store,
+    }
+}
+
 /// Drops the run's database whether or not the run succeeded.
 pub(crate) async fn closing<D: Db, T>(db: Arc<D>, result: Res<T>) -> Res<T> {
     let db = Arc::into_inner(db).ok_or("database still shared")?;

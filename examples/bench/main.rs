@@ -47,6 +47,7 @@
 //! | `throughput` | the uncontended fsm-vs-baseline pairs |
 //! | `hot_row` | many clients at one instance: retries, lost updates, gapless history |
 //! | `dispatch` | the outbox drained by concurrent dispatchers |
+//! | `group` | fsm without and with group commit (`--group-commit`) |
 //! | `limit` | fsm against pgbench / C SQLite on the same statements (`--limit`) |
 //! | `report` | the tables printed at the end |
 
@@ -60,6 +61,7 @@ mod baseline;
 mod cli;
 mod db;
 mod dispatch;
+mod group;
 mod hot_row;
 mod latency;
 mod limit;
@@ -113,6 +115,10 @@ async fn bench<D: Db>(cfg: &Config) -> Res<()> {
             rows.push(dispatch::run_dispatch::<D>(cfg, run, workers).await?);
         }
         report::report_dispatch(cfg, &rows);
+    }
+    if cfg.group_commit {
+        let rows = group::run_grouped::<D>(cfg, &mut run).await?;
+        report::report_grouped(cfg, &rows);
     }
     if cfg.limit {
         let rows = limit::run_limits::<D>(cfg, &mut run).await?;

@@ -83,6 +83,7 @@ impl Db for MySqlDb {
         let store = MySqlStore::from_pool(pool.clone())
             .with_retry(retry)
             .with_concurrency(mode);
+        let store = crate::db::grouping(cfg, store);
         store.migrate().await?;
         Ok(MySqlDb {
             store: Arc::new(store),

@@ -87,6 +87,7 @@ impl Db for PgDb {
         let store = PgStore::from_pool(pool.clone())
             .with_retry(retry)
             .with_concurrency(mode);
+        let store = crate::db::grouping(cfg, store);
         store.migrate().await?;
         Ok(PgDb {
             store: Arc::new(store),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cli::{Config, Kind};
 use crate::dispatch::DispatchRow;
+use crate::group::GroupRow;
 use crate::hot_row::{HotMode, HotRow};
 use crate::latency::LatencyRow;
 use crate::limit::{LimitRow, limit_name};
@@ -36,11 +37,43 @@ pub(crate) fn us(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
 }
 
+/// The `--group-commit` table.
+pub(crate) fn report_grouped(cfg: &Config, rows: &[GroupRow]) {
+    println!(
+        "\n## {}: fsm `fire` alone and with group commit ({} s each, interleaved; {})\n",
+        cfg.kind.name(),
+        cfg.seconds,
+        machine()
+    );
+    println!(
+        "| clients | alone tx/s | alone p99 ms | grouped tx/s | grouped p99 ms | grouped / alone | batches | mean batch | p50 batch | max batch | load |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let (n, mean, p50, max) = row.batches;
+        println!(
+            "| {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {n} | {mean:.1} | {p50:.0} | {max:.0} | {} |",
+            row.clients,
+            row.alone.tps,
+            ms(row.alone.p99),
+            row.grouped.tps,
+            ms(row.grouped.p99),
+            row.grouped.tps / row.alone.tps,
+            row.grouped.load.map_or("-".into(), |l| format!("{l:.1}"))
+        );
+    }
+}
+
 /// The `--limit` table: fsm against the database's own client on the same statements.
 pub(crate) fn report_limits(cfg: &Config, rows: &[LimitRow]) {
     println!(
-        "\n## {}: fsm `fire` against {} on the same statements ({} s each, interleaved; {})\n",
+        "\n## {}: fsm `fire`{} against {} on the same statements ({} s each, interleaved; {})\n",
         cfg.kind.name(),
+        if cfg.grouped {
+            " with group commit"
+        } else {
+            ""
+        },
         limit_name(cfg.kind),
         cfg.seconds,
         machine()

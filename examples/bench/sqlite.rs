@@ -89,6 +89,7 @@ impl Db for SqliteDb {
             SqliteStore::from_pool(pool)
         };
         let store = store.with_retry(retry).with_concurrency(mode);
+        let store = crate::db::grouping(cfg, store);
         store.migrate().await?;
         let pool = store.pool().clone();
         Ok(SqliteDb {

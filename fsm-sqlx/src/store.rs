@@ -188,7 +188,7 @@ impl<D: Dialect> SqlStore<D> {
     /// store.migrate().await?;
     /// store.create::<Order>("o-1", OrderData::default()).await?;
     /// let outcome = store.fire("o-1", Command::<Order>::new(OrderEvent::Cancel)).await?;
-    /// assert!(outcome.is_applied());
+    /// assert!(!outcome.is_duplicate());
     /// # Ok::<(), fsm_core::Error>(()) }).unwrap();
     /// ```
     #[must_use]

@@ -51,6 +51,7 @@ mod grouped {
     use super::*;
     fsm_core::store_conformance_tests!(grouped!(Concurrency::Adaptive));
     fsm_core::durable_store_tests!(grouped!(Concurrency::Adaptive));
+    common::group::group_commit_tests!(grouped!(Concurrency::Adaptive));
 }
 
 mod durable {

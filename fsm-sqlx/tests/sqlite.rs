@@ -28,6 +28,7 @@ mod file_grouped {
     use super::*;
     fsm_core::store_conformance_tests!(SqliteFile::grouped(Concurrency::Adaptive));
     fsm_core::durable_store_tests!(SqliteFile::grouped(Concurrency::Adaptive));
+    common::group::group_commit_tests!(SqliteFile::grouped(Concurrency::Adaptive));
 }
 
 mod memory_grouped {

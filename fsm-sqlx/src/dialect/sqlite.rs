@@ -18,8 +18,9 @@ use sqlx::sqlite::{
 use fsm_core::Result;
 
 use super::sealed::Backend;
-use super::{Dialect, Statements, Steps, db_error};
+use super::{Arg, Dialect, Lookup, Sql, Statements, Steps, db_error, is_unique_violation};
 use crate::SqlStore;
+use crate::engine::rows::TransitionWrite;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -135,9 +136,178 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
+
+    async fn read_many<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        machine: &'c str,
+        lookups: &'c [Lookup<'c>],
+    ) -> sqlx::Result<Vec<Option<sqlx::sqlite::SqliteRow>>> {
+        read_many(conn, machine, lookups).await
+    }
+
+    async fn write_many<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        writes: &'c [TransitionWrite<'c>],
+    ) -> Result<Option<Vec<bool>>> {
+        write_many(conn, writes).await
+    }
 }
 
 /// Constructors of [`SqliteStore`](crate::SqliteStore).
+/// `n` rows of `row` (a parenthesised tuple of `?`), comma-separated, each followed by
+/// its 1-based position when `numbered`.
+fn values(row: &str, n: usize, numbered: bool) -> String {
+    let mut sql = String::with_capacity(n * (row.len() + 8));
+    for i in 1..=n {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        if numbered {
+            // "(?, ?, ?" + ", i)"
+            sql.push_str(&row[..row.len() - 1]);
+            sql.push_str(&format!(", {i})"));
+        } else {
+            sql.push_str(row);
+        }
+    }
+    sql
+}
+
+/// Group commit's read on SQLite: `READ` for every lookup in one statement, the
+/// lookup's position last. Runs inside the batch's `BEGIN IMMEDIATE`.
+async fn read_many(
+    conn: &mut sqlx::SqliteConnection,
+    machine: &str,
+    lookups: &[Lookup<'_>],
+) -> sqlx::Result<Vec<Option<sqlx::sqlite::SqliteRow>>> {
+    if lookups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH i(id, idem_key, legacy, n) AS (VALUES {})
+SELECT m.state, m.version, m.context, m.init_fingerprint,
+       t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at, i.n
+FROM i JOIN fsm_machines m ON m.machine_type = ? AND m.machine_id = i.id
+LEFT JOIN fsm_transitions t
+  ON t.machine_type = m.machine_type AND t.machine_id = m.machine_id AND (t.idem_key = i.idem_key OR (t.idem_key = i.legacy AND t.legacy_key))",
+        values("(?, ?, ?)", lookups.len(), true)
+    );
+    let mut args = Vec::with_capacity(lookups.len() * 3 + 1);
+    for l in lookups {
+        args.extend([
+            Arg::Text(l.id),
+            Arg::MaybeText(l.key),
+            Arg::MaybeText(l.legacy.or(l.key)),
+        ]);
+    }
+    args.push(Arg::Text(machine));
+    let rows = Sqlite::rows(conn, &sql, &args).await?;
+    let mut ordered: Vec<Option<sqlx::sqlite::SqliteRow>> = lookups.iter().map(|_| None).collect();
+    for row in rows {
+        let n: i64 = sqlx::Row::try_get(&row, 11)?;
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| ordered.get_mut(i)) {
+            *slot = Some(row);
+        }
+    }
+    Ok(ordered)
+}
+
+/// Group commit's write on SQLite: one statement per table for the whole batch. Under
+/// the batch's write lock nothing can have moved since the read, so a compare-and-set
+/// that misses any row abandons the batch (`None`), as a taken key does.
+async fn write_many(
+    conn: &mut sqlx::SqliteConnection,
+    writes: &[TransitionWrite<'_>],
+) -> Result<Option<Vec<bool>>> {
+    let Some(first) = writes.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    let failed = db_error(|| format!("fire a batch of {}", first.machine));
+    let cas = format!(
+        "WITH i(id, expected, to_state, version, context, at, entered) AS (VALUES {})
+UPDATE fsm_machines SET state = i.to_state, version = i.version, context = i.context,
+  updated_at = i.at, entered_at = COALESCE(i.entered, entered_at)
+FROM i WHERE fsm_machines.machine_type = ? AND fsm_machines.machine_id = i.id
+  AND fsm_machines.version = i.expected",
+        values("(?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
+    );
+    let mut args = Vec::with_capacity(writes.len() * 7 + 1);
+    for w in writes {
+        args.extend([
+            Arg::Text(w.id),
+            Arg::Int(w.expected),
+            Arg::Text(w.to_state),
+            Arg::Int(w.version),
+            Arg::Text(&w.context),
+            Arg::Int(w.at_ms),
+            Arg::MaybeInt(w.entered_at),
+        ]);
+    }
+    args.push(Arg::Text(first.machine));
+    let updated = Sqlite::run(conn, &cas, &args).await.map_err(&failed)?;
+    if updated.rows_affected() != writes.len() as u64 {
+        return Ok(None);
+    }
+    let record = format!(
+        "INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+VALUES {}",
+        values("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
+    );
+    let mut args = Vec::with_capacity(writes.len() * 10);
+    for w in writes {
+        args.extend([
+            Arg::Text(w.machine),
+            Arg::Text(w.id),
+            Arg::Int(w.version),
+            Arg::Text(w.from_state),
+            Arg::Text(&w.event),
+            Arg::Text(&w.trigger),
+            Arg::Text(w.to_state),
+            Arg::MaybeText(w.idem_key),
+            Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
+            Arg::Int(w.at_ms),
+        ]);
+    }
+    match Sqlite::run(conn, &record, &args).await {
+        Err(e) if is_unique_violation(&e) => return Ok(None),
+        other => other.map_err(&failed)?,
+    };
+    let effects: Vec<(&TransitionWrite<'_>, i32, &str)> = writes
+        .iter()
+        .flat_map(|w| {
+            (0i32..)
+                .zip(&w.effects)
+                .map(move |(seq, e)| (w, seq, e.as_str()))
+        })
+        .collect();
+    // Chunks keep the statement under SQLite's 32,766 parameters.
+    for chunk in effects.chunks(1_000) {
+        let sql = format!(
+            "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES {}",
+            values("(?, ?, ?, ?, ?, ?)", chunk.len(), false)
+        );
+        let mut args = Vec::with_capacity(chunk.len() * 6);
+        for (w, seq, effect) in chunk {
+            args.extend([
+                Arg::Text(w.machine),
+                Arg::Text(w.id),
+                Arg::Int(w.version),
+                Arg::Small(*seq),
+                Arg::Text(effect),
+                Arg::Int(w.at_ms),
+            ]);
+        }
+        Sqlite::run(conn, &sql, &args).await.map_err(&failed)?;
+    }
+    for w in writes {
+        super::arm::<Sqlite>(conn, w.machine, w.id, w.version, w.to_state, &w.timers)
+            .await
+            .map_err(&failed)?;
+    }
+    Ok(Some(vec![true; writes.len()]))
+}
+
 impl SqlStore<Sqlite> {
     /// Opens (creating if missing) a database file with WAL, `synchronous = NORMAL` and a
     /// 5 s busy timeout, pooling up to 8 connections.

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(crate) mod faults;
 #[cfg(feature = "mysql")]
 pub(crate) mod galera;
+pub(crate) mod group;
 
 /// The durable suite's 100k-rows prune under load, on the fixture `$make` yields (a
 /// skip where it returns early); the rows are made done long ago with one `UPDATE`.
