@@ -14,9 +14,9 @@
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use fsm_core::kit::{Applied, Prepared};
 use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
@@ -42,12 +42,25 @@ use crate::engine::rows::{decode_machine, decode_transition, undecodable, write_
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommit {
     max_batch: usize,
+    in_flight: Option<usize>,
 }
 
 impl GroupCommit {
-    /// Batches of up to 64 commands.
+    /// Batches of up to 64 commands, one batch of a machine type at a time: the
+    /// commands that arrive while it runs make the next.
     pub const fn new() -> Self {
-        GroupCommit { max_batch: 64 }
+        GroupCommit {
+            max_batch: 64,
+            in_flight: None,
+        }
+    }
+
+    /// How many batches of one machine type may run at once (at least 1). Each holds a
+    /// connection while it runs.
+    #[must_use]
+    pub const fn in_flight(mut self, batches: usize) -> Self {
+        self.in_flight = Some(if batches == 0 { 1 } else { batches });
+        self
     }
 
     /// The most commands one batch takes (at least 1; PostgreSQL binds one array per
@@ -133,7 +146,8 @@ impl Batchers {
             let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
             let queue = queues.entry(TypeId::of::<M>()).or_insert_with(|| {
                 let (queue, jobs) = mpsc::unbounded_channel::<Job<M>>();
-                tokio::spawn(drain(unbatched(), jobs, self.config.max_batch));
+                let in_flight = self.config.in_flight.unwrap_or(D::BATCHES_IN_FLIGHT);
+                tokio::spawn(drain(unbatched(), jobs, self.config.max_batch, in_flight));
                 Box::new(queue)
             });
             match queue.downcast_ref::<mpsc::UnboundedSender<Job<M>>>() {
@@ -157,40 +171,82 @@ impl Batchers {
 }
 
 /// The task of one queue: batches until every store clone (and so the sender) is gone.
+/// Up to `in_flight` batches run at once, never two holding commands of one instance.
 async fn drain<D: Dialect, M: StateMachine>(
     store: SqlStore<D>,
     mut jobs: mpsc::UnboundedReceiver<Job<M>>,
     max_batch: usize,
+    in_flight: usize,
 ) {
-    // Commands whose instance already had one in the batch being gathered, oldest first.
+    let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+    // Instances with a command in a running batch.
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let finished = Arc::new(Notify::new());
+    // Commands not yet in a batch, oldest first.
     let mut waiting: VecDeque<Job<M>> = VecDeque::new();
+    let mut open = true;
     loop {
         if waiting.is_empty() {
+            if !open {
+                return;
+            }
             match jobs.recv().await {
                 Some(job) => waiting.push_back(job),
                 None => return,
             }
         }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived while the slots were taken joins this batch.
         while let Ok(job) = jobs.try_recv() {
             waiting.push_back(job);
         }
         let mut batch = Vec::new();
-        let mut ids = HashSet::new();
-        let mut later = VecDeque::new();
-        while let Some(job) = waiting.pop_front() {
-            if batch.len() < max_batch && ids.insert(job.id.clone()) {
-                batch.push(job);
-            } else {
-                later.push_back(job);
+        {
+            let mut busy = busy.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut later = VecDeque::new();
+            while let Some(job) = waiting.pop_front() {
+                if job.reply.is_closed() {
+                    continue; // a caller that gave up waiting needs no work done
+                }
+                if batch.len() < max_batch && busy.insert(job.id.clone()) {
+                    batch.push(job);
+                } else {
+                    later.push_back(job);
+                }
             }
+            waiting = later;
         }
-        waiting = later;
-        // A caller that gave up waiting needs no work done.
-        batch.retain(|job| !job.reply.is_closed());
-        if !batch.is_empty() {
-            fsm_core::observe::group_commit(M::DEFINITION.name, batch.len());
+        if batch.is_empty() {
+            // Every waiting command's instance is in a running batch: wait for one to
+            // end (or for news from callers) and gather again.
+            drop(slot);
+            if waiting.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                () = finished.notified() => {}
+                job = jobs.recv(), if open => match job {
+                    Some(job) => waiting.push_back(job),
+                    None => open = false,
+                },
+            }
+            continue;
+        }
+        fsm_core::observe::group_commit(M::DEFINITION.name, batch.len());
+        let (store, busy, finished) = (store.clone(), Arc::clone(&busy), Arc::clone(&finished));
+        tokio::spawn(async move {
+            let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
             run(&store, batch).await;
-        }
+            let mut running = busy.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in &ids {
+                running.remove(id);
+            }
+            drop(running);
+            drop(slot);
+            finished.notify_one();
+        });
     }
 }
 
