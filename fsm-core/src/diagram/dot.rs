@@ -25,9 +25,10 @@ use crate::definition::{Definition, On};
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -36,6 +37,8 @@ use crate::definition::{Definition, On};
 ///         action: None,
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -198,6 +201,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "\"q\"",
@@ -207,8 +211,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[Edge {
                 from: "a\\b",
@@ -217,6 +223,8 @@ mod tests {
                 action: None,
                 to: "\"q\"",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             }],
         };
         assert_eq!(

@@ -24,9 +24,10 @@ use crate::definition::Definition;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -35,6 +36,8 @@ use crate::definition::Definition;
 ///         action: Some("engage_bolt"),
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -205,6 +208,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "Two words",
@@ -214,8 +218,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[Edge {
                 from: "Start",
@@ -224,6 +230,8 @@ mod tests {
                 action: None,
                 to: "Two words",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             }],
         };
         assert_eq!(

@@ -41,10 +41,11 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
-//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 //!     ],
+//!     parents: &[],
 //!     events: &[EventInfo { name: "Pay", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
 //!         Edge {
@@ -54,6 +55,8 @@
 //!             action: None,
 //!             to: "Paid",
 //!             from_wildcard: false,
+//!             from_parent: None,
+//!             to_parent: None,
 //!         },
 //!         Edge {
 //!             from: "Created",
@@ -62,6 +65,8 @@
 //!             action: None,
 //!             to: "Expired",
 //!             from_wildcard: false,
+//!             from_parent: None,
+//!             to_parent: None,
 //!         },
 //!     ],
 //! };
@@ -171,6 +176,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Paid",
@@ -180,6 +186,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Delivered",
@@ -189,6 +196,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Cancelled",
@@ -198,8 +206,10 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
         ],
+        parents: &[],
         events: &[
             EventInfo {
                 name: "Pay",
@@ -228,6 +238,8 @@ pub(crate) mod fixture {
                 action: Some("record_payment"),
                 to: "Paid",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Created",
@@ -236,6 +248,8 @@ pub(crate) mod fixture {
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Paid",
@@ -244,6 +258,8 @@ pub(crate) mod fixture {
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Paid",
@@ -252,6 +268,8 @@ pub(crate) mod fixture {
                 action: None,
                 to: "Delivered",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Created",
@@ -260,6 +278,8 @@ pub(crate) mod fixture {
                 action: None,
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
         ],
     };
@@ -279,6 +299,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Shipped",
@@ -288,8 +309,10 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: Some("notify_shipped"),
                 exit: Some("stop_clock"),
+                parent: None,
             },
         ],
+        parents: &[],
         events: &[],
         edges: &[Edge {
             from: "Paid",
@@ -298,6 +321,8 @@ pub(crate) mod fixture {
             action: None,
             to: "Shipped",
             from_wildcard: false,
+            from_parent: None,
+            to_parent: None,
         }],
     };
     const fn state(name: &'static str, initial: bool, terminal: bool) -> StateInfo {
@@ -309,6 +334,7 @@ pub(crate) mod fixture {
             renamed_from: &[],
             entry: None,
             exit: None,
+            parent: None,
         }
     }
 
@@ -320,6 +346,8 @@ pub(crate) mod fixture {
             action: if any { Some("refund") } else { None },
             to,
             from_wildcard: any,
+            from_parent: None,
+            to_parent: None,
         }
     }
 
@@ -336,6 +364,7 @@ pub(crate) mod fixture {
             state("C", false, true),
             state("X", false, true),
         ],
+        parents: &[],
         events: &[],
         edges: &[
             edge("A", "Go", "B", false),
@@ -360,6 +389,8 @@ mod tests {
             action,
             to: "B",
             from_wildcard: false,
+            from_parent: None,
+            to_parent: None,
         }
     }
 

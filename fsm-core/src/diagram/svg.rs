@@ -62,9 +62,10 @@ const CHAR_WIDTH: f64 = 0.6;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -73,6 +74,8 @@ const CHAR_WIDTH: f64 = 0.6;
 ///         action: None,
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -108,11 +111,12 @@ pub struct StateMark {
 /// # static DOOR: Definition = Definition {
 /// #     name: "Door", doc: "", context: "()", effect: None,
 /// #     states: &[
-/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 /// #     ],
+/// #     parents: &[],
 /// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
-/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false }],
+/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false, from_parent: None, to_parent: None }],
 /// # };
 ///
 /// let svg = svg_marked(&DOOR, |state| StateMark {
@@ -581,6 +585,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "On",
@@ -590,8 +595,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[
                 Edge {
@@ -601,6 +608,8 @@ mod tests {
                     action: None,
                     to: "On",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
                 Edge {
                     from: "On",
@@ -609,6 +618,8 @@ mod tests {
                     action: None,
                     to: "Off",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
                 Edge {
                     from: "On",
@@ -617,6 +628,8 @@ mod tests {
                     action: None,
                     to: "On",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
             ],
         };
