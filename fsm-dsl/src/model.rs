@@ -661,14 +661,14 @@ impl Machine {
 
     fn declare_states(&mut self, block: &Block) {
         self.blocks.push(block.keyword.clone());
-        self.declare_entries(&block.entries, None);
+        self.declare_entries(&block.entries, None, true);
     }
 
     /// Declares the entries of `states { }` or of a parent's braces (`within`). A
-    /// parent's children and place come from its first declaration; a later one only
-    /// adds children, so a parent written inside itself (the only cycle braces can
-    /// express) is a second declaration, never a loop.
-    fn declare_entries(&mut self, entries: &[Entry], within: Option<usize>) {
+    /// parent's place and initial child come from its first declaration; a later one
+    /// (`first` false, an error) only adds children, so a parent written inside itself
+    /// (the only cycle braces can express) is a second declaration, never a loop.
+    fn declare_entries(&mut self, entries: &[Entry], within: Option<usize>, first: bool) {
         for entry in entries {
             let node = if let Some(children) = &entry.children {
                 let p = self.parent_index(&entry.name);
@@ -680,7 +680,8 @@ impl Machine {
                     parent.parent = within;
                 }
                 parent.declared.push((entry.name.clone(), within));
-                self.declare_entries(children, Some(p));
+                let first = parent.declared.len() == 1;
+                self.declare_entries(children, Some(p), first);
                 Some(Node::Parent(p))
             } else if self.parent_names.contains(&name(&entry.name)) {
                 let p = self.parent_index(&entry.name);
@@ -701,7 +702,7 @@ impl Machine {
                 Some(Node::State(i))
             };
             let Some(p) = within else { continue };
-            if let Some(star) = entry.initial {
+            if let (Some(star), true) = (entry.initial, first) {
                 self.parents[p]
                     .initial_marks
                     .push((star, entry.name.clone()));
