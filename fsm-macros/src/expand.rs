@@ -910,6 +910,33 @@ mod tests {
     }
 
     #[test]
+    fn parents_are_tables_for_step_not_state_variants() {
+        let out = expand_str(quote! {
+            machine Order {
+                states { #[entry(open_case)] Active { *Paid, Packing { *Picking } } }
+                *Created + Pay => Active,
+                Paid + Pack => Packing,
+                Active + Cancel => Cancelled,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        for item in [
+            "enum OrderState { # [doc = \"The `Paid` state.\"] Paid ,",
+            "OrderState :: Picking => & [1 , 0] ,",
+            "OrderState :: Paid => & [0] ,",
+            "fn enter_parent (",
+            "0 => < () as OrderRules > :: open_case (",
+            "pub fn is_within (self ,",
+            "parent : :: core :: option :: Option :: Some (\"Packing\")",
+            "from_parent : :: core :: option :: Option :: Some (\"Active\")",
+        ] {
+            assert!(out.contains(item), "missing {item:?} in {out}");
+        }
+        assert!(!out.contains("fn exit_parent"), "{out}");
+        assert!(!out.contains("OrderState :: Active"), "{out}");
+    }
+
+    #[test]
     fn a_machine_without_guards_or_actions_has_no_rules_trait() {
         let out =
             expand_str(quote!(machine Door { *Open + Close => Closed, Closed + Open => Open }));
