@@ -1,6 +1,7 @@
 //! The order diagram's SVG renders as an image: rasterised with resvg (pure Rust) to
 //! `order.png` (next to `order.svg`) in the target directory's `tmp/`, the drawing that
-//! `docs/order.png` and `docs/order.svg` hold.
+//! `docs/order.png` and `docs/order.svg` hold; and so does a machine with parent
+//! (composite) states, to `composite.png`.
 
 #[path = "../examples/shared/order.rs"]
 #[allow(dead_code)]
@@ -48,4 +49,49 @@ fn the_order_diagram_rasterises_to_a_png() {
     assert!(size.width() > 100. && size.height() > 50., "{size:?}");
     let inked = pixmap.pixels().iter().filter(|p| p.red() < 128).count();
     assert!(inked > 1000, "only {inked} dark pixels: nothing drawn");
+}
+
+fsm::state_machine! {
+    /// An order whose fulfilment is a parent state with a nested one.
+    machine Fulfilment {
+        states {
+            #[entry(open_case)]
+            #[exit(close_case)]
+            Active {
+                *Paid,
+                Packing { *Picking, Packed }
+                Shipped,
+            }
+        }
+        *Cart + Checkout => Active,
+        Cart + Abandon => Abandoned,
+        Paid + Pack => Packing,
+        Picking + Pick => Packed,
+        Packed + Ship => Shipped,
+        Shipped + Deliver => Delivered,
+        Packing + Unpack => Paid,
+        Active + Cancel => Cancelled,
+    }
+}
+
+impl FulfilmentRules for () {
+    fn open_case(&mut self, _: &mut fsm::Effects<()>) {}
+    fn close_case(&mut self, _: &mut fsm::Effects<()>) {}
+}
+
+#[test]
+fn a_diagram_with_parent_frames_rasterises_to_a_png() {
+    let svg = fsm::diagram::svg(<Fulfilment as fsm::StateMachine>::DEFINITION);
+    let (pixmap, size) = rasterise(&svg);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join("composite.svg"), &svg).expect("write the SVG");
+    pixmap
+        .save_png(dir.join("composite.png"))
+        .expect("write the PNG");
+    assert!(
+        svg.contains(">Active</tspan>") && svg.contains(">Packing</tspan>"),
+        "{svg}"
+    );
+    assert!(svg.contains(">entry / open_case</tspan>"), "{svg}");
+    assert!(size.width() > 100. && size.height() > 50., "{size:?}");
 }

@@ -1,5 +1,6 @@
 //! The DSL's newer forms through real stores, MemoryStore and SQLite alike: entry and
-//! exit actions with what each transition writes to the outbox, and wildcard sources.
+//! exit actions with what each transition writes to the outbox, wildcard sources, and
+//! composite (parent) states.
 // Every generated item carries docs.
 #![deny(missing_docs)]
 
@@ -305,6 +306,271 @@ fn the_definition_marks_the_edges_a_wildcard_generated() {
     ));
 }
 
+fsm::state_machine! {
+    /// An order whose fulfilment is one parent state, `Active`, with a nested parent
+    /// `Packing`. Each action writes one line to the outbox, so the outbox shows which
+    /// entry, exit and edge actions ran, in order.
+    machine Fulfilment {
+        effect: String,
+        states {
+            #[exit(leave_cart)]
+            Cart,
+            /// Paid for and not yet delivered.
+            #[entry(open_case)]
+            #[exit(close_case)]
+            Active {
+                #[entry(enter_paid)]
+                #[exit(leave_paid)]
+                *Paid,
+                #[entry(open_box)]
+                #[exit(seal_box)]
+                Packing { *Picking, Packed }
+                #[entry(enter_shipped)]
+                Shipped,
+            }
+            #[entry(enter_cancelled)]
+            Cancelled,
+            Delivered,
+        }
+        *Cart + Checkout / checkout => Active,
+        Paid + Pack / pack => Packing,
+        Picking + Pick / pick => Packed,
+        Packed + Ship / ship => Shipped,
+        Shipped + Deliver => Delivered,
+        Shipped + Cancel / refuse => Shipped,
+        Packing + Cancel / unpack => Paid,
+        Active + Cancel / cancel => Cancelled,
+    }
+}
+
+impl FulfilmentRules for () {
+    fn leave_cart(&mut self, effects: &mut Effects<String>) {
+        effects.emit("exit Cart".into());
+    }
+    fn open_case(&mut self, effects: &mut Effects<String>) {
+        effects.emit("entry Active".into());
+    }
+    fn close_case(&mut self, effects: &mut Effects<String>) {
+        effects.emit("exit Active".into());
+    }
+    fn enter_paid(&mut self, effects: &mut Effects<String>) {
+        effects.emit("entry Paid".into());
+    }
+    fn leave_paid(&mut self, effects: &mut Effects<String>) {
+        effects.emit("exit Paid".into());
+    }
+    fn open_box(&mut self, effects: &mut Effects<String>) {
+        effects.emit("entry Packing".into());
+    }
+    fn seal_box(&mut self, effects: &mut Effects<String>) {
+        effects.emit("exit Packing".into());
+    }
+    fn enter_shipped(&mut self, effects: &mut Effects<String>) {
+        effects.emit("entry Shipped".into());
+    }
+    fn enter_cancelled(&mut self, effects: &mut Effects<String>) {
+        effects.emit("entry Cancelled".into());
+    }
+    fn checkout(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Checkout".into());
+    }
+    fn pack(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Pack".into());
+    }
+    fn pick(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Pick".into());
+    }
+    fn ship(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Ship".into());
+    }
+    fn refuse(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Cancel refused".into());
+    }
+    fn unpack(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Cancel unpack".into());
+    }
+    fn cancel(&mut self, effects: &mut Effects<String>) {
+        effects.emit("edge Cancel".into());
+    }
+}
+
+/// Creates fulfilment `id` and fires `events` at it.
+async fn fulfilment<S: DurableStore>(store: &S, id: &str, events: &[FulfilmentEvent]) {
+    store.create::<Fulfilment>(id, ()).await.unwrap();
+    for event in events {
+        store.fire(id, Command::new(event.clone())).await.unwrap();
+    }
+}
+
+/// The effects of fulfilment `id`'s transition to `version`, in outbox order.
+async fn effects_of<S: DurableStore>(store: &S, id: &str, version: u64) -> Vec<String> {
+    store
+        .outbox::<Fulfilment>(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.id.version == version)
+        .filter_map(|row| row.effect)
+        .collect()
+}
+
+async fn an_edge_into_a_parent_enters_its_initial_child_parent_entry_first<S: DurableStore>(
+    store: S,
+) {
+    fulfilment(&store, "f-1", &[FulfilmentEvent::Checkout]).await;
+    assert_eq!(
+        effects_of(&store, "f-1", 1).await,
+        ["exit Cart", "edge Checkout", "entry Active", "entry Paid"]
+    );
+    let snapshot = store.load::<Fulfilment>("f-1").await.unwrap();
+    assert_eq!(snapshot.state, FulfilmentState::Paid);
+    assert!(snapshot.state.is_within("Active"));
+}
+
+async fn a_parent_edge_applies_to_a_child_without_its_own<S: DurableStore>(store: S) {
+    fulfilment(&store, "f-1", &[FulfilmentEvent::Checkout]).await;
+    let outcome = store
+        .fire("f-1", Command::new(FulfilmentEvent::Cancel))
+        .await
+        .unwrap();
+    assert_eq!(outcome.transition().to, FulfilmentState::Cancelled);
+    // Leaving the parent: exit the child, exit the parent, the edge, entry of the target.
+    assert_eq!(
+        effects_of(&store, "f-1", 2).await,
+        ["exit Paid", "exit Active", "edge Cancel", "entry Cancelled"]
+    );
+}
+
+async fn a_childs_own_edge_wins_over_its_parents<S: DurableStore>(store: S) {
+    use FulfilmentEvent::{Cancel, Checkout, Pack, Pick, Ship};
+    fulfilment(&store, "f-1", &[Checkout, Pack, Pick, Ship]).await;
+    let outcome = store.fire("f-1", Command::new(Cancel)).await.unwrap();
+    // `Shipped + Cancel` is a self-loop: its edge action only.
+    assert_eq!(outcome.transition().to, FulfilmentState::Shipped);
+    assert_eq!(effects_of(&store, "f-1", 5).await, ["edge Cancel refused"]);
+}
+
+async fn a_nearer_parents_edge_wins_and_exits_only_up_to_the_common_parent<S: DurableStore>(
+    store: S,
+) {
+    use FulfilmentEvent::{Cancel, Checkout, Pack};
+    fulfilment(&store, "f-1", &[Checkout, Pack]).await;
+    let outcome = store.fire("f-1", Command::new(Cancel)).await.unwrap();
+    // `Packing + Cancel`, not `Active + Cancel`: Picking -> Paid stays inside Active.
+    assert_eq!(outcome.transition().to, FulfilmentState::Paid);
+    assert_eq!(
+        effects_of(&store, "f-1", 3).await,
+        ["exit Packing", "edge Cancel unpack", "entry Paid"]
+    );
+}
+
+async fn a_move_inside_a_parent_runs_none_of_its_actions<S: DurableStore>(store: S) {
+    use FulfilmentEvent::{Checkout, Pack, Pick, Ship};
+    fulfilment(&store, "f-1", &[Checkout, Pack, Pick, Ship]).await;
+    // Paid -> Packing's initial child Picking: into Packing, not out of Active.
+    assert_eq!(
+        effects_of(&store, "f-1", 2).await,
+        ["exit Paid", "edge Pack", "entry Packing"]
+    );
+    // Picking -> Packed inside Packing: neither Packing's nor Active's actions.
+    assert_eq!(effects_of(&store, "f-1", 3).await, ["edge Pick"]);
+    assert_eq!(
+        effects_of(&store, "f-1", 4).await,
+        ["exit Packing", "edge Ship", "entry Shipped"]
+    );
+}
+
+async fn the_stored_state_is_always_a_leaf<S: DurableStore>(store: S) {
+    use FulfilmentEvent::{Checkout, Pack};
+    fulfilment(&store, "f-1", &[Checkout, Pack]).await;
+    let snapshot = store.load::<Fulfilment>("f-1").await.unwrap();
+    assert_eq!(snapshot.state.as_str(), "Picking");
+    assert!(snapshot.state.is_within("Packing") && snapshot.state.is_within("Active"));
+    let history = store.history::<Fulfilment>("f-1").await.unwrap();
+    let path: Vec<(&str, &str)> = history
+        .iter()
+        .map(|t| (t.from.as_str(), t.to.as_str()))
+        .collect();
+    assert_eq!(path, [("Cart", "Paid"), ("Paid", "Picking")]);
+}
+
+#[test]
+fn parents_are_not_states_an_instance_can_be_in() {
+    let names: Vec<&str> = FulfilmentState::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Cart",
+            "Paid",
+            "Picking",
+            "Packed",
+            "Shipped",
+            "Cancelled",
+            "Delivered"
+        ]
+    );
+    assert!("Active".parse::<FulfilmentState>().is_err());
+    assert_eq!(
+        <Fulfilment as fsm::StateMachine>::INITIAL,
+        FulfilmentState::Cart
+    );
+}
+
+#[test]
+fn the_definition_carries_the_hierarchy() {
+    let d = Fulfilment::DEFINITION;
+    let parents: Vec<(&str, Option<&str>, Option<&str>)> = d
+        .parents
+        .iter()
+        .map(|p| (p.name, p.parent, p.initial))
+        .collect();
+    assert_eq!(
+        parents,
+        [
+            ("Active", None, Some("Paid")),
+            ("Packing", Some("Active"), Some("Picking"))
+        ]
+    );
+    let active = d.parent("Active").unwrap();
+    assert_eq!(
+        (active.doc, active.entry, active.exit),
+        (
+            "Paid for and not yet delivered.",
+            Some("open_case"),
+            Some("close_case")
+        )
+    );
+    assert_eq!(d.state("Packed").unwrap().parent, Some("Packing"));
+    let within: Vec<&str> = d.leaves_within("Active").map(|s| s.name).collect();
+    assert_eq!(within, ["Paid", "Picking", "Packed", "Shipped"]);
+    let generated: Vec<(&str, &str, Option<&str>)> = d
+        .edges
+        .iter()
+        .filter(|e| e.from_parent.is_some())
+        .map(|e| (e.from, e.to, e.from_parent))
+        .collect();
+    assert_eq!(
+        generated,
+        [
+            ("Picking", "Paid", Some("Packing")),
+            ("Packed", "Paid", Some("Packing")),
+            ("Paid", "Cancelled", Some("Active")),
+        ]
+    );
+    let checkout = &d.edges[0];
+    assert_eq!((checkout.to, checkout.to_parent), ("Paid", Some("Active")));
+}
+
+#[test]
+fn step_alone_runs_exits_and_entries_across_parents() {
+    let step =
+        fsm::step::<Fulfilment>(FulfilmentState::Packed, &mut (), &FulfilmentEvent::Ship).unwrap();
+    assert_eq!(
+        step.effects.into_vec(),
+        ["exit Packing", "edge Ship", "entry Shipped"]
+    );
+}
+
 async fn sqlite() -> fsm::sqlx::SqliteStore {
     let store = fsm::sqlx::SqliteStore::memory()
         .await
@@ -343,4 +609,10 @@ on_every_store!(
     a_wildcard_leaves_every_state_without_its_own_edge,
     an_explicit_edge_wins_over_the_wildcard_even_when_its_guard_fails,
     a_terminal_state_gets_no_wildcard_edge,
+    an_edge_into_a_parent_enters_its_initial_child_parent_entry_first,
+    a_parent_edge_applies_to_a_child_without_its_own,
+    a_childs_own_edge_wins_over_its_parents,
+    a_nearer_parents_edge_wins_and_exits_only_up_to_the_common_parent,
+    a_move_inside_a_parent_runs_none_of_its_actions,
+    the_stored_state_is_always_a_leaf,
 );

@@ -87,6 +87,28 @@ fn diagram_with_a_format_writes_only_that_file() {
 }
 
 #[test]
+fn diagram_of_composite_states_draws_each_parent_as_a_block() {
+    let out = empty_dir("composite");
+    let source = repo("tests/ui/pass/composite-states.rs");
+    let output = fsm(&["diagram", "--format", "mermaid", "-o", &out, &source]);
+    assert!(output.status.success(), "{output:?}");
+    let mermaid = std::fs::read_to_string(Path::new(&out).join("Order.mmd")).unwrap();
+    assert!(
+        mermaid.contains("    state Active {\n        [*] --> Paid\n        Paid\n"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("        state Shipping {\n"), "{mermaid}");
+    assert!(
+        mermaid.contains("    Created --> Active : Pay\n"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("    Active --> Cancelled : Cancel\n"),
+        "{mermaid}"
+    );
+}
+
+#[test]
 fn diagram_of_an_unknown_machine_fails() {
     let out = empty_dir("unknown");
     let source = repo("examples/shared/order.rs");

@@ -15,13 +15,14 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"], entry: None, exit: None },
+//!         StateInfo { name: "Off", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+//!         StateInfo { name: "On", doc: "", initial: false, terminal: false, renamed_from: &["Lit"], entry: None, exit: None, parent: None },
 //!     ],
+//!     parents: &[],
 //!     events: &[EventInfo { name: "Flip", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
-//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On", from_wildcard: false },
-//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off", from_wildcard: false },
+//!         Edge { from: "Off", on: On::Event("Flip"), guard: None, action: None, to: "On", from_wildcard: false, from_parent: None, to_parent: None },
+//!         Edge { from: "On", on: On::Event("Flip"), guard: None, action: None, to: "Off", from_wildcard: false, from_parent: None, to_parent: None },
 //!     ],
 //! };
 //! assert_eq!(TOGGLE.initial().name, "Off");
@@ -43,14 +44,44 @@ pub struct Definition {
     pub context: &'static str,
     /// The effect type as written, if the machine emits effects.
     pub effect: Option<&'static str>,
-    /// States in order of first appearance.
+    /// States in order of first appearance: the leaves, the only states an instance is
+    /// ever in (parents are listed in [`Definition::parents`]).
     pub states: &'static [StateInfo],
+    /// Parent (composite) states grouping states in `states { Active { *Paid, Shipped } }`,
+    /// in declaration order, each before the parents nested in it. Never stored: a parent
+    /// is a set of leaves, see [`Definition::is_within`].
+    pub parents: &'static [ParentInfo],
     /// Events in order of first appearance (timers are not events).
     pub events: &'static [EventInfo],
     /// Edges in declaration order; `A | B + E` contributes one edge per source. The
-    /// edges of wildcard lines (`_ + E => T`, [`Edge::from_wildcard`]) follow the
-    /// others, one line after another.
+    /// edges of parent lines (`Active + E => T`, [`Edge::from_parent`]) follow the
+    /// others, then those of wildcard lines (`_ + E => T`, [`Edge::from_wildcard`]),
+    /// one line after another.
     pub edges: &'static [Edge],
+}
+
+/// A parent (composite) state: a name for a group of states, declared as
+/// `Active { *Paid, Shipped }` in `states { }`.
+///
+/// An instance is never in a parent, only in one of its leaves. An edge written from a
+/// parent applies to each leaf under it without an edge of its own on that event; an
+/// edge into a parent lands in its initial child (recursively, down to a leaf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentInfo {
+    /// The parent's name; never a stored state name.
+    pub name: &'static str,
+    /// Doc comment from the `states { }` block, possibly empty.
+    pub doc: &'static str,
+    /// The parent this one is nested in, if any.
+    pub parent: Option<&'static str>,
+    /// The child marked `*` (a state or a parent), where an edge into this parent lands.
+    pub initial: Option<&'static str>,
+    /// Entry action, run when a transition enters this parent from a state outside it,
+    /// after the edge's action and before the entry actions of the states inside.
+    pub entry: Option<&'static str>,
+    /// Exit action, run when a transition leaves this parent for a state outside it,
+    /// after the exit actions of the states inside and before the edge's action.
+    pub exit: Option<&'static str>,
 }
 
 /// One state of a machine.
@@ -73,6 +104,8 @@ pub struct StateInfo {
     /// Exit action (`#[exit(name)]`), run when a transition leaves this state for
     /// another state, before the edge's action.
     pub exit: Option<&'static str>,
+    /// The parent this state is grouped under (`Active` for `Active { Paid }`), if any.
+    pub parent: Option<&'static str>,
 }
 
 /// One event of a machine.
@@ -129,6 +162,14 @@ pub struct Edge {
     /// leaves each state that is not terminal, is not the target and has no edge of its
     /// own on that event. The edges of one wildcard line are consecutive.
     pub from_wildcard: bool,
+    /// The parent whose line `Parent + Event => Target` generated this edge: one such
+    /// edge leaves each state under the parent that is not `#[terminal]` and has no edge
+    /// of its own (nor from a nearer parent) on that trigger. The edges of one parent
+    /// line are consecutive.
+    pub from_parent: Option<&'static str>,
+    /// The parent the line names as its target (`=> Active`); [`Edge::to`] is then the
+    /// parent's initial leaf.
+    pub to_parent: Option<&'static str>,
 }
 
 impl Definition {
@@ -151,6 +192,66 @@ impl Definition {
             .iter()
             .find(|s| s.name == name)
             .or_else(|| self.states.iter().find(|s| s.renamed_from.contains(&name)))
+    }
+
+    /// Looks a parent state up by name.
+    pub fn parent(&self, name: &str) -> Option<&ParentInfo> {
+        self.parents.iter().find(|p| p.name == name)
+    }
+
+    /// The parents around a state or a parent, nearest first: for `Order { Active {
+    /// Paid } }`, `Paid` is within `Active`, then `Order`. `name` is a stored state name
+    /// or a parent's name; nothing for a name the definition does not have.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fsm_core::{Definition, ParentInfo, StateInfo};
+    ///
+    /// const fn leaf(name: &'static str, parent: Option<&'static str>) -> StateInfo {
+    ///     StateInfo { name, doc: "", initial: false, terminal: false, renamed_from: &[], entry: None, exit: None, parent }
+    /// }
+    /// const fn group(name: &'static str, parent: Option<&'static str>, initial: &'static str) -> ParentInfo {
+    ///     ParentInfo { name, doc: "", parent, initial: Some(initial), entry: None, exit: None }
+    /// }
+    /// static ORDER: Definition = Definition {
+    ///     name: "Order", doc: "", context: "()", effect: None,
+    ///     states: &[leaf("Created", None), leaf("Paid", Some("Active")), leaf("Packed", Some("Shipping"))],
+    ///     parents: &[group("Active", None, "Paid"), group("Shipping", Some("Active"), "Packed")],
+    ///     events: &[],
+    ///     edges: &[],
+    /// };
+    /// let names: Vec<&str> = ORDER.ancestors("Packed").map(|p| p.name).collect();
+    /// assert_eq!(names, ["Shipping", "Active"]);
+    /// assert!(ORDER.is_within("Packed", "Active"));
+    /// assert!(!ORDER.is_within("Created", "Active"));
+    /// let leaves: Vec<&str> = ORDER.leaves_within("Active").map(|s| s.name).collect();
+    /// assert_eq!(leaves, ["Paid", "Packed"]);
+    /// ```
+    pub fn ancestors<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a ParentInfo> + 'a {
+        let first = match self.state(name) {
+            Some(state) => state.parent,
+            None => self.parent(name).and_then(|p| p.parent),
+        };
+        // A hand-written definition could loop; `state_machine!` writes a tree.
+        std::iter::successors(first.and_then(|p| self.parent(p)), |p| {
+            p.parent.and_then(|q| self.parent(q))
+        })
+        .take(self.parents.len())
+    }
+
+    /// Whether `name` (a stored state name or a parent's name) is grouped under
+    /// `parent`, directly or through nested parents. A state is not within itself.
+    pub fn is_within(&self, name: &str, parent: &str) -> bool {
+        self.ancestors(name).any(|p| p.name == parent)
+    }
+
+    /// The states (leaves) grouped under `parent` at any depth, in declaration order:
+    /// what an instance "in `parent`" can be in, for queries and counts.
+    pub fn leaves_within<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = &'a StateInfo> {
+        self.states
+            .iter()
+            .filter(move |s| self.is_within(s.name, parent))
     }
 
     /// Looks an event up by a recorded name: its current name or one it was renamed from.

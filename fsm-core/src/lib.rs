@@ -52,14 +52,15 @@ mod wakeup;
 mod worker;
 
 pub use command::{Command, Fingerprint, IdempotencyKey, MAX_KEY_LEN};
-pub use definition::{Definition, Edge, EventInfo, On, StateInfo, format_duration};
+pub use definition::{Definition, Edge, EventInfo, On, ParentInfo, StateInfo, format_duration};
 pub use durable::{
     ArmedTimer, DeadLetter, Delivery, DurableStore, EffectId, EffectStatus, OutboxDepth,
     OutboxEntry,
 };
 pub use error::{BoxError, Error, Result, UnknownName};
 pub use machine::{
-    EdgeIndex, Effects, MachineEvent, Rejection, StateMachine, Step, Trigger, step, step_timer,
+    EdgeIndex, Effects, MachineEvent, ParentIndex, Rejection, StateMachine, Step, Trigger, step,
+    step_timer,
 };
 pub use memory::MemoryStore;
 pub use query::{

@@ -18,6 +18,9 @@ use crate::definition::{Definition, On};
 /// Index of an edge in [`Definition::edges`].
 pub type EdgeIndex = u16;
 
+/// Index of a parent (composite) state in [`Definition::parents`].
+pub type ParentIndex = u16;
+
 /// A lifecycle declared with `state_machine!`.
 ///
 /// The generated implementation is a set of `match` tables; user code rarely calls these
@@ -87,6 +90,29 @@ pub trait StateMachine: Sized + Send + Sync + 'static {
     /// internal transition) does not.
     fn enter(state: Self::State, context: &mut Self::Context, effects: &mut Effects<Self::Effect>) {
         let _ = (state, context, effects);
+    }
+    /// The parents `state` is grouped under, nearest first (none by default).
+    fn ancestors(state: Self::State) -> &'static [ParentIndex] {
+        let _ = state;
+        &[]
+    }
+    /// Runs the exit action of a parent, if it has one. [`step`] calls it when an edge
+    /// leaves the parent for a state outside it, after the exit actions inside it.
+    fn exit_parent(
+        parent: ParentIndex,
+        context: &mut Self::Context,
+        effects: &mut Effects<Self::Effect>,
+    ) {
+        let _ = (parent, context, effects);
+    }
+    /// Runs the entry action of a parent, if it has one. [`step`] calls it when an edge
+    /// enters the parent from a state outside it, before the entry actions inside it.
+    fn enter_parent(
+        parent: ParentIndex,
+        context: &mut Self::Context,
+        effects: &mut Effects<Self::Effect>,
+    ) {
+        let _ = (parent, context, effects);
     }
 }
 
@@ -251,6 +277,12 @@ pub enum Rejection {
 /// in that order. A self-loop (source == target) is an internal transition and runs
 /// neither. `context` is changed only when an edge is taken.
 ///
+/// With parent (composite) states, a move from leaf `S` to leaf `T` exits from `S` up
+/// to, not including, their lowest common parent, runs the edge's action, then enters
+/// from below that parent down to `T`: exit(S), exit(S's parent), .., edge action, ..,
+/// entry(T's parent), entry(T). A move inside a parent runs none of that parent's
+/// actions.
+///
 /// # Errors
 ///
 /// [`Rejection::Illegal`] when no edge leaves `state` on this event;
@@ -305,8 +337,9 @@ pub fn step_timer<M: StateMachine>(
     Err(Rejection::GuardRejected { guards })
 }
 
-/// Takes edge `edge` out of `state`: exit action of `state`, the edge's action, entry
-/// action of the target, in that order, all emitting into one [`Effects`]. A self-loop
+/// Takes edge `edge` out of `state`: exit actions from `state` up to the lowest parent
+/// it shares with the target, the edge's action, entry actions from below that parent
+/// down to the target, in that order, all emitting into one [`Effects`]. A self-loop
 /// is an internal transition: it runs the edge's action only.
 #[inline(always)]
 fn take<M: StateMachine>(
@@ -318,11 +351,26 @@ fn take<M: StateMachine>(
     let to = M::target(edge);
     let mut effects = Effects::new();
     let moves = to != state;
+    // Ancestors are listed nearest first, so shared parents are a common suffix.
+    let (up, down) = (M::ancestors(state), M::ancestors(to));
+    let shared = up
+        .iter()
+        .rev()
+        .zip(down.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (left, entered) = (&up[..up.len() - shared], &down[..down.len() - shared]);
     if moves {
         M::exit(state, context, &mut effects);
+        for &parent in left {
+            M::exit_parent(parent, context, &mut effects);
+        }
     }
     M::act(edge, context, event, &mut effects);
     if moves {
+        for &parent in entered.iter().rev() {
+            M::enter_parent(parent, context, &mut effects);
+        }
         M::enter(to, context, &mut effects);
     }
     Step {

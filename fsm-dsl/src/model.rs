@@ -5,16 +5,18 @@
 //! for one event, two initial states) the first occurrence wins and every occurrence is
 //! kept, so [`validate`](crate::validate) can point at the offending one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use fsm_core::{Definition, Edge as EdgeInfo, EventInfo, On, StateInfo};
+use fsm_core::{Definition, Edge as EdgeInfo, EventInfo, On, ParentInfo, StateInfo};
 use proc_macro2::{Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::{Attribute, Expr, ExprLit, Ident, Lit, Meta, Token, Type, Visibility};
 
-use crate::parse::{self, Block, Item, KeyValue, MachineInput, StateAction, Timer, Transition};
+use crate::parse::{
+    self, Block, Entry, Item, KeyValue, MachineInput, StateAction, Timer, Transition,
+};
 
 #[derive(Debug)]
 pub struct Machine {
@@ -27,7 +29,10 @@ pub struct Machine {
     pub effects: Vec<KeyValue>,
     /// The keyword of every `states { }` / `events { }` block, in order.
     pub blocks: Vec<Ident>,
+    /// The leaves: the generated state enum's variants.
     pub states: Vec<State>,
+    /// Parents (composite states) in order of first appearance.
+    pub parents: Vec<Parent>,
     pub events: Vec<Event>,
     pub edges: Vec<Edge>,
     /// Every `*` with the state it marks, in order; the first one counts.
@@ -36,8 +41,24 @@ pub struct Machine {
     pub rules: Vec<Rule>,
     /// Every wildcard line `_ + Event => Target`, in order.
     pub wildcards: Vec<Wildcard>,
+    /// Every source of a line that names a parent (`Active + Cancel => Cancelled`).
+    pub parent_lines: Vec<ParentLine>,
+    /// Every place a parent is named where a state must be entered: a line's target, or
+    /// the machine's initial state `*Active`, with the parent.
+    pub parent_targets: Vec<(Ident, usize)>,
     /// Whether every item parsed (see [`MachineInput::complete`]).
     pub complete: bool,
+    /// Names declared as `Name { .. }` somewhere, while building.
+    parent_names: HashSet<String>,
+}
+
+fn collect_parent_names(entries: &[Entry], names: &mut HashSet<String>) {
+    for entry in entries {
+        if let Some(children) = &entry.children {
+            names.insert(name(&entry.name));
+            collect_parent_names(children, names);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +77,67 @@ pub struct State {
     pub entry: Vec<StateAction>,
     /// Every `#[exit(..)]` of its declaration; the first one counts.
     pub exit: Vec<StateAction>,
+    /// The parent of its first declaration.
+    pub parent: Option<usize>,
+}
+
+/// A parent (composite) state: `Active { *Paid, Shipped }` in `states { }`.
+#[derive(Debug)]
+pub struct Parent {
+    /// The first occurrence anywhere.
+    pub name: Ident,
+    /// The first occurrence in a transition.
+    pub used_at: Option<Ident>,
+    /// Every `Name { .. }` declaration, with the parent it is written in.
+    pub declared: Vec<(Ident, Option<usize>)>,
+    /// Every plain (leaf) entry that has this parent's name.
+    pub leaf_clashes: Vec<Ident>,
+    pub docs: Vec<Attribute>,
+    pub entry: Vec<StateAction>,
+    pub exit: Vec<StateAction>,
+    /// The parent of its first declaration.
+    pub parent: Option<usize>,
+    /// Its children in declaration order, from every declaration.
+    pub children: Vec<Node>,
+    /// Every `*` on a child, with the child; the first one counts.
+    pub initial_marks: Vec<(Token![*], Ident)>,
+}
+
+impl Parent {
+    pub fn entry(&self) -> Option<&Ident> {
+        self.entry.first().map(|a| &a.action)
+    }
+
+    pub fn exit(&self) -> Option<&Ident> {
+        self.exit.first().map(|a| &a.action)
+    }
+}
+
+/// A name in `states { }` or on a line: a leaf (index in [`Machine::states`]) or a
+/// parent (index in [`Machine::parents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    State(usize),
+    Parent(usize),
+}
+
+/// One source of a line that names a parent: `Active + Cancel [guard] / action =>
+/// Target` expands to one edge per leaf under `Active` that is not `#[terminal]` and has
+/// no edge of its own on the trigger, nor one from a nearer parent.
+#[derive(Debug)]
+pub struct ParentLine {
+    pub parent: usize,
+    /// The parent's name as written on the line.
+    pub source: Ident,
+    pub line: usize,
+    pub on: Trigger,
+    pub guard: Option<Ident>,
+    pub action: Option<Ident>,
+    pub target: Node,
+    /// The leaf `target` resolves to.
+    pub to: usize,
+    /// Indices of the edges it generated.
+    pub edges: Vec<usize>,
 }
 
 impl State {
@@ -99,9 +181,14 @@ pub struct Edge {
     pub on: Trigger,
     pub guard: Option<Ident>,
     pub action: Option<Ident>,
+    /// The leaf the edge enters: the target itself, or a parent target's initial leaf.
     pub to: usize,
+    /// The target as written.
+    pub target: Node,
     /// The wildcard line (index in [`Machine::wildcards`]) that generated this edge.
     pub wildcard: Option<usize>,
+    /// The parent line (index in [`Machine::parent_lines`]) that generated this edge.
+    pub parent_line: Option<usize>,
 }
 
 /// `_ + Event [guard] / action => Target`: expands to one edge per state that is not
@@ -113,6 +200,8 @@ pub struct Wildcard {
     pub on: Trigger,
     pub guard: Option<Ident>,
     pub action: Option<Ident>,
+    pub target: Node,
+    /// The leaf `target` resolves to.
     pub to: usize,
     /// Indices of the edges it generated (none for a second wildcard on one event).
     pub edges: Vec<usize>,
@@ -175,6 +264,10 @@ pub enum Site {
     Edge(usize),
     Entry(usize),
     Exit(usize),
+    /// A parent's `#[entry(..)]`.
+    ParentEntry(usize),
+    /// A parent's `#[exit(..)]`.
+    ParentExit(usize),
 }
 
 #[derive(Debug)]
@@ -194,13 +287,23 @@ impl Machine {
             effects: Vec::new(),
             blocks: Vec::new(),
             states: Vec::new(),
+            parents: Vec::new(),
             events: Vec::new(),
             edges: Vec::new(),
             initial_marks: Vec::new(),
             rules: Vec::new(),
             wildcards: Vec::new(),
+            parent_lines: Vec::new(),
+            parent_targets: Vec::new(),
             complete: input.complete,
+            parent_names: HashSet::new(),
         };
+        // A name is a parent wherever it is written once it is declared with braces.
+        for item in &input.items {
+            if let Item::States(block) = item {
+                collect_parent_names(&block.entries, &mut machine.parent_names);
+            }
+        }
         let mut line = 0;
         for item in &input.items {
             match item {
@@ -214,15 +317,165 @@ impl Machine {
                 }
             }
         }
+        machine.resolve_targets();
+        machine.expand_parent_lines();
         machine.expand_wildcards();
         machine.collect_rules();
         machine
     }
 
+    /// The leaf a node enters: itself, or a parent's initial child down to a leaf (its
+    /// first child where none is marked, which `validate` reports). `None` only for a
+    /// parent without children, which parsing never yields.
+    pub fn resolve(&self, node: Node) -> Option<usize> {
+        let mut node = node;
+        // A cycle cannot be declared (a parent's first declaration fixes its place).
+        for _ in 0..=self.parents.len() {
+            match node {
+                Node::State(s) => return Some(s),
+                Node::Parent(p) => node = self.initial_child(p)?,
+            }
+        }
+        None
+    }
+
+    /// Whether parent `p` has a child marked `*`, and so on down to a leaf.
+    pub fn has_initial_leaf(&self, p: usize) -> bool {
+        let mut parent = p;
+        for _ in 0..=self.parents.len() {
+            if self.parents[parent].initial_marks.is_empty() {
+                return false;
+            }
+            match self.initial_child(parent) {
+                Some(Node::Parent(inner)) => parent = inner,
+                Some(Node::State(_)) => return true,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// The child of parent `p` marked `*`, else its first child.
+    pub fn initial_child(&self, p: usize) -> Option<Node> {
+        let parent = &self.parents[p];
+        let marked = parent.initial_marks.first().and_then(|(_, child)| {
+            parent
+                .children
+                .iter()
+                .copied()
+                .find(|&c| self.node_name(c) == child)
+        });
+        marked.or_else(|| parent.children.first().copied())
+    }
+
+    /// The identifier a node was first written as.
+    pub fn node_name(&self, node: Node) -> &Ident {
+        match node {
+            Node::State(s) => &self.states[s].name,
+            Node::Parent(p) => &self.parents[p].name,
+        }
+    }
+
+    /// The parents around a leaf or a parent, nearest first.
+    pub fn ancestors(&self, node: Node) -> Vec<usize> {
+        let mut next = match node {
+            Node::State(s) => self.states[s].parent,
+            Node::Parent(p) => self.parents[p].parent,
+        };
+        let mut out = Vec::new();
+        while let Some(p) = next {
+            if out.contains(&p) {
+                break;
+            }
+            out.push(p);
+            next = self.parents[p].parent;
+        }
+        out
+    }
+
+    /// Whether leaf `state` is grouped under parent `p`, at any depth.
+    pub fn is_within(&self, state: usize, p: usize) -> bool {
+        self.ancestors(Node::State(state)).contains(&p)
+    }
+
+    /// Sets each edge's and line's leaf target, now that every parent's children are
+    /// known; a leaf entered only through its parent counts as used there.
+    fn resolve_targets(&mut self) {
+        let fallback = |m: &Machine, node: Node| m.resolve(node).unwrap_or(0);
+        for e in 0..self.edges.len() {
+            self.edges[e].to = fallback(self, self.edges[e].target);
+        }
+        for l in 0..self.parent_lines.len() {
+            self.parent_lines[l].to = fallback(self, self.parent_lines[l].target);
+        }
+        for w in 0..self.wildcards.len() {
+            self.wildcards[w].to = fallback(self, self.wildcards[w].target);
+        }
+        let entered: Vec<usize> = self
+            .parent_targets
+            .iter()
+            .filter_map(|(_, p)| self.resolve(Node::Parent(*p)))
+            .collect();
+        for s in entered {
+            self.mark_used(s);
+        }
+    }
+
+    /// A leaf that a parent's line or target involves is used by a transition, though
+    /// none names it: errors about it point at its declaration.
+    fn mark_used(&mut self, s: usize) {
+        let state = &mut self.states[s];
+        if state.used_at.is_none() {
+            state.used_at = state.declared.first().cloned();
+        }
+    }
+
+    /// Adds the edges of each parent line, after every explicit edge is known: one per
+    /// leaf under the parent that is not `#[terminal]`, has no explicit edge on the
+    /// trigger, and is not under a nearer parent with a line on the trigger.
+    fn expand_parent_lines(&mut self) {
+        let explicit = self.edges.len();
+        for l in 0..self.parent_lines.len() {
+            let mut added = Vec::new();
+            for s in 0..self.states.len() {
+                let line = &self.parent_lines[l];
+                let ancestors = self.ancestors(Node::State(s));
+                let Some(depth) = ancestors.iter().position(|&p| p == line.parent) else {
+                    continue;
+                };
+                let own = self.edges[..explicit]
+                    .iter()
+                    .any(|e| e.from == s && e.on.same(&line.on));
+                let nearer = self.parent_lines.iter().any(|other| {
+                    ancestors[..depth].contains(&other.parent) && other.on.same(&line.on)
+                });
+                if self.states[s].terminal_attr.is_some() || own || nearer {
+                    continue;
+                }
+                added.push(self.edges.len());
+                self.edges.push(Edge {
+                    line: line.line,
+                    from: s,
+                    source: line.source.to_token_stream(),
+                    on: line.on.clone(),
+                    guard: line.guard.clone(),
+                    action: line.action.clone(),
+                    to: line.to,
+                    target: line.target,
+                    wildcard: None,
+                    parent_line: Some(l),
+                });
+                self.mark_used(s);
+            }
+            self.parent_lines[l].edges = added;
+        }
+    }
+
     /// Adds the edges of each wildcard line, after every explicit edge is known: one per
     /// state that is not terminal (marked, or without explicit outgoing edge), is not
     /// the target and has no explicit edge on the event. Explicit edges win wherever
-    /// they are written; a second wildcard on one event adds nothing (an error).
+    /// they are written, and so do those of parent lines; a second wildcard on one event
+    /// adds nothing (an error).
     fn expand_wildcards(&mut self) {
         let explicit = self.edges.len();
         let terminal: Vec<bool> = (0..self.states.len())
@@ -254,7 +507,9 @@ impl Machine {
                     guard: wildcard.guard.clone(),
                     action: wildcard.action.clone(),
                     to: wildcard.to,
+                    target: wildcard.target,
                     wildcard: Some(w),
+                    parent_line: None,
                 });
             }
             self.wildcards[w].edges = added;
@@ -264,7 +519,7 @@ impl Machine {
     /// Adds one edge per source of line number `line`; a wildcard line is kept for
     /// [`Machine::expand_wildcards`].
     fn add_transition(&mut self, t: &Transition, line: usize) {
-        let sources: Vec<usize> = t.sources.iter().map(|s| self.use_state(s)).collect();
+        let sources: Vec<Node> = t.sources.iter().map(|s| self.use_node(s)).collect();
         if let (Some(star), Some(first)) = (t.initial, t.sources.first()) {
             self.initial_marks.push((star, first.clone()));
         }
@@ -281,7 +536,17 @@ impl Machine {
             }
             parse::Trigger::After(timer) => Trigger::After(timer.clone()),
         };
-        let to = self.use_state(&t.target);
+        let target = self.use_node(&t.target);
+        if let Node::Parent(p) = target {
+            self.parent_targets.push((t.target.clone(), p));
+        }
+        if let (Some(_), Some(first), Some(Node::Parent(p))) =
+            (t.initial, t.sources.first(), sources.first())
+        {
+            self.parent_targets.push((first.clone(), *p));
+        }
+        // Leaf targets are set once every parent's children are known.
+        let to = 0;
         if let Some(underscore) = t.wildcard {
             self.wildcards.push(Wildcard {
                 underscore,
@@ -289,22 +554,38 @@ impl Machine {
                 on,
                 guard: t.guard.clone(),
                 action: t.action.clone(),
+                target,
                 to,
                 edges: Vec::new(),
             });
             return;
         }
         for (source, from) in t.sources.iter().zip(sources) {
-            self.edges.push(Edge {
-                line,
-                from,
-                source: source.to_token_stream(),
-                on: on.clone(),
-                guard: t.guard.clone(),
-                action: t.action.clone(),
-                to,
-                wildcard: None,
-            });
+            match from {
+                Node::State(from) => self.edges.push(Edge {
+                    line,
+                    from,
+                    source: source.to_token_stream(),
+                    on: on.clone(),
+                    guard: t.guard.clone(),
+                    action: t.action.clone(),
+                    to,
+                    target,
+                    wildcard: None,
+                    parent_line: None,
+                }),
+                Node::Parent(parent) => self.parent_lines.push(ParentLine {
+                    parent,
+                    source: source.clone(),
+                    line,
+                    on: on.clone(),
+                    guard: t.guard.clone(),
+                    action: t.action.clone(),
+                    target,
+                    to,
+                    edges: Vec::new(),
+                }),
+            }
         }
     }
 
@@ -321,14 +602,40 @@ impl Machine {
             renamed_from: Vec::new(),
             entry: Vec::new(),
             exit: Vec::new(),
+            parent: None,
         });
         self.states.len() - 1
     }
 
-    fn use_state(&mut self, name: &Ident) -> usize {
+    fn parent_index(&mut self, name: &Ident) -> usize {
+        if let Some(i) = self.parents.iter().position(|p| p.name == *name) {
+            return i;
+        }
+        self.parents.push(Parent {
+            name: name.clone(),
+            used_at: None,
+            declared: Vec::new(),
+            leaf_clashes: Vec::new(),
+            docs: Vec::new(),
+            entry: Vec::new(),
+            exit: Vec::new(),
+            parent: None,
+            children: Vec::new(),
+            initial_marks: Vec::new(),
+        });
+        self.parents.len() - 1
+    }
+
+    /// A name on a transition line: a parent if declared as one, else a state.
+    fn use_node(&mut self, name: &Ident) -> Node {
+        if self.parent_names.contains(&self::name(name)) {
+            let p = self.parent_index(name);
+            self.parents[p].used_at.get_or_insert_with(|| name.clone());
+            return Node::Parent(p);
+        }
         let i = self.state_index(name);
         self.states[i].used_at.get_or_insert_with(|| name.clone());
-        i
+        Node::State(i)
     }
 
     fn event_index(&mut self, name: &Ident) -> usize {
@@ -354,18 +661,69 @@ impl Machine {
 
     fn declare_states(&mut self, block: &Block) {
         self.blocks.push(block.keyword.clone());
-        for entry in &block.entries {
-            let i = self.state_index(&entry.name);
-            let state = &mut self.states[i];
-            if state.declared.is_empty() {
-                state.docs = entry.docs.clone();
-                state.terminal_attr = entry.terminal.clone();
-                state.renamed_from = entry.renamed_from.clone();
-                state.entry = entry.entry.clone();
-                state.exit = entry.exit.clone();
+        self.declare_entries(&block.entries, None, true);
+    }
+
+    /// Declares the entries of `states { }` or of a parent's braces (`within`). A
+    /// parent's place and initial child come from its first declaration; a later one
+    /// (`first` false, an error) only adds children, so a parent written inside itself
+    /// (the only cycle braces can express) is a second declaration, never a loop.
+    fn declare_entries(&mut self, entries: &[Entry], within: Option<usize>, first: bool) {
+        for entry in entries {
+            let node = if let Some(children) = &entry.children {
+                let p = self.parent_index(&entry.name);
+                let parent = &mut self.parents[p];
+                if parent.declared.is_empty() {
+                    parent.docs = entry.docs.clone();
+                    parent.entry = entry.entry.clone();
+                    parent.exit = entry.exit.clone();
+                    parent.parent = within;
+                }
+                parent.declared.push((entry.name.clone(), within));
+                let first = parent.declared.len() == 1;
+                self.declare_entries(children, Some(p), first);
+                Some(Node::Parent(p))
+            } else if self.parent_names.contains(&name(&entry.name)) {
+                let p = self.parent_index(&entry.name);
+                self.parents[p].leaf_clashes.push(entry.name.clone());
+                None
+            } else {
+                let i = self.state_index(&entry.name);
+                let state = &mut self.states[i];
+                if state.declared.is_empty() {
+                    state.docs = entry.docs.clone();
+                    state.terminal_attr = entry.terminal.clone();
+                    state.renamed_from = entry.renamed_from.clone();
+                    state.entry = entry.entry.clone();
+                    state.exit = entry.exit.clone();
+                    state.parent = within;
+                }
+                state.declared.push(entry.name.clone());
+                Some(Node::State(i))
+            };
+            let Some(p) = within else { continue };
+            if let (Some(star), true) = (entry.initial, first) {
+                self.parents[p]
+                    .initial_marks
+                    .push((star, entry.name.clone()));
             }
-            state.declared.push(entry.name.clone());
+            // A child is listed once, however often it is declared.
+            if let Some(node) = node
+                && !self.parents[p].children.contains(&node)
+                && !self.declared_elsewhere(node, p)
+            {
+                self.parents[p].children.push(node);
+            }
         }
+    }
+
+    /// Whether `node` already belongs to a parent other than `p`.
+    fn declared_elsewhere(&self, node: Node, p: usize) -> bool {
+        let first = match node {
+            Node::State(s) => self.states[s].parent,
+            Node::Parent(q) => self.parents[q].parent,
+        };
+        first != Some(p)
     }
 
     fn declare_events(&mut self, block: &Block) {
@@ -382,7 +740,7 @@ impl Machine {
     }
 
     /// Edge guards and actions first, in edge order, then entry and exit actions in
-    /// state order.
+    /// state order, then those of parents.
     fn collect_rules(&mut self) {
         let mut by_name: HashMap<String, usize> = HashMap::new();
         let edge_rules = self.edges.iter().enumerate().flat_map(|(edge, e)| {
@@ -397,7 +755,14 @@ impl Machine {
                 (Site::Entry(i), s.entry().cloned(), RuleKind::Action),
             ]
         });
-        let named: Vec<(Site, Option<Ident>, RuleKind)> = edge_rules.chain(state_rules).collect();
+        let parent_rules = self.parents.iter().enumerate().flat_map(|(i, p)| {
+            [
+                (Site::ParentExit(i), p.exit().cloned(), RuleKind::Action),
+                (Site::ParentEntry(i), p.entry().cloned(), RuleKind::Action),
+            ]
+        });
+        let named: Vec<(Site, Option<Ident>, RuleKind)> =
+            edge_rules.chain(state_rules).chain(parent_rules).collect();
         for (site, name, kind) in named {
             let Some(name) = name else { continue };
             let used = RuleUse {
@@ -431,7 +796,7 @@ impl Machine {
     pub fn site_payload(&self, site: Site) -> Option<&Type> {
         match site {
             Site::Edge(edge) => self.payload_of(edge),
-            Site::Entry(_) | Site::Exit(_) => None,
+            Site::Entry(_) | Site::Exit(_) | Site::ParentEntry(_) | Site::ParentExit(_) => None,
         }
     }
 
@@ -443,14 +808,22 @@ impl Machine {
     /// Where a rule is named, for docs and messages: an edge as the DSL writes it, or
     /// `#[entry(notify)] Shipped`.
     pub fn describe_site(&self, site: Site) -> String {
-        let state_action = |which: &str, state: usize, action: Option<&Ident>| {
+        let state_action = |which: &str, state: &Ident, action: Option<&Ident>| {
             let action = action.map(name).unwrap_or_default();
-            format!("#[{which}({action})] {}", name(&self.states[state].name))
+            format!("#[{which}({action})] {}", name(state))
         };
         match site {
             Site::Edge(edge) => self.describe(edge),
-            Site::Entry(s) => state_action("entry", s, self.states[s].entry()),
-            Site::Exit(s) => state_action("exit", s, self.states[s].exit()),
+            Site::Entry(s) => state_action("entry", &self.states[s].name, self.states[s].entry()),
+            Site::Exit(s) => state_action("exit", &self.states[s].name, self.states[s].exit()),
+            Site::ParentEntry(p) => {
+                let parent = &self.parents[p];
+                state_action("entry", &parent.name, parent.entry()) + " { .. }"
+            }
+            Site::ParentExit(p) => {
+                let parent = &self.parents[p];
+                state_action("exit", &parent.name, parent.exit()) + " { .. }"
+            }
         }
     }
 
@@ -470,9 +843,13 @@ impl Machine {
         }
     }
 
-    /// The initial state: the first one marked `*`.
+    /// The initial state: the first one marked `*`, or the initial leaf of a parent
+    /// marked `*`.
     pub fn initial(&self) -> Option<usize> {
         let (_, name) = self.initial_marks.first()?;
+        if let Some(p) = self.parents.iter().position(|p| p.name == *name) {
+            return self.resolve(Node::Parent(p));
+        }
         self.states.iter().position(|s| s.name == *name)
     }
 
@@ -500,10 +877,37 @@ impl Machine {
         if let Some(action) = &e.action {
             text.push_str(&format!(" / {action}"));
         }
-        text.push_str(&format!(" => {}", name(&self.states[e.to].name)));
+        text.push_str(&format!(" => {}", name(self.node_name(e.target))));
         if e.wildcard.is_some() {
             text.push_str(" (from `_`)");
         }
+        if let Some(l) = e.parent_line {
+            let parent = &self.parents[self.parent_lines[l].parent].name;
+            text.push_str(&format!(" (from `{}`)", name(parent)));
+        }
+        text
+    }
+
+    /// How a parent line reads in the DSL: `Active + Cancel / refund => Cancelled`.
+    pub fn describe_parent_line(&self, l: usize) -> String {
+        let line = &self.parent_lines[l];
+        let on = match &line.on {
+            Trigger::Event { event, .. } => name(&self.events[*event].name),
+            Trigger::After(timer) => {
+                format!(
+                    "after({})",
+                    fsm_core::format_duration(timer_duration(timer))
+                )
+            }
+        };
+        let mut text = format!("{} + {on}", name(&line.source));
+        if let Some(guard) = &line.guard {
+            text.push_str(&format!(" [{guard}]"));
+        }
+        if let Some(action) = &line.action {
+            text.push_str(&format!(" / {action}"));
+        }
+        text.push_str(&format!(" => {}", name(self.node_name(line.target))));
         text
     }
 
@@ -526,7 +930,7 @@ impl Machine {
         if let Some(action) = &w.action {
             text.push_str(&format!(" / {action}"));
         }
-        text.push_str(&format!(" => {}", name(&self.states[w.to].name)));
+        text.push_str(&format!(" => {}", name(self.node_name(w.target))));
         text
     }
 
@@ -546,8 +950,22 @@ impl Machine {
                 renamed_from: leak_names(&s.renamed_from),
                 entry: s.entry().map(|a| leak(name(a))),
                 exit: s.exit().map(|a| leak(name(a))),
+                parent: s.parent.map(|p| leak(name(&self.parents[p].name))),
             })
             .collect();
+        let parents: Vec<ParentInfo> = self
+            .parents
+            .iter()
+            .map(|p| ParentInfo {
+                name: leak(name(&p.name)),
+                doc: leak(doc_string(&p.docs)),
+                parent: p.parent.map(|q| leak(name(&self.parents[q].name))),
+                initial: p.initial_marks.first().map(|(_, child)| leak(name(child))),
+                entry: p.entry().map(|a| leak(name(a))),
+                exit: p.exit().map(|a| leak(name(a))),
+            })
+            .collect();
+        let parent_name = |p: usize| parents[p].name;
         let events: Vec<EventInfo> = self
             .events
             .iter()
@@ -571,6 +989,13 @@ impl Machine {
                 action: e.action.as_ref().map(|a| leak(name(a))),
                 to: states[e.to].name,
                 from_wildcard: e.wildcard.is_some(),
+                from_parent: e
+                    .parent_line
+                    .map(|l| parent_name(self.parent_lines[l].parent)),
+                to_parent: match e.target {
+                    Node::Parent(p) => Some(parent_name(p)),
+                    Node::State(_) => None,
+                },
             })
             .collect();
         Definition {
@@ -583,6 +1008,7 @@ impl Machine {
             ),
             effect: self.effects.first().map(|kv| leak(type_string(&kv.ty))),
             states: Box::leak(states.into_boxed_slice()),
+            parents: Box::leak(parents.into_boxed_slice()),
             events: Box::leak(events.into_boxed_slice()),
             edges: Box::leak(edges.into_boxed_slice()),
         }

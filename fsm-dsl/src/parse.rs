@@ -53,9 +53,15 @@ pub struct Block {
     pub entries: Vec<Entry>,
 }
 
-/// `/// docs  #[terminal] #[renamed_from(Old)] Name` inside a block.
+/// `/// docs  #[terminal] #[renamed_from(Old)] Name` inside a block, or in `states { }` a
+/// parent grouping states: `/// docs  #[entry(a)] #[exit(b)] Active { *Paid, Shipped }`.
 #[derive(Debug)]
 pub struct Entry {
+    /// `*` before a child: the parent's initial child.
+    pub initial: Option<Token![*]>,
+    /// The children of a parent, in order (never empty: `Active { }` is an error and
+    /// reads as a plain state).
+    pub children: Option<Vec<Entry>>,
     pub docs: Vec<Attribute>,
     /// `#[terminal]`, only accepted in `states { }`.
     pub terminal: Option<Attribute>,
@@ -302,14 +308,7 @@ fn block(input: ParseStream, cx: &mut Ctxt) -> syn::Result<Item> {
     }
     let content;
     braced!(content in input);
-    let mut entries = Vec::new();
-    while !content.is_empty() {
-        entries.push(entry(&content, cx, states)?);
-        if content.is_empty() {
-            break;
-        }
-        content.parse::<Token![,]>()?;
-    }
+    let entries = entries(&content, cx, states, false)?;
     let block = Block { keyword, entries };
     Ok(if states {
         Item::States(block)
@@ -318,13 +317,82 @@ fn block(input: ParseStream, cx: &mut Ctxt) -> syn::Result<Item> {
     })
 }
 
-fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> {
+/// Comma-separated entries of a block or of a parent's braces; the comma after a
+/// parent's `}` is optional.
+fn entries(
+    input: ParseStream,
+    cx: &mut Ctxt,
+    states: bool,
+    in_parent: bool,
+) -> syn::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    while !input.is_empty() {
+        let entry = entry(input, cx, states, in_parent)?;
+        let parent = entry.children.is_some();
+        entries.push(entry);
+        if input.is_empty() {
+            break;
+        }
+        if parent && !input.peek(Token![,]) {
+            continue;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(entries)
+}
+
+fn entry(input: ParseStream, cx: &mut Ctxt, states: bool, in_parent: bool) -> syn::Result<Entry> {
     let kind = if states { "state" } else { "event" };
+    let attrs = input.call(Attribute::parse_outer)?;
+    let initial: Option<Token![*]> = if states { input.parse()? } else { None };
+    if let (Some(star), false) = (&initial, in_parent) {
+        cx.error_spanned_by(
+            star,
+            "`*` in `states { }` marks a parent's initial child, as in `Active { *Paid, \
+             Shipped }`; mark the machine's initial state on a transition: `*Created + Pay => Paid`",
+        );
+    }
+    let name: Ident = input
+        .parse()
+        .map_err(|e| syn::Error::new(e.span(), format!("expected a {kind} name")))?;
+    let mut children = None;
+    if states && input.peek(token::Brace) {
+        let content;
+        braced!(content in input);
+        let inner = entries(&content, cx, states, true)?;
+        if inner.is_empty() {
+            cx.error_spanned_by(
+                &name,
+                format!(
+                    "`{name} {{ }}` groups no state; list its children, as in \
+                     `{name} {{ *Paid, Shipped }}`, or remove the braces"
+                ),
+            );
+        } else {
+            children = Some(inner);
+        }
+    }
+    let parent = children.is_some();
     let mut docs = Vec::new();
     let mut terminal = None;
     let mut renamed_from = Vec::new();
     let (mut entry, mut exit) = (Vec::new(), Vec::new());
-    for attr in input.call(Attribute::parse_outer)? {
+    for attr in attrs {
+        let parent_only = ["terminal", "renamed_from"]
+            .into_iter()
+            .find(|k| attr.path().is_ident(k));
+        if let (true, Some(which)) = (parent, parent_only) {
+            let why = if which == "terminal" {
+                "a parent is not a state an instance can rest in; mark its states `#[terminal]`"
+            } else {
+                "a parent is never stored; rename the states inside it instead"
+            };
+            cx.error_spanned_by(
+                &attr,
+                format!("`#[{which}]` does not apply to parent `{name}`: {why}"),
+            );
+            continue;
+        }
         let action_kind = ["entry", "exit"]
             .into_iter()
             .find(|k| attr.path().is_ident(k));
@@ -395,10 +463,9 @@ fn entry(input: ParseStream, cx: &mut Ctxt, states: bool) -> syn::Result<Entry> 
             );
         }
     }
-    let name = input
-        .parse()
-        .map_err(|e| syn::Error::new(e.span(), format!("expected a {kind} name")))?;
     Ok(Entry {
+        initial,
+        children,
         docs,
         terminal,
         renamed_from,
@@ -788,6 +855,48 @@ mod tests {
         };
         assert_eq!(states.entries[0].entry[0].action, "notify");
         assert_eq!(states.entries[0].exit[0].action, "stop_clock");
+    }
+
+    #[test]
+    fn parents_group_states_and_mark_their_initial_child() {
+        let (machine, errors) = parse(quote! {
+            machine M {
+                states {
+                    Created,
+                    /// Paid for.
+                    #[entry(open)] Active { *Paid, Shipping { *Packed, Sent } }
+                    Done,
+                }
+                *Created + Pay => Active,
+            }
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let machine = machine.unwrap();
+        let Item::States(states) = &machine.items[0] else {
+            panic!("states block")
+        };
+        let names: Vec<String> = states.entries.iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["Created", "Active", "Done"]);
+        let active = &states.entries[1];
+        assert_eq!(active.entry[0].action, "open");
+        let children = active.children.as_ref().unwrap();
+        assert!(children[0].initial.is_some() && children[1].initial.is_none());
+        assert_eq!(children[1].children.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn parent_misuse_is_reported_at_the_token() {
+        let (_, errors) = parse(quote! {
+            machine M {
+                states { *A, Empty { }, #[terminal] #[renamed_from(X)] P { B } }
+                *A + E => B,
+            }
+        });
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("`*` in `states { }` marks a parent's initial child"));
+        assert!(errors[1].starts_with("`Empty { }` groups no state"));
+        assert!(errors[2].starts_with("`#[terminal]` does not apply to parent `P`"));
+        assert!(errors[3].starts_with("`#[renamed_from]` does not apply to parent `P`"));
     }
 
     #[test]

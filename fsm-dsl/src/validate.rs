@@ -7,7 +7,7 @@ use quote::{ToTokens, quote};
 use syn::Ident;
 
 use crate::ctxt::Ctxt;
-use crate::model::{Machine, Trigger, name, type_string};
+use crate::model::{Machine, Node, Trigger, name, type_string};
 use crate::parse::StateAction;
 
 pub fn check(m: &Machine, cx: &mut Ctxt) {
@@ -18,7 +18,11 @@ pub fn check(m: &Machine, cx: &mut Ctxt) {
     check_payloads(m, cx);
     check_rules(m, cx);
     check_state_actions(m, cx);
+    check_hierarchy(m, cx);
+    check_parent_targets(m, cx);
+    check_parent_actions(m, cx);
     check_edges(m, cx);
+    check_parent_lines(m, cx);
     check_wildcards(m, cx);
     check_terminal(m, cx);
     check_reachable(m, cx);
@@ -255,9 +259,165 @@ fn check_state_actions(m: &Machine, cx: &mut Ctxt) {
     }
 }
 
+/// A parent is declared once and not inside itself, no state has a parent's name, and at
+/// most one child of a parent is marked `*`.
+fn check_hierarchy(m: &Machine, cx: &mut Ctxt) {
+    for (p, parent) in m.parents.iter().enumerate() {
+        for (again, within) in parent.declared.iter().skip(1) {
+            let inside_itself =
+                within.is_some_and(|w| w == p || m.ancestors(Node::Parent(w)).contains(&p));
+            let message = if inside_itself {
+                format!("parent `{again}` cannot contain itself; give the inner group another name")
+            } else {
+                format!(
+                    "parent `{again}` is already declared; list all its states in the first \
+                     `{again} {{ .. }}`"
+                )
+            };
+            cx.error_spanned_by(again, message);
+        }
+        for leaf in &parent.leaf_clashes {
+            cx.error_spanned_by(
+                leaf,
+                format!(
+                    "`{leaf}` is a parent (`{leaf} {{ .. }}`), so it cannot also be a state; give \
+                     the state another name"
+                ),
+            );
+        }
+        let Some((_, first)) = parent.initial_marks.first() else {
+            continue;
+        };
+        for (star, child) in parent.initial_marks.iter().skip(1) {
+            cx.error_spanned_by(
+                quote!(#star #child),
+                format!(
+                    "parent `{}` already starts in `{first}`; one child is initial, remove this `*`",
+                    parent.name
+                ),
+            );
+        }
+    }
+}
+
+/// A parent named where a state is entered (a line's target, `*Active`) has an initial
+/// child, down to a leaf.
+fn check_parent_targets(m: &Machine, cx: &mut Ctxt) {
+    for (at, p) in &m.parent_targets {
+        let mut parent = *p;
+        for _ in 0..m.parents.len() {
+            if m.parents[parent].initial_marks.is_empty() {
+                let within = if parent == *p {
+                    String::new()
+                } else {
+                    format!(" (its initial child `{}` has none)", m.parents[parent].name)
+                };
+                let example = match m.parents[parent].children.first() {
+                    Some(&child) => format!(
+                        ", as in `{} {{ *{}, .. }}`",
+                        m.parents[parent].name,
+                        m.node_name(child)
+                    ),
+                    None => String::new(),
+                };
+                cx.error_spanned_by(
+                    at,
+                    format!(
+                        "`{at}` is a parent without an initial child{within}, so there is no \
+                         state to enter; mark one child with `*`{example}, or name a state here"
+                    ),
+                );
+                break;
+            }
+            match m.initial_child(parent) {
+                Some(Node::Parent(inner)) => parent = inner,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// A parent's entry and exit actions are single and can run: some edge enters it from
+/// a state outside (entry), or leaves it for one (exit).
+fn check_parent_actions(m: &Machine, cx: &mut Ctxt) {
+    for (p, parent) in m.parents.iter().enumerate() {
+        let lists: [(&str, &Vec<StateAction>); 2] =
+            [("entry", &parent.entry), ("exit", &parent.exit)];
+        for (which, actions) in lists {
+            let Some(first) = actions.first() else {
+                continue;
+            };
+            for again in &actions[1..] {
+                cx.error_spanned_by(
+                    &again.attr,
+                    format!(
+                        "parent `{}` already has {which} action `{}`; a parent has one {which} \
+                         action, so call both from that method",
+                        parent.name, first.action
+                    ),
+                );
+            }
+            if !m.complete {
+                continue;
+            }
+            let runs = m.edges.iter().any(|e| {
+                let (from, to) = (m.is_within(e.from, p), m.is_within(e.to, p));
+                if which == "entry" {
+                    to && !from
+                } else {
+                    from && !to
+                }
+            });
+            if !runs {
+                let never = if which == "entry" {
+                    "no transition enters it from a state outside it"
+                } else {
+                    "no transition leaves it for a state outside it"
+                };
+                cx.error_spanned_by(
+                    &first.action,
+                    format!(
+                        "{which} action `{}` of parent `{}` never runs: {never} (a move between \
+                         its own states runs neither); remove it or make it an edge action",
+                        first.action, parent.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A parent's line takes an event, not a timer, and adds at least one edge.
+fn check_parent_lines(m: &Machine, cx: &mut Ctxt) {
+    for (l, line) in m.parent_lines.iter().enumerate() {
+        let parent = &m.parents[line.parent].name;
+        if let Trigger::After(timer) = &line.on {
+            cx.error_spanned_by(
+                &timer.keyword,
+                format!(
+                    "a parent's edge takes an event, not a timer: a timer restarts in each \
+                     state it is armed in; write it on the states in `{parent}`"
+                ),
+            );
+        } else if line.edges.is_empty() && m.complete {
+            let event = name(line.on.token());
+            cx.error_spanned_by(
+                &line.source,
+                format!(
+                    "`{}` adds no edge: every state in `{parent}` is `#[terminal]` or has its \
+                     own `{event}` edge (or one from a nearer parent); remove it",
+                    m.describe_parent_line(l)
+                ),
+            );
+        }
+    }
+}
+
 /// For one state and trigger, guarded edges come first and at most one is unguarded;
 /// otherwise an edge can never be taken.
 fn check_edges(m: &Machine, cx: &mut Ctxt) {
+    // Two parent lines clash on every leaf they share; one error per pair of lines.
+    let mut reported = Vec::new();
     for (i, edge) in m.edges.iter().enumerate() {
         let earlier = m.edges[..i]
             .iter()
@@ -270,6 +430,12 @@ fn check_edges(m: &Machine, cx: &mut Ctxt) {
             } else {
                 edge.on.token().to_token_stream()
             };
+            if let (Some(a), Some(b)) = (edge.parent_line, other.parent_line) {
+                if reported.contains(&(a, b)) {
+                    break;
+                }
+                reported.push((a, b));
+            }
             if other.guard == edge.guard {
                 let identical = other.to == edge.to && other.action == edge.action;
                 let message = match (&edge.guard, identical) {
@@ -321,7 +487,7 @@ fn check_wildcards(m: &Machine, cx: &mut Ctxt) {
                 ),
             );
         } else if w.edges.is_empty() && m.complete {
-            let target = name(&m.states[w.to].name);
+            let target = name(m.node_name(w.target));
             cx.error_spanned_by(
                 w.underscore,
                 format!(
@@ -368,14 +534,34 @@ fn check_reachable(m: &Machine, cx: &mut Ctxt) {
         return;
     }
     let Some(initial) = m.initial() else { return };
+    // Entering a parent without an initial child is reported once, by
+    // `check_parent_targets`; here it enters each of its states, against cascades.
+    let entered = |target: Node, leaf: usize| match target {
+        Node::Parent(p) if !m.has_initial_leaf(p) => {
+            (0..m.states.len()).filter(|&s| m.is_within(s, p)).collect()
+        }
+        _ => vec![leaf],
+    };
     let mut reached = vec![false; m.states.len()];
-    reached[initial] = true;
-    let mut queue = VecDeque::from([initial]);
+    let start = match m.initial_marks.first() {
+        Some((_, name)) => match m.parents.iter().position(|p| p.name == *name) {
+            Some(p) => entered(Node::Parent(p), initial),
+            None => vec![initial],
+        },
+        None => vec![initial],
+    };
+    let mut queue = VecDeque::new();
+    for s in start {
+        reached[s] = true;
+        queue.push_back(s);
+    }
     while let Some(state) = queue.pop_front() {
         for edge in m.edges.iter().filter(|e| e.from == state) {
-            if !reached[edge.to] {
-                reached[edge.to] = true;
-                queue.push_back(edge.to);
+            for to in entered(edge.target, edge.to) {
+                if !reached[to] {
+                    reached[to] = true;
+                    queue.push_back(to);
+                }
             }
         }
     }
@@ -401,8 +587,14 @@ fn check_reachable(m: &Machine, cx: &mut Ctxt) {
     }
 }
 
-/// Edge indices are `u16`.
+/// Edge and parent indices are `u16`.
 fn check_size(m: &Machine, cx: &mut Ctxt) {
+    if m.parents.len() > usize::from(u16::MAX) + 1 {
+        cx.error_spanned_by(
+            &m.name,
+            format!("machine `{}` has more than 65536 parents; split it", m.name),
+        );
+    }
     if m.edges.len() > usize::from(u16::MAX) + 1 {
         cx.error_spanned_by(
             &m.name,
@@ -635,6 +827,157 @@ mod tests {
         assert_one(
             quote!(machine M { states { #[entry(a)] Lost } *A + E => B }),
             "state `Lost` is declared in `states { }` but no transition uses it",
+        );
+    }
+
+    fn composite(tokens: TokenStream) -> Machine {
+        let mut cx = Ctxt::new();
+        let input = crate::parse::machine(tokens, &mut cx).unwrap();
+        Machine::from_input(&input)
+    }
+
+    fn edges_of(m: &Machine) -> Vec<String> {
+        (0..m.edges.len()).map(|e| m.describe(e)).collect()
+    }
+
+    #[test]
+    fn a_parent_edge_applies_to_each_child_without_its_own() {
+        let m = composite(quote!(machine M {
+            states { Active { *Paid, Packed, #[terminal] Lost } }
+            *Created + Pay => Active,
+            Paid + Pack => Packed,
+            Packed + Cancel [late] => Kept,
+            Active + Cancel => Cancelled,
+            Paid + Lose => Lost,
+        }));
+        assert_eq!(
+            edges_of(&m),
+            [
+                "Created + Pay => Active",
+                "Paid + Pack => Packed",
+                "Packed + Cancel [late] => Kept",
+                "Paid + Lose => Lost",
+                // Packed has its own (guarded) Cancel edge; Lost is terminal.
+                "Paid + Cancel => Cancelled (from `Active`)",
+            ]
+        );
+        assert_eq!(m.edges[0].to, 0, "the edge into Active enters Paid");
+        assert!(
+            errors(quote!(machine M {
+                states { Active { *Paid, Packed, #[terminal] Lost } }
+                *Created + Pay => Active,
+                Paid + Pack => Packed,
+                Packed + Cancel [late] => Kept,
+                Active + Cancel => Cancelled,
+                Paid + Lose => Lost,
+            }))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_nearer_parent_wins_and_targets_resolve_down_to_a_leaf() {
+        let m = composite(quote!(machine M {
+            states { Outer { *Inner { *A, B }, C } }
+            *Start + Go => Outer,
+            A + Next => B,
+            B + Next => C,
+            Inner + Stop => Halted,
+            Outer + Stop => Cancelled,
+        }));
+        assert_eq!(m.initial(), Some(3));
+        let edges = edges_of(&m);
+        assert!(
+            edges.contains(&"A + Stop => Halted (from `Inner`)".to_owned()),
+            "{edges:#?}"
+        );
+        assert!(edges.contains(&"B + Stop => Halted (from `Inner`)".to_owned()));
+        assert!(edges.contains(&"C + Stop => Cancelled (from `Outer`)".to_owned()));
+        assert_eq!(edges.len(), 6, "{edges:#?}");
+        let d = m.definition();
+        assert_eq!(d.state("A").unwrap().parent, Some("Inner"));
+        assert_eq!(d.parent("Inner").unwrap().parent, Some("Outer"));
+        assert!(d.is_within("A", "Outer"));
+        assert_eq!(d.edges[0].to, "A");
+        assert_eq!(d.edges[0].to_parent, Some("Outer"));
+        // Parents are not states: the generated enum has the leaves only.
+        assert!(d.state("Outer").is_none());
+    }
+
+    #[test]
+    fn a_machine_may_start_in_a_parent() {
+        let m = composite(quote!(machine M {
+            states { Active { Open, *Idle } }
+            *Active + Close => Closed,
+            Idle + Use => Open,
+        }));
+        assert_eq!(m.definition().initial().name, "Idle");
+        assert_one(
+            quote!(machine M { states { Active { Open, Idle } } *Active + Close => Closed, Idle + Use => Open }),
+            "`Active` is a parent without an initial child",
+        );
+    }
+
+    #[test]
+    fn parent_checks() {
+        assert_one(
+            quote!(machine M { states { Active { Paid, Sent } } *A + E => Active, Paid + F => Sent }),
+            "`Active` is a parent without an initial child, so there is no state to enter; \
+             mark one child with `*`, as in `Active { *Paid, .. }`",
+        );
+        assert_one(
+            quote!(machine M { states { O { *I { A }, B } } *S + E => O, A + F => B }),
+            "`O` is a parent without an initial child (its initial child `I` has none)",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A, *B } } *S + E => P, A + F => B }),
+            "parent `P` already starts in `A`",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A }, P { B } } *S + E => P, A + F => B }),
+            "parent `P` is already declared",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A, Q { P { B } } } } *S + E => P, A + F => B }),
+            "parent `P` cannot contain itself",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A }, P } *S + E => P, A + F => B }),
+            "`P` is a parent (`P { .. }`), so it cannot also be a state",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A, B } } *S + E => P, A + F => B, P + after(1 s) => S }),
+            "a parent's edge takes an event, not a timer",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A, B } } *S + E => P, A + G => B, A | B + F => S, P + F => S }),
+            "`P + F => S` adds no edge: every state in `P`",
+        );
+        assert_one(
+            quote!(machine M { states { P { *A, B } } *S + E => P, A + F => B, P + G => S, P + G => T }),
+            "nondeterministic transition: `A + G => S (from `P`)` already leaves `A`",
+        );
+    }
+
+    #[test]
+    fn parent_actions_run_only_across_its_boundary() {
+        assert!(
+            errors(quote!(machine M {
+                states { #[entry(open)] #[exit(close)] P { *A, B } }
+                *S + E => P, A + F => B, P + G => S,
+            }))
+            .is_empty()
+        );
+        assert_one(
+            quote!(machine M { states { #[exit(close)] P { *A, B } } *S + E => P, A + F => B }),
+            "exit action `close` of parent `P` never runs",
+        );
+        assert_one(
+            quote!(machine M {
+                states { #[entry(a)] #[entry(b)] P { *A, B } }
+                *S + E => P, A + F => B, B + G => S,
+            }),
+            "parent `P` already has entry action `a`",
         );
     }
 

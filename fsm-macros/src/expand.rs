@@ -12,7 +12,7 @@ use syn::{Attribute, Ident};
 
 use crate::ctxt::Ctxt;
 use crate::fallback;
-use crate::model::{Machine, RuleKind, Site, Trigger, name, parameter_name, type_string};
+use crate::model::{Machine, Node, RuleKind, Site, Trigger, name, parameter_name, type_string};
 
 /// `state_machine!`: parse, build the model, check it, then generate. On errors the
 /// fallback items are emitted with the errors, so one mistake does not cascade.
@@ -166,7 +166,24 @@ pub(crate) fn state_enum(m: &Machine, names: &Names) -> TokenStream {
         })
         .collect();
     let doc = format!("A state of the [`{machine}`] machine.");
-    fieldless_enum(m, &names.state, &doc, &variants, "state")
+    let mut tokens = fieldless_enum(m, &names.state, &doc, &variants, "state");
+    // The fallback defines `DEFINITION` only when there is a state.
+    if !m.states.is_empty() {
+        let (state, marker) = (&names.state, &names.machine);
+        let parent_ = local("parent");
+        tokens.extend(quote! {
+            #[automatically_derived]
+            impl #state {
+                /// Whether this state is grouped under the parent (composite) state named
+                /// `parent`, directly or through nested parents; see
+                /// [`fsm::Definition::is_within`].
+                pub fn is_within(self, #parent_: &str) -> bool {
+                    #marker::DEFINITION.is_within(self.as_str(), #parent_)
+                }
+            }
+        });
+    }
+    tokens
 }
 
 /// `OrderEvent` (variants carry payloads) and `OrderEventKind` (fieldless).
@@ -402,6 +419,14 @@ pub(crate) fn rules_trait(m: &Machine, names: &Names) -> TokenStream {
                     "\n* on leaving `{}` for another state",
                     name(&m.states[s].name)
                 ),
+                Site::ParentEntry(p) => format!(
+                    "\n* on entering parent `{}` from a state outside it",
+                    name(&m.parents[p].name)
+                ),
+                Site::ParentExit(p) => format!(
+                    "\n* on leaving parent `{}` for a state outside it",
+                    name(&m.parents[p].name)
+                ),
             })
             .collect();
         let payload = m.rule_payload(rule).map(|ty| {
@@ -463,6 +488,7 @@ fn definition_tokens(d: &Definition) -> TokenStream {
     let states = d.states.iter().map(|s| {
         let (name, doc, initial, terminal) = (s.name, s.doc, s.initial, s.terminal);
         let (renamed_from, entry, exit) = (s.renamed_from, option(s.entry), option(s.exit));
+        let parent = option(s.parent);
         quote! {
             ::fsm::StateInfo {
                 name: #name,
@@ -470,6 +496,21 @@ fn definition_tokens(d: &Definition) -> TokenStream {
                 initial: #initial,
                 terminal: #terminal,
                 renamed_from: &[#(#renamed_from),*],
+                entry: #entry,
+                exit: #exit,
+                parent: #parent,
+            }
+        }
+    });
+    let parents = d.parents.iter().map(|p| {
+        let (name, doc, parent, initial) = (p.name, p.doc, option(p.parent), option(p.initial));
+        let (entry, exit) = (option(p.entry), option(p.exit));
+        quote! {
+            ::fsm::ParentInfo {
+                name: #name,
+                doc: #doc,
+                parent: #parent,
+                initial: #initial,
                 entry: #entry,
                 exit: #exit,
             }
@@ -497,6 +538,7 @@ fn definition_tokens(d: &Definition) -> TokenStream {
         };
         let (from, to, guard, action) = (e.from, e.to, option(e.guard), option(e.action));
         let from_wildcard = e.from_wildcard;
+        let (from_parent, to_parent) = (option(e.from_parent), option(e.to_parent));
         quote! {
             ::fsm::Edge {
                 from: #from,
@@ -505,6 +547,8 @@ fn definition_tokens(d: &Definition) -> TokenStream {
                 action: #action,
                 to: #to,
                 from_wildcard: #from_wildcard,
+                from_parent: #from_parent,
+                to_parent: #to_parent,
             }
         }
     });
@@ -516,6 +560,7 @@ fn definition_tokens(d: &Definition) -> TokenStream {
             context: #context,
             effect: #effect,
             states: &[#(#states),*],
+            parents: &[#(#parents),*],
             events: &[#(#events),*],
             edges: &[#(#edges),*],
         }
@@ -651,6 +696,7 @@ fn state_machine_impl(m: &Machine, names: &Names) -> TokenStream {
     };
     let exit_fn = state_actions("exit", crate::model::State::exit);
     let enter_fn = state_actions("enter", crate::model::State::entry);
+    let parent_fns = parent_tables(m, names);
 
     quote! {
         #[automatically_derived]
@@ -726,8 +772,74 @@ fn state_machine_impl(m: &Machine, names: &Names) -> TokenStream {
 
             #exit_fn
             #enter_fn
+            #parent_fns
         }
     }
+}
+
+/// The hierarchy for `step`: each leaf's parents, nearest first, and the parents' entry
+/// and exit actions. Nothing (the trait's defaults) for a machine without parents.
+fn parent_tables(m: &Machine, names: &Names) -> TokenStream {
+    if m.parents.is_empty() {
+        return TokenStream::new();
+    }
+    let Names { state, rules, .. } = names;
+    let context = m.context();
+    let effect = m.effect();
+    let [state_, parent_, context_, effects_] =
+        ["state", "parent", "context", "effects"].map(local);
+    let ancestor_arms = m.states.iter().enumerate().filter_map(|(i, s)| {
+        let ancestors = m.ancestors(Node::State(i));
+        if ancestors.is_empty() {
+            return None;
+        }
+        let (variant, indices) = (&s.name, ancestors.into_iter().map(parent_index));
+        Some(quote!(#state::#variant => &[#(#indices),*],))
+    });
+    let parent_actions = |which: &str, action: fn(&crate::model::Parent) -> Option<&Ident>| {
+        let arms: Vec<TokenStream> = m
+            .parents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let (i, action) = (parent_index(i), action(p)?);
+                Some(quote!(#i => <#context as #rules>::#action(#context_, #effects_),))
+            })
+            .collect();
+        if arms.is_empty() {
+            return TokenStream::new();
+        }
+        let method = Ident::new(which, Span::call_site());
+        quote! {
+            fn #method(
+                #parent_: ::fsm::ParentIndex,
+                #context_: &mut #context,
+                #effects_: &mut ::fsm::Effects<#effect>,
+            ) {
+                match #parent_ {
+                    #(#arms)*
+                    _ => {}
+                }
+            }
+        }
+    };
+    let exit_parent = parent_actions("exit_parent", crate::model::Parent::exit);
+    let enter_parent = parent_actions("enter_parent", crate::model::Parent::entry);
+    quote! {
+        #[allow(unreachable_patterns)]
+        fn ancestors(#state_: #state) -> &'static [::fsm::ParentIndex] {
+            match #state_ {
+                #(#ancestor_arms)*
+                _ => &[],
+            }
+        }
+        #exit_parent
+        #enter_parent
+    }
+}
+
+fn parent_index(i: usize) -> Literal {
+    Literal::u16_unsuffixed(u16::try_from(i).expect("validate caps parents at u16"))
 }
 
 #[cfg(test)]
@@ -795,6 +907,33 @@ mod tests {
         ] {
             assert!(out.contains(item), "missing {item:?} in {out}");
         }
+    }
+
+    #[test]
+    fn parents_are_tables_for_step_not_state_variants() {
+        let out = expand_str(quote! {
+            machine Order {
+                states { #[entry(open_case)] Active { *Paid, Packing { *Picking } } }
+                *Created + Pay => Active,
+                Paid + Pack => Packing,
+                Active + Cancel => Cancelled,
+            }
+        });
+        assert!(!out.contains("compile_error"), "{out}");
+        for item in [
+            "enum OrderState { # [doc = \"The `Paid` state.\"] Paid ,",
+            "OrderState :: Picking => & [1 , 0] ,",
+            "OrderState :: Paid => & [0] ,",
+            "fn enter_parent (",
+            "0 => < () as OrderRules > :: open_case (",
+            "pub fn is_within (self ,",
+            "parent : :: core :: option :: Option :: Some (\"Packing\")",
+            "from_parent : :: core :: option :: Option :: Some (\"Active\")",
+        ] {
+            assert!(out.contains(item), "missing {item:?} in {out}");
+        }
+        assert!(!out.contains("fn exit_parent"), "{out}");
+        assert!(!out.contains("OrderState :: Active"), "{out}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn stub_impl(m: &Machine, names: &Names) -> TokenStream {
                 context: "()",
                 effect: ::core::option::Option::None,
                 states: &[],
+                parents: &[],
                 events: &[],
                 edges: &[],
             };

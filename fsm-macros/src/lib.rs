@@ -24,6 +24,7 @@ use fsm_dsl::{ctxt, model};
 ///             Created,
 ///             #[entry(email_tracking)] #[exit(stop_tracking)] Shipped,
 ///             #[terminal] Delivered,
+///             Settled { *Paid, Refunded }   // a parent grouping states
 ///         }
 ///         events {               // optional: docs
 ///             /// The customer paid.
@@ -53,6 +54,17 @@ use fsm_dsl::{ctxt, model};
 /// not terminal, is not `Cancelled`, and has no edge of its own on `Cancel` (explicit
 /// edges win, guarded or not). Guards and actions apply to each generated edge.
 ///
+/// `Parent { *A, B }` in `states { }` groups states under a parent (composite) state,
+/// nested as deep as needed; `*` marks the child an edge into the parent enters. A line
+/// from a parent (`Active + Cancel => Cancelled`) applies to each state under it that is
+/// not `#[terminal]` and has no edge of its own on that event (a nearer parent's edge
+/// counts as its own; wildcards come after); a line into a parent enters its initial
+/// child, down to a leaf. A transition from `S` to `T` runs the exit actions from `S` up
+/// to, not including, their lowest common parent, the edge's action, then the entry
+/// actions from below that parent down to `T`, so a move inside a parent runs none of its
+/// actions. Parents are never stored: the state enum has the leaves only, and
+/// `OrderState::is_within("Active")` asks about the groups.
+///
 /// For `machine Order` it generates `OrderState`, `OrderEvent`, `OrderEventKind`, the
 /// marker type `Order` (whose docs show the machine's diagram: an SVG rendered at compile
 /// time, then the Mermaid source) implementing
@@ -65,7 +77,11 @@ use fsm_dsl::{ctxt, model};
 /// that always wins, unreachable states, conflicting payload types, edges or timers
 /// leaving a `#[terminal]` state, unknown keywords and bad timer units, two entry or exit
 /// actions on one state, an entry or exit action that no transition can run, a wildcard
-/// that adds no edge, and two wildcards for one event.
+/// that adds no edge, two wildcards for one event, and for composite states: an edge into
+/// a parent without an initial child, a parent declared twice or inside itself, a state
+/// named like a parent, two initial children, an empty parent, a timer on a parent's
+/// edge, a parent's edge that adds no edge, and `#[terminal]` or `#[renamed_from]` on a
+/// parent.
 #[proc_macro]
 pub fn state_machine(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand::state_machine(input.into()).into()

@@ -2,8 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, state_actions, summary, wildcard_group_start};
-use crate::definition::{Definition, On};
+use super::{
+    children, continues_parent_group, edge_label, parent_actions, state_actions, summary,
+    wildcard_group_start,
+};
+use crate::definition::{Definition, On, ParentInfo};
 
 /// Renders a definition as a Graphviz `digraph`, laid out left to right.
 ///
@@ -13,6 +16,11 @@ use crate::definition::{Definition, On};
 /// state's doc comment, first line only, becomes its tooltip; its entry and exit actions
 /// are lines of its label under its name (`entry / notify_shipped`). Every name and label is
 /// quoted, with `"` and `\` escaped, so any string renders as written.
+///
+/// A parent (composite) state is a `cluster_Active` subgraph, labelled with its name and
+/// actions and holding its states and nested parents. A parent's line is drawn once,
+/// from its first state, clipped at the cluster (`ltail`), and an edge into a parent
+/// ends at its cluster (`lhead`); `compound=true` lets Graphviz clip them.
 ///
 /// # Examples
 ///
@@ -25,9 +33,10 @@ use crate::definition::{Definition, On};
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -36,6 +45,8 @@ use crate::definition::{Definition, On};
 ///         action: None,
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -50,6 +61,9 @@ pub fn dot(definition: &Definition) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(out, "digraph {} {{", quote(definition.name));
     out.push_str("    rankdir=LR;\n");
+    if !definition.parents.is_empty() {
+        out.push_str("    compound=true;\n");
+    }
     out.push_str("    node [shape=box, style=rounded];\n");
     out.push_str("    __start [shape=point, width=0.15, label=\"\"];\n");
     for state in definition.states {
@@ -68,6 +82,10 @@ pub fn dot(definition: &Definition) -> String {
         }
         let _ = writeln!(out, "    {}{};", quote(state.name), attr_list(&attrs));
     }
+    let (_, top) = children(definition, None);
+    for parent in top {
+        cluster(definition, parent, 1, &mut out);
+    }
     for state in definition.states.iter().filter(|s| s.initial) {
         let _ = writeln!(out, "    __start -> {};", quote(state.name));
     }
@@ -83,11 +101,55 @@ pub fn dot(definition: &Definition) -> String {
         if edge.from_wildcard {
             attrs.push("color=gray40, fontcolor=gray40".to_owned());
         }
+        if continues_parent_group(definition.edges, i) {
+            continue;
+        }
+        if let Some(parent) = edge.from_parent {
+            attrs.push(format!("ltail={}", quote(&cluster_id(parent))));
+        }
+        if let Some(parent) = edge.to_parent {
+            attrs.push(format!("lhead={}", quote(&cluster_id(parent))));
+        }
         let (from, to) = (quote(edge.from), quote(edge.to));
         let _ = writeln!(out, "    {from} -> {to}{};", attr_list(&attrs));
     }
     out.push_str("}\n");
     out
+}
+
+/// `subgraph "cluster_Active" { .. }`: the parent's label, its states, its nested
+/// parents.
+fn cluster(definition: &Definition, parent: &ParentInfo, depth: usize, out: &mut String) {
+    let indent = "    ".repeat(depth);
+    let _ = writeln!(
+        out,
+        "{indent}subgraph {} {{",
+        quote(&cluster_id(parent.name))
+    );
+    let mut label = parent.name.to_owned();
+    for action in parent_actions(parent) {
+        label.push('\n');
+        label.push_str(&action);
+    }
+    let _ = writeln!(out, "{indent}    label={};", quote(&label));
+    out.push_str(&format!("{indent}    style=rounded;\n"));
+    let doc = summary(parent.doc);
+    if !doc.is_empty() {
+        let _ = writeln!(out, "{indent}    tooltip={};", quote(doc));
+    }
+    let (states, parents) = children(definition, Some(parent.name));
+    for state in states {
+        let _ = writeln!(out, "{indent}    {};", quote(state.name));
+    }
+    for inner in parents {
+        cluster(definition, inner, depth + 1, out);
+    }
+    let _ = writeln!(out, "{indent}}}");
+}
+
+/// A cluster's name: Graphviz draws a subgraph as a frame when its name starts so.
+fn cluster_id(parent: &str) -> String {
+    format!("cluster_{parent}")
 }
 
 /// ` [a, b]`, or nothing for no attributes.
@@ -183,6 +245,40 @@ mod tests {
     }
 
     #[test]
+    fn dot_draws_parents_as_clusters_and_their_lines_once_from_the_frame() {
+        let out = dot(&crate::diagram::fixture::COMPOSITE);
+        assert!(
+            out.contains("    rankdir=LR;\n    compound=true;\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "    subgraph \"cluster_Active\" {\n        \
+                 label=\"Active\\nentry / open_case\";\n        \
+                 style=rounded;\n        \
+                 tooltip=\"Paid for.\";\n        \
+                 \"Paid\";\n        \
+                 subgraph \"cluster_Packing\" {\n            \
+                 label=\"Packing\";\n            \
+                 style=rounded;\n            \
+                 \"Picking\";\n            \
+                 \"Packed\";\n        \
+                 }\n    \
+                 }\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains(
+            "    \"Cart\" -> \"Paid\" [label=\"Checkout\", lhead=\"cluster_Active\"];\n"
+        ));
+        assert!(out.contains(
+            "    \"Paid\" -> \"Cancelled\" [label=\"Cancel\", ltail=\"cluster_Active\"];\n"
+        ));
+        assert_eq!(out.matches("label=\"Cancel\"").count(), 1, "{out}");
+        assert!(!dot(&ORDER).contains("compound"));
+    }
+
+    #[test]
     fn dot_escapes_quotes_and_backslashes() {
         static ODD: Definition = Definition {
             name: "Say \"hi\"",
@@ -198,6 +294,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "\"q\"",
@@ -207,8 +304,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[Edge {
                 from: "a\\b",
@@ -217,6 +316,8 @@ mod tests {
                 action: None,
                 to: "\"q\"",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             }],
         };
         assert_eq!(

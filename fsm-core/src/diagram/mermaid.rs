@@ -2,8 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::{edge_label, state_actions, summary, wildcard_group_start};
-use crate::definition::Definition;
+use super::{
+    children, continues_parent_group, drawn_ends, edge_label, parent_actions, state_actions,
+    summary, wildcard_group_start,
+};
+use crate::definition::{Definition, ParentInfo};
 
 /// Renders a definition as a Mermaid `stateDiagram-v2`, ready for a Markdown
 /// ` ```mermaid ` block.
@@ -12,6 +15,11 @@ use crate::definition::Definition;
 /// labelled `Event [guard] / action` (timers `after 30 min`), and a state's doc comment
 /// shows, first line only, as its description, followed by its entry and exit actions
 /// (`entry / notify_shipped`). Edges keep declaration order.
+///
+/// A parent (composite) state is a `state Active { .. }` block, first, holding its
+/// states, its nested parents and `[*] --> Paid` for its initial child; its docs and
+/// actions follow as for a state. A parent's line is one arrow from the block
+/// (`Active --> Cancelled : Cancel`), and an edge into a parent points at it.
 ///
 /// # Examples
 ///
@@ -24,9 +32,10 @@ use crate::definition::Definition;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -35,6 +44,8 @@ use crate::definition::Definition;
 ///         action: Some("engage_bolt"),
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -48,10 +59,15 @@ use crate::definition::Definition;
 /// ```
 pub fn mermaid(definition: &Definition) -> String {
     let mut out = String::from("stateDiagram-v2\n");
+    // A state belongs to the block it is first named in, so the blocks come first.
+    let (_, top) = children(definition, None);
+    for parent in top {
+        block(definition, parent, 1, &mut out);
+    }
     // Writing to a String cannot fail.
     for state in definition.states {
         let id = state_id(state.name);
-        if id != state.name {
+        if id != state.name && state.parent.is_none() {
             let _ = writeln!(out, "    state \"{}\" as {id}", text(state.name));
         }
         let doc = summary(state.doc);
@@ -59,6 +75,16 @@ pub fn mermaid(definition: &Definition) -> String {
             let _ = writeln!(out, "    {id} : {}", text(doc));
         }
         for action in state_actions(state) {
+            let _ = writeln!(out, "    {id} : {}", text(&action));
+        }
+    }
+    for parent in definition.parents {
+        let id = state_id(parent.name);
+        let doc = summary(parent.doc);
+        if !doc.is_empty() {
+            let _ = writeln!(out, "    {id} : {}", text(doc));
+        }
+        for action in parent_actions(parent) {
             let _ = writeln!(out, "    {id} : {}", text(&action));
         }
     }
@@ -71,13 +97,39 @@ pub fn mermaid(definition: &Definition) -> String {
             let line = line.replace(['\n', '\r'], " ");
             let _ = writeln!(out, "    %% {line}: every state without its own edge");
         }
-        let (from, to) = (state_id(edge.from), state_id(edge.to));
+        if continues_parent_group(definition.edges, i) {
+            continue;
+        }
+        let (from, to) = drawn_ends(edge);
+        let (from, to) = (state_id(from), state_id(to));
         let _ = writeln!(out, "    {from} --> {to} : {}", text(&edge_label(edge)));
     }
     for state in definition.states.iter().filter(|s| s.terminal) {
         let _ = writeln!(out, "    {} --> [*]", state_id(state.name));
     }
     out
+}
+
+/// `state Parent { .. }`: its initial child, its states and its nested parents.
+fn block(definition: &Definition, parent: &ParentInfo, depth: usize, out: &mut String) {
+    let indent = "    ".repeat(depth);
+    let _ = writeln!(out, "{indent}state {} {{", state_id(parent.name));
+    if let Some(initial) = parent.initial {
+        let _ = writeln!(out, "{indent}    [*] --> {}", state_id(initial));
+    }
+    let (states, parents) = children(definition, Some(parent.name));
+    for state in states {
+        let id = state_id(state.name);
+        if id == state.name {
+            let _ = writeln!(out, "{indent}    {id}");
+        } else {
+            let _ = writeln!(out, "{indent}    state \"{}\" as {id}", text(state.name));
+        }
+    }
+    for inner in parents {
+        block(definition, inner, depth + 1, out);
+    }
+    let _ = writeln!(out, "{indent}}}");
 }
 
 /// A Mermaid state id: the name itself when it is an identifier (every name the macro
@@ -190,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn mermaid_draws_parents_as_blocks_and_their_lines_once() {
+        assert_eq!(
+            mermaid(&crate::diagram::fixture::COMPOSITE),
+            "stateDiagram-v2\n    \
+             state Active {\n        \
+                 [*] --> Paid\n        \
+                 Paid\n        \
+                 state Packing {\n            \
+                     [*] --> Picking\n            \
+                     Picking\n            \
+                     Packed\n        \
+                 }\n    \
+             }\n    \
+             Active : Paid for.\n    \
+             Active : entry / open_case\n    \
+             [*] --> Cart\n    \
+             Cart --> Active : Checkout\n    \
+             Paid --> Packing : Pack\n    \
+             Picking --> Packed : Pick\n    \
+             Active --> Cancelled : Cancel\n    \
+             Cancelled --> [*]\n",
+        );
+    }
+
+    #[test]
     fn mermaid_escapes_what_its_parser_would_read() {
         static ODD: Definition = Definition {
             name: "Odd",
@@ -205,6 +282,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "Two words",
@@ -214,8 +292,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[Edge {
                 from: "Start",
@@ -224,6 +304,8 @@ mod tests {
                 action: None,
                 to: "Two words",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             }],
         };
         assert_eq!(

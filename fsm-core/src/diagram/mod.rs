@@ -14,7 +14,14 @@
 //!   `Cancel (any)`, introduced by a comment naming the line in Mermaid and DOT, drawn
 //!   grey in DOT and SVG;
 //! * entry and exit actions inside their state, as UML writes them: `entry /
-//!   notify_shipped`, `exit / stop_clock`.
+//!   notify_shipped`, `exit / stop_clock`;
+//! * parent (composite) states as a frame around their states, named and listing the
+//!   parent's entry and exit actions: `state Active { .. }` with `[*] --> Paid` for its
+//!   initial child in Mermaid, a `cluster_Active` subgraph in DOT, a rectangle in SVG.
+//!   A parent's line `Active + Cancel => Cancelled` is one arrow leaving the frame in
+//!   Mermaid and DOT (SVG, laid out without clusters, draws one arrow per state it
+//!   applies to, labelled `Cancel (Active)`), and an edge into a parent points at the
+//!   frame.
 //!
 //! An `A | B + E` line is two edges, so it is drawn as two arrows.
 //!
@@ -41,10 +48,11 @@
 //!     context: "()",
 //!     effect: None,
 //!     states: &[
-//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
-//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+//!         StateInfo { name: "Created", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+//!         StateInfo { name: "Paid", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
+//!         StateInfo { name: "Expired", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 //!     ],
+//!     parents: &[],
 //!     events: &[EventInfo { name: "Pay", doc: "", payload: None, renamed_from: &[] }],
 //!     edges: &[
 //!         Edge {
@@ -54,6 +62,8 @@
 //!             action: None,
 //!             to: "Paid",
 //!             from_wildcard: false,
+//!             from_parent: None,
+//!             to_parent: None,
 //!         },
 //!         Edge {
 //!             from: "Created",
@@ -62,6 +72,8 @@
 //!             action: None,
 //!             to: "Expired",
 //!             from_wildcard: false,
+//!             from_parent: None,
+//!             to_parent: None,
 //!         },
 //!     ],
 //! };
@@ -74,7 +86,7 @@
 //! assert!(dot.contains(r#""Created" -> "Expired" [label="after 30 min", style=dashed];"#));
 //! ```
 
-use crate::definition::{Edge, On, StateInfo, format_duration};
+use crate::definition::{Definition, Edge, On, ParentInfo, StateInfo, format_duration};
 
 mod dot;
 mod mermaid;
@@ -133,6 +145,57 @@ fn wildcard_group_start(edges: &[Edge], index: usize) -> Option<String> {
     Some(line)
 }
 
+/// Whether `edge` continues the group of edges that one parent line generated, begun by
+/// the edge before it: renderers that can draw from a parent's frame draw the group once.
+fn continues_parent_group(edges: &[Edge], index: usize) -> bool {
+    let edge = &edges[index];
+    index > 0 && edge.from_parent.is_some() && {
+        let before = &edges[index - 1];
+        before.from_parent == edge.from_parent
+            && (
+                before.on,
+                before.guard,
+                before.action,
+                before.to,
+                before.to_parent,
+            ) == (edge.on, edge.guard, edge.action, edge.to, edge.to_parent)
+    }
+}
+
+/// Where an edge is drawn from and to where a renderer draws parents as frames: the
+/// parent for a parent line's edge and for an edge into a parent, else the states.
+fn drawn_ends(edge: &Edge) -> (&'static str, &'static str) {
+    (
+        edge.from_parent.unwrap_or(edge.from),
+        edge.to_parent.unwrap_or(edge.to),
+    )
+}
+
+/// The states (leaves) and parents directly inside `parent` (`None`: at the top), in
+/// declaration order.
+fn children<'a>(
+    definition: &'a Definition,
+    parent: Option<&'a str>,
+) -> (
+    impl Iterator<Item = &'a StateInfo> + 'a,
+    impl Iterator<Item = &'a ParentInfo> + 'a,
+) {
+    (
+        definition.states.iter().filter(move |s| s.parent == parent),
+        definition
+            .parents
+            .iter()
+            .filter(move |p| p.parent == parent),
+    )
+}
+
+/// A parent's entry and exit actions, as for a state.
+fn parent_actions(parent: &ParentInfo) -> impl Iterator<Item = String> {
+    let entry = parent.entry.map(|a| format!("entry / {a}"));
+    let exit = parent.exit.map(|a| format!("exit / {a}"));
+    entry.into_iter().chain(exit)
+}
+
 /// A state's entry and exit actions as UML writes them: `entry / notify_shipped`,
 /// `exit / stop_clock`.
 fn state_actions(state: &StateInfo) -> impl Iterator<Item = String> {
@@ -153,7 +216,7 @@ fn summary(doc: &str) -> &str {
 pub(crate) mod fixture {
     use std::time::Duration;
 
-    use crate::definition::{Definition, Edge, EventInfo, On, StateInfo};
+    use crate::definition::{Definition, Edge, EventInfo, On, ParentInfo, StateInfo};
 
     /// An order with every feature a diagram must show: an initial state, a guarded
     /// edge with an action, `Created | Paid + Cancel`, a timer and two terminal states.
@@ -171,6 +234,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Paid",
@@ -180,6 +244,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Delivered",
@@ -189,6 +254,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Cancelled",
@@ -198,8 +264,10 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
         ],
+        parents: &[],
         events: &[
             EventInfo {
                 name: "Pay",
@@ -228,6 +296,8 @@ pub(crate) mod fixture {
                 action: Some("record_payment"),
                 to: "Paid",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Created",
@@ -236,6 +306,8 @@ pub(crate) mod fixture {
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Paid",
@@ -244,6 +316,8 @@ pub(crate) mod fixture {
                 action: Some("refund_if_paid"),
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Paid",
@@ -252,6 +326,8 @@ pub(crate) mod fixture {
                 action: None,
                 to: "Delivered",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Created",
@@ -260,6 +336,8 @@ pub(crate) mod fixture {
                 action: None,
                 to: "Cancelled",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
         ],
     };
@@ -279,6 +357,7 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: None,
                 exit: None,
+                parent: None,
             },
             StateInfo {
                 name: "Shipped",
@@ -288,8 +367,10 @@ pub(crate) mod fixture {
                 renamed_from: &[],
                 entry: Some("notify_shipped"),
                 exit: Some("stop_clock"),
+                parent: None,
             },
         ],
+        parents: &[],
         events: &[],
         edges: &[Edge {
             from: "Paid",
@@ -298,6 +379,8 @@ pub(crate) mod fixture {
             action: None,
             to: "Shipped",
             from_wildcard: false,
+            from_parent: None,
+            to_parent: None,
         }],
     };
     const fn state(name: &'static str, initial: bool, terminal: bool) -> StateInfo {
@@ -309,6 +392,7 @@ pub(crate) mod fixture {
             renamed_from: &[],
             entry: None,
             exit: None,
+            parent: None,
         }
     }
 
@@ -320,8 +404,89 @@ pub(crate) mod fixture {
             action: if any { Some("refund") } else { None },
             to,
             from_wildcard: any,
+            from_parent: None,
+            to_parent: None,
         }
     }
+
+    const fn leaf(name: &'static str, parent: Option<&'static str>, initial: bool) -> StateInfo {
+        StateInfo {
+            name,
+            doc: "",
+            initial,
+            terminal: false,
+            renamed_from: &[],
+            entry: None,
+            exit: None,
+            parent,
+        }
+    }
+
+    const fn inner(
+        from: &'static str,
+        event: &'static str,
+        to: &'static str,
+        from_parent: Option<&'static str>,
+        to_parent: Option<&'static str>,
+    ) -> Edge {
+        Edge {
+            from,
+            on: On::Event(event),
+            guard: None,
+            action: None,
+            to,
+            from_wildcard: false,
+            from_parent,
+            to_parent,
+        }
+    }
+
+    /// `states { #[entry(open_case)] Active { *Paid, Packing { *Picking, Packed } } }`,
+    /// `*Cart + Checkout => Active`, `Paid + Pack => Packing`, `Picking + Pick =>
+    /// Packed`, `Active + Cancel => Cancelled`.
+    pub(crate) static COMPOSITE: Definition = Definition {
+        name: "Composite",
+        doc: "",
+        context: "()",
+        effect: None,
+        states: &[
+            leaf("Cart", None, true),
+            leaf("Paid", Some("Active"), false),
+            leaf("Picking", Some("Packing"), false),
+            leaf("Packed", Some("Packing"), false),
+            StateInfo {
+                terminal: true,
+                ..leaf("Cancelled", None, false)
+            },
+        ],
+        parents: &[
+            ParentInfo {
+                name: "Active",
+                doc: "Paid for.",
+                parent: None,
+                initial: Some("Paid"),
+                entry: Some("open_case"),
+                exit: None,
+            },
+            ParentInfo {
+                name: "Packing",
+                doc: "",
+                parent: Some("Active"),
+                initial: Some("Picking"),
+                entry: None,
+                exit: None,
+            },
+        ],
+        events: &[],
+        edges: &[
+            inner("Cart", "Checkout", "Paid", None, Some("Active")),
+            inner("Paid", "Pack", "Picking", None, Some("Packing")),
+            inner("Picking", "Pick", "Packed", None, None),
+            inner("Paid", "Cancel", "Cancelled", Some("Active"), None),
+            inner("Picking", "Cancel", "Cancelled", Some("Active"), None),
+            inner("Packed", "Cancel", "Cancelled", Some("Active"), None),
+        ],
+    };
 
     /// `*A + Go => B, B + Go => C, _ + Cancel / refund => X`: the wildcard adds
     /// `A + Cancel` and `B + Cancel`.
@@ -336,6 +501,7 @@ pub(crate) mod fixture {
             state("C", false, true),
             state("X", false, true),
         ],
+        parents: &[],
         events: &[],
         edges: &[
             edge("A", "Go", "B", false),
@@ -360,6 +526,8 @@ mod tests {
             action,
             to: "B",
             from_wildcard: false,
+            from_parent: None,
+            to_parent: None,
         }
     }
 

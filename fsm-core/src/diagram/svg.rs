@@ -12,8 +12,8 @@ use layout::std_shapes::render::get_shape_size;
 use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
-use super::{edge_label, state_actions};
-use crate::definition::{Definition, On, StateInfo};
+use super::{children, edge_label, parent_actions, state_actions};
+use crate::definition::{Definition, On, ParentInfo, StateInfo};
 
 /// One font size for every text: `layout-rs` emits one CSS class per size in hash-map
 /// order, so a single size keeps the output byte-for-byte reproducible. It is 15
@@ -35,6 +35,9 @@ const MARGIN: f64 = 8.;
 /// Gap between an edge and its label, in pixels.
 const LABEL_GAP: f64 = 3.;
 
+/// Space between a parent's frame and what it encloses, in pixels.
+const FRAME_PAD: f64 = 10.;
+
 /// Width of one character of a sans-serif font, as a share of the font size: what the
 /// drawing's bounds allow for text (`layout-rs` reserves a whole font size per
 /// character when it places nodes).
@@ -46,7 +49,10 @@ const CHAR_WIDTH: f64 = 0.6;
 /// The drawing matches [`dot`](super::dot()): states are rounded boxes, terminal states
 /// have a double outline, a small filled circle leads into the initial state, edges are
 /// labelled `Event [guard] / action` beside (never across) the edge, and timer edges
-/// are dashed and labelled `after 30 min`. Text is sans-serif and the picture is cropped
+/// are dashed and labelled `after 30 min`. A parent (composite) state is a grey
+/// rectangle, labelled with its name and actions, around its states; the layout knows
+/// no clusters, so the frame is the box round its states as placed, and a parent's line
+/// is one arrow per state it applies to, labelled `Cancel (Active)`. Text is sans-serif and the picture is cropped
 /// to the drawing with a small margin; the document has no blank line, so it can be
 /// inlined in Markdown (the rustdoc of a `state_machine!` type does). The output is deterministic, so it can be committed next to the code
 /// and diffed.
@@ -62,9 +68,10 @@ const CHAR_WIDTH: f64 = 0.6;
 ///     context: "()",
 ///     effect: None,
 ///     states: &[
-///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+///         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+///         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 ///     ],
+///     parents: &[],
 ///     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
 ///     edges: &[Edge {
 ///         from: "Open",
@@ -73,6 +80,8 @@ const CHAR_WIDTH: f64 = 0.6;
 ///         action: None,
 ///         to: "Locked",
 ///         from_wildcard: false,
+///         from_parent: None,
+///         to_parent: None,
 ///     }],
 /// };
 ///
@@ -108,11 +117,12 @@ pub struct StateMark {
 /// # static DOOR: Definition = Definition {
 /// #     name: "Door", doc: "", context: "()", effect: None,
 /// #     states: &[
-/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None },
-/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None },
+/// #         StateInfo { name: "Open", doc: "", initial: true, terminal: false, renamed_from: &[], entry: None, exit: None, parent: None },
+/// #         StateInfo { name: "Locked", doc: "", initial: false, terminal: true, renamed_from: &[], entry: None, exit: None, parent: None },
 /// #     ],
+/// #     parents: &[],
 /// #     events: &[EventInfo { name: "Lock", doc: "", payload: None, renamed_from: &[] }],
-/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false }],
+/// #     edges: &[Edge { from: "Open", on: On::Event("Lock"), guard: None, action: None, to: "Locked", from_wildcard: false, from_parent: None, to_parent: None }],
 /// # };
 ///
 /// let svg = svg_marked(&DOOR, |state| StateMark {
@@ -189,18 +199,78 @@ pub fn svg_marked(definition: &Definition, mark: impl Fn(&StateInfo) -> StateMar
         } else {
             black()
         };
-        graph.add_edge(arrow(line, &edge_label(edge), color), from, to);
+        let mut label = edge_label(edge);
+        if let Some(parent) = edge.from_parent {
+            label.push_str(&format!(" ({parent})"));
+        }
+        graph.add_edge(arrow(line, &label, color), from, to);
     }
 
-    let mut out = draw(graph).finish();
+    let mut canvas = draw(&mut graph);
+    let (_, top) = children(definition, None);
+    for parent in top {
+        frame(definition, parent, &graph, &states, &mut canvas);
+    }
+    let mut out = canvas.finish();
     for (text, href) in links {
         link_text(&mut out, &text, &href);
     }
     out
 }
 
+/// Draws the frame of `parent` round its states and nested frames, as laid out; returns
+/// its corners (`None` for a parent with nothing inside).
+fn frame(
+    definition: &Definition,
+    parent: &ParentInfo,
+    graph: &VisualGraph,
+    nodes: &HashMap<&str, layout::adt::dag::NodeHandle>,
+    canvas: &mut Canvas,
+) -> Option<(Point, Point)> {
+    let (states, parents) = children(definition, Some(parent.name));
+    let mut corners: Vec<(Point, Point)> = states
+        .filter_map(|s| nodes.get(s.name))
+        .map(|&node| graph.pos(node).bbox(false))
+        .collect();
+    let inner: Vec<&ParentInfo> = parents.collect();
+    for inner in inner {
+        corners.extend(frame(definition, inner, graph, nodes, canvas));
+    }
+    let lo = corners
+        .iter()
+        .map(|c| c.0)
+        .reduce(|a, b| Point::new(a.x.min(b.x), a.y.min(b.y)))?;
+    let hi = corners
+        .iter()
+        .map(|c| c.1)
+        .reduce(|a, b| Point::new(a.x.max(b.x), a.y.max(b.y)))?;
+    let mut label = parent.name.to_owned();
+    for action in parent_actions(parent) {
+        label.push('\n');
+        label.push_str(&action);
+    }
+    let lines = label.lines().count() as f64;
+    let font = FONT_SIZE as f64;
+    // The label sits in a band at the top of the frame, above what it encloses.
+    let band = lines * font + FRAME_PAD / 2.;
+    let lo = Point::new(lo.x - FRAME_PAD, lo.y - FRAME_PAD - band);
+    let hi = Point::new(hi.x + FRAME_PAD, hi.y + FRAME_PAD);
+    let grey = Color::fast("gray");
+    let look = StyleAttr::new(grey, 1, None, ROUNDED, FONT_SIZE);
+    canvas.draw_rect(lo, hi.sub(lo), &look, None, None);
+    // Top left, as UML names a composite state; `draw_text` centres on the point.
+    let width = label.lines().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
+    let at = Point::new(
+        lo.x + FRAME_PAD + width * font * CHAR_WIDTH / 2.,
+        lo.y + FRAME_PAD / 2. + lines * font / 2.,
+    );
+    let text = StyleAttr::new(black(), 1, None, 0, FONT_SIZE);
+    canvas.draw_text(at, &label, &text);
+    Some((lo, hi))
+}
+
 /// Lays the graph out and draws it, labels still pending.
-fn draw(mut graph: VisualGraph) -> Canvas {
+fn draw(graph: &mut VisualGraph) -> Canvas {
     let mut canvas = Canvas::default();
     graph.do_it(false, false, false, &mut canvas);
     canvas
@@ -581,6 +651,7 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
                 StateInfo {
                     name: "On",
@@ -590,8 +661,10 @@ mod tests {
                     renamed_from: &[],
                     entry: None,
                     exit: None,
+                    parent: None,
                 },
             ],
+            parents: &[],
             events: &[],
             edges: &[
                 Edge {
@@ -601,6 +674,8 @@ mod tests {
                     action: None,
                     to: "On",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
                 Edge {
                     from: "On",
@@ -609,6 +684,8 @@ mod tests {
                     action: None,
                     to: "Off",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
                 Edge {
                     from: "On",
@@ -617,6 +694,8 @@ mod tests {
                     action: None,
                     to: "On",
                     from_wildcard: false,
+                    from_parent: None,
+                    to_parent: None,
                 },
             ],
         };
@@ -636,6 +715,17 @@ mod tests {
     fn svg_labels_wildcard_edges_as_any() {
         let out = svg(&crate::diagram::fixture::WILDCARD);
         assert_eq!(out.matches(">Cancel (any) / refund<").count(), 2);
+    }
+
+    #[test]
+    fn svg_frames_each_parent_round_its_states() {
+        let out = svg(&crate::diagram::fixture::COMPOSITE);
+        assert!(out.contains(">Active</tspan>"), "{out}");
+        assert!(out.contains(">entry / open_case</tspan>"), "{out}");
+        assert!(out.contains(">Packing</tspan>"), "{out}");
+        // Two frames and five state boxes; a parent's line is one arrow per state.
+        assert_eq!(out.matches("stroke=\"#808080ff\"").count(), 2, "{out}");
+        assert_eq!(out.matches(">Cancel (Active)<").count(), 3, "{out}");
     }
 
     #[test]
@@ -691,7 +781,7 @@ mod tests {
         ] {
             graph.add_edge(arrow(LineStyleKind::Normal, label, black()), from, to);
         }
-        let canvas = draw(graph);
+        let canvas = draw(&mut graph);
         assert_eq!(canvas.labels.len(), 3);
         for label in &canvas.labels {
             let size = label.size();

@@ -103,6 +103,7 @@ const fn state(
         renamed_from,
         entry: None,
         exit: None,
+        parent: None,
     }
 }
 
@@ -123,6 +124,8 @@ const fn edge(from: &'static str, on: On, to: &'static str) -> Edge {
         action: None,
         to,
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     }
 }
 
@@ -182,6 +185,7 @@ impl StateMachine for ParcelV1 {
             state("Lost", false, &[]),
             state("Held", false, &[]),
         ],
+        parents: &[],
         events: &[
             event("Ship", &[]),
             event("Deliver", &[]),
@@ -250,6 +254,7 @@ impl StateMachine for ParcelV2 {
             state("Delivered", false, &[]),
             state("Lost", false, &[]),
         ],
+        parents: &[],
         events: &[
             event("Ship", &[]),
             event("Arrive", &["Deliver"]),

@@ -109,7 +109,9 @@ impl StateMachine for Meter {
             renamed_from: &[],
             entry: None,
             exit: None,
+            parent: None,
         }],
+        parents: &[],
         events: &[
             EventInfo {
                 name: "Record",
@@ -132,6 +134,8 @@ impl StateMachine for Meter {
                 action: Some("record"),
                 to: "Reading",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
             Edge {
                 from: "Reading",
@@ -140,6 +144,8 @@ impl StateMachine for Meter {
                 action: Some("burst"),
                 to: "Reading",
                 from_wildcard: false,
+                from_parent: None,
+                to_parent: None,
             },
         ],
     };

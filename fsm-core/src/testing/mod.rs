@@ -244,6 +244,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
     StateInfo {
         name: "Paid",
@@ -253,6 +254,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
     StateInfo {
         name: "Shipped",
@@ -262,6 +264,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
     StateInfo {
         name: "Delivered",
@@ -271,6 +274,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
     StateInfo {
         name: "Cancelled",
@@ -280,6 +284,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
     StateInfo {
         name: "Expired",
@@ -289,6 +294,7 @@ const STATES: &[StateInfo] = &[
         renamed_from: &[],
         entry: None,
         exit: None,
+        parent: None,
     },
 ];
 
@@ -339,6 +345,8 @@ const EDGES: &[Edge] = &[
         action: Some("record_payment"),
         to: "Paid",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Created",
@@ -347,6 +355,8 @@ const EDGES: &[Edge] = &[
         action: None,
         to: "Cancelled",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Paid",
@@ -355,6 +365,8 @@ const EDGES: &[Edge] = &[
         action: Some("refund"),
         to: "Cancelled",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Paid",
@@ -363,6 +375,8 @@ const EDGES: &[Edge] = &[
         action: None,
         to: "Shipped",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Shipped",
@@ -371,6 +385,8 @@ const EDGES: &[Edge] = &[
         action: None,
         to: "Delivered",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Created",
@@ -379,6 +395,8 @@ const EDGES: &[Edge] = &[
         action: Some("annotate"),
         to: "Created",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Paid",
@@ -387,6 +405,8 @@ const EDGES: &[Edge] = &[
         action: Some("annotate"),
         to: "Paid",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
     Edge {
         from: "Created",
@@ -395,6 +415,8 @@ const EDGES: &[Edge] = &[
         action: None,
         to: "Expired",
         from_wildcard: false,
+        from_parent: None,
+        to_parent: None,
     },
 ];
 
@@ -425,6 +447,7 @@ impl StateMachine for Order {
         context: "OrderData",
         effect: Some("OrderEffect"),
         states: STATES,
+        parents: &[],
         events: EVENTS,
         edges: EDGES,
     };

@@ -1,0 +1,13 @@
+fsm::state_machine! {
+    machine Order {
+        states {
+            Active { *Paid, Shipped }
+        }
+        *Created + Pay => Active,
+        Paid + Ship => Shipped,
+        Paid | Shipped + Cancel => Cancelled,
+        Active + Cancel => Cancelled,
+    }
+}
+
+fn main() {}
