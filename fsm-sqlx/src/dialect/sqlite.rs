@@ -20,7 +20,7 @@ use fsm_core::Result;
 use super::sealed::Backend;
 use super::{Arg, Dialect, Lookup, Sql, Statements, Steps, db_error, is_unique_violation};
 use crate::SqlStore;
-use crate::engine::rows::TransitionWrite;
+use crate::engine::rows::{TransitionWrite, WriteOutcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -137,6 +137,20 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
         result.rows_affected()
     }
 
+    async fn write(
+        conn: &mut sqlx::SqliteConnection,
+        w: &TransitionWrite<'_>,
+    ) -> Result<WriteOutcome> {
+        // Under SQLite's 32,766 parameters; a token is consumed first, step by step.
+        if w.token.is_some() || 6 * (w.effects.len() + w.timers.len()) > 30_000 {
+            let tx =
+                super::begin_write_on::<Sqlite>(conn, || format!("fire {} {}", w.machine, w.id))
+                    .await?;
+            return Self::write_locked(tx, w).await;
+        }
+        write(conn, w).await
+    }
+
     async fn read_many<'c>(
         conn: &'c mut sqlx::SqliteConnection,
         machine: &'c str,
@@ -154,6 +168,126 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
 }
 
 /// Constructors of [`SqliteStore`](crate::SqliteStore).
+// A lone fire's write in one call to sqlx's SQLite worker thread instead of six (each
+// call is a hand-off to that thread and back, which costs more than SQLite's own work
+// here). In one string: take the write lock, compare-and-set, record the history row
+// only if the compare-and-set hit (`changes()` counts the rows the `UPDATE` changed),
+// leave a mark in a connection-private table if the history row went in, queue the
+// outbox rows and timers only where the mark is, take the mark back (returning it:
+// no row back means the version moved and nothing was written) and commit. An error
+// stops the string inside the transaction, so `write` then rolls it back. sqlx binds
+// the arguments of a string of statements in order, each statement taking as many as
+// it has `?`.
+const WRITE_HEAD: &str = "\
+CREATE TEMP TABLE IF NOT EXISTS fsm_hit (hit INTEGER NOT NULL);
+BEGIN IMMEDIATE;
+UPDATE fsm_machines SET state = ?, version = ?, context = ?, updated_at = ?,
+  entered_at = COALESCE(?, entered_at)
+WHERE machine_type = ? AND machine_id = ? AND version = ?
+  AND (? IS NULL OR (state = ? AND context = ?));
+INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1;
+INSERT INTO temp.fsm_hit (hit) SELECT 1 WHERE changes() = 1;
+";
+const WRITE_TAIL: &str = "DELETE FROM temp.fsm_hit RETURNING hit;\nCOMMIT";
+
+/// The statements [`write`] runs for `effects` outbox rows and `timers` timers.
+fn write_sql(effects: usize, timers: usize) -> String {
+    let mut sql = String::from(WRITE_HEAD);
+    let marked = ") WHERE EXISTS (SELECT 1 FROM temp.fsm_hit);\n";
+    if effects > 0 {
+        sql.push_str(
+            "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
+SELECT * FROM (VALUES ",
+        );
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", effects, false));
+        sql.push_str(marked);
+    }
+    if timers > 0 {
+        sql.push_str(
+            "INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+SELECT * FROM (VALUES ",
+        );
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", timers, false));
+        sql.push_str(marked);
+    }
+    sql.push_str(WRITE_TAIL);
+    sql
+}
+
+/// A lone fire's write (see [`WRITE_HEAD`]); a command with a token takes the
+/// step-by-step path, which consumes the token first.
+async fn write(conn: &mut sqlx::SqliteConnection, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
+    let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
+    let mut args = Vec::with_capacity(21 + 6 * (w.effects.len() + w.timers.len()));
+    args.extend([
+        Arg::Text(w.to_state),
+        Arg::Int(w.version),
+        Arg::Text(&w.context),
+        Arg::Int(w.at_ms),
+        Arg::MaybeInt(w.entered_at),
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Int(w.expected),
+        Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
+        Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
+        Arg::MaybeText(w.claimed.as_ref().map(|c| c.context.as_str())),
+    ]);
+    args.extend([
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Int(w.version),
+        Arg::Text(w.from_state),
+        Arg::Text(&w.event),
+        Arg::Text(&w.trigger),
+        Arg::Text(w.to_state),
+        Arg::MaybeText(w.idem_key),
+        Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
+        Arg::Int(w.at_ms),
+    ]);
+    for (seq, effect) in (0i32..).zip(&w.effects) {
+        args.extend([
+            Arg::Text(w.machine),
+            Arg::Text(w.id),
+            Arg::Int(w.version),
+            Arg::Small(seq),
+            Arg::Text(effect),
+            Arg::Int(w.at_ms),
+        ]);
+    }
+    for timer in &w.timers {
+        args.extend([
+            Arg::Text(w.machine),
+            Arg::Text(w.id),
+            Arg::Int(w.version),
+            Arg::Text(w.to_state),
+            Arg::Int(timer.after_ms),
+            Arg::Int(timer.due_at),
+        ]);
+    }
+    let sql = write_sql(w.effects.len(), w.timers.len());
+    match Sqlite::rows(conn, &sql, &args).await {
+        Ok(hit) if hit.is_empty() => Ok(WriteOutcome::VersionMoved),
+        Ok(_) => Ok(WriteOutcome::Committed),
+        Err(e) => {
+            rollback(conn).await;
+            match is_unique_violation(&e) {
+                true => Ok(WriteOutcome::KeyTaken),
+                false => Err(failed(e)),
+            }
+        }
+    }
+}
+
+/// Ends the write's transaction, if one is open (after a failed `BEGIN` there is none,
+/// and the `ROLLBACK` fails harmlessly).
+async fn rollback(conn: &mut sqlx::SqliteConnection) {
+    if let Err(e) = Sqlite::run(conn, "ROLLBACK", &[]).await {
+        tracing::debug!(error = %e, "ROLLBACK after a failed fire");
+    }
+}
+
 /// `n` rows of `row` (a parenthesised tuple of `?`), comma-separated, each followed by
 /// its 1-based position when `numbered`.
 fn values(row: &str, n: usize, numbered: bool) -> String {
