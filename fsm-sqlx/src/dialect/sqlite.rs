@@ -346,9 +346,11 @@ LEFT JOIN fsm_transitions t
     Ok(ordered)
 }
 
-/// Group commit's write on SQLite: one statement per table for the whole batch. Under
-/// the batch's write lock nothing can have moved since the read, so a compare-and-set
-/// that misses any row abandons the batch (`None`), as a taken key does.
+/// Group commit's write on SQLite: one statement per table for the whole batch, sent
+/// as one string (one call to sqlx's worker thread). Under the batch's write lock
+/// nothing can have moved since the read, so a compare-and-set that misses any row
+/// abandons the batch (`None`, and the caller's transaction rolls back), as a taken key
+/// does.
 async fn write_many(
     conn: &mut sqlx::SqliteConnection,
     writes: &[TransitionWrite<'_>],
@@ -357,15 +359,21 @@ async fn write_many(
         return Ok(Some(Vec::new()));
     };
     let failed = db_error(|| format!("fire a batch of {}", first.machine));
-    let cas = format!(
+    let mut sql = format!(
         "WITH i(id, expected, to_state, version, context, at, entered) AS (VALUES {})
 UPDATE fsm_machines SET state = i.to_state, version = i.version, context = i.context,
   updated_at = i.at, entered_at = COALESCE(i.entered, entered_at)
 FROM i WHERE fsm_machines.machine_type = ? AND fsm_machines.machine_id = i.id
-  AND fsm_machines.version = i.expected",
-        values("(?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
+  AND fsm_machines.version = i.expected
+RETURNING 1;
+INSERT INTO fsm_transitions
+  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
+VALUES {};
+",
+        values("(?, ?, ?, ?, ?, ?, ?)", writes.len(), false),
+        values("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
     );
-    let mut args = Vec::with_capacity(writes.len() * 7 + 1);
+    let mut args = Vec::with_capacity(writes.len() * 24 + 1);
     for w in writes {
         args.extend([
             Arg::Text(w.id),
@@ -378,17 +386,6 @@ FROM i WHERE fsm_machines.machine_type = ? AND fsm_machines.machine_id = i.id
         ]);
     }
     args.push(Arg::Text(first.machine));
-    let updated = Sqlite::run(conn, &cas, &args).await.map_err(&failed)?;
-    if updated.rows_affected() != writes.len() as u64 {
-        return Ok(None);
-    }
-    let record = format!(
-        "INSERT INTO fsm_transitions
-  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
-VALUES {}",
-        values("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
-    );
-    let mut args = Vec::with_capacity(writes.len() * 10);
     for w in writes {
         args.extend([
             Arg::Text(w.machine),
@@ -403,25 +400,17 @@ VALUES {}",
             Arg::Int(w.at_ms),
         ]);
     }
-    match Sqlite::run(conn, &record, &args).await {
-        Err(e) if is_unique_violation(&e) => return Ok(None),
-        other => other.map_err(&failed)?,
-    };
     let effects: Vec<(&TransitionWrite<'_>, i32, &str)> = writes
         .iter()
-        .flat_map(|w| {
-            (0i32..)
-                .zip(&w.effects)
-                .map(move |(seq, e)| (w, seq, e.as_str()))
-        })
+        .flat_map(|w| (0i32..).zip(&w.effects).map(move |(seq, e)| (w, seq, e.as_str())))
         .collect();
-    // Chunks keep the statement under SQLite's 32,766 parameters.
+    // Chunks keep each statement under SQLite's 32,766 parameters.
     for chunk in effects.chunks(1_000) {
-        let sql = format!(
-            "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES {}",
-            values("(?, ?, ?, ?, ?, ?)", chunk.len(), false)
+        sql.push_str(
+            "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ",
         );
-        let mut args = Vec::with_capacity(chunk.len() * 6);
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", chunk.len(), false));
+        sql.push_str(";\n");
         for (w, seq, effect) in chunk {
             args.extend([
                 Arg::Text(w.machine),
@@ -432,14 +421,34 @@ VALUES {}",
                 Arg::Int(w.at_ms),
             ]);
         }
-        Sqlite::run(conn, &sql, &args).await.map_err(&failed)?;
     }
-    for w in writes {
-        super::arm::<Sqlite>(conn, w.machine, w.id, w.version, w.to_state, &w.timers)
-            .await
-            .map_err(&failed)?;
+    let timers: Vec<_> = writes
+        .iter()
+        .flat_map(|w| w.timers.iter().map(move |t| (w, t)))
+        .collect();
+    for chunk in timers.chunks(1_000) {
+        sql.push_str(
+            "INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at) VALUES ",
+        );
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", chunk.len(), false));
+        sql.push_str(";\n");
+        for (w, timer) in chunk {
+            args.extend([
+                Arg::Text(w.machine),
+                Arg::Text(w.id),
+                Arg::Int(w.version),
+                Arg::Text(w.to_state),
+                Arg::Int(timer.after_ms),
+                Arg::Int(timer.due_at),
+            ]);
+        }
     }
-    Ok(Some(vec![true; writes.len()]))
+    match Sqlite::rows(conn, &sql, &args).await {
+        Ok(updated) if updated.len() == writes.len() => Ok(Some(vec![true; writes.len()])),
+        Ok(_) => Ok(None),
+        Err(e) if is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 impl SqlStore<Sqlite> {
