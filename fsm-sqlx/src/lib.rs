@@ -38,10 +38,12 @@ mod config;
 mod dialect;
 mod durable;
 mod engine;
+pub mod intake;
 mod store;
 
 pub use config::Concurrency;
 pub use dialect::Dialect;
+pub use intake::{Intake, IntakeWorker};
 pub use store::SqlStore;
 
 pub use fsm_core::{
