@@ -20,8 +20,9 @@ CREATE TABLE fsm_intake (
     settled_at   BIGINT NULL,
     PRIMARY KEY (seq),
     UNIQUE KEY fsm_intake_key (machine_type, machine_id, idem_key),
-    -- The claim walks pending rows in seq order; the order check looks for an earlier
-    -- pending row of the same instance.
+    -- The claim walks pending rows in seq order, skipping instances with a leased row;
+    -- the order check looks for an earlier pending row of the same instance.
     KEY fsm_intake_pending (machine_type, status, seq),
+    KEY fsm_intake_leased (machine_type, status, lease_until),
     KEY fsm_intake_instance (machine_type, machine_id, status, seq)
 ) ENGINE = InnoDB;

@@ -19,7 +19,8 @@ CREATE TABLE fsm_intake (
     settled_at   BIGINT NULL,
     UNIQUE (machine_type, machine_id, idem_key)
 );
--- The claim walks pending rows in seq order; the order check looks for an earlier
--- pending row of the same instance.
+-- The claim walks pending rows in seq order, skipping instances with a leased row; the
+-- order check looks for an earlier pending row of the same instance.
 CREATE INDEX fsm_intake_pending ON fsm_intake (machine_type, seq) WHERE status = 0;
 CREATE INDEX fsm_intake_instance ON fsm_intake (machine_type, machine_id, seq) WHERE status = 0;
+CREATE INDEX fsm_intake_leased ON fsm_intake (machine_type, lease_until) WHERE status = 0 AND lease_until IS NOT NULL;
