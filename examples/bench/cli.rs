@@ -32,7 +32,10 @@ usage: bench --backend sqlite|postgres|mysql [options]
   --dispatch-effects N  effects written (through fsm) before each drain  [8000]
   --latency-only     only the dispatcher latency run: effects committed at --rate per
                      second for --seconds while Dispatcher::run hands them over
-  --rate N           effects per second of the latency run     [1000]";
+  --rate N           effects per second of the latency run     [1000]
+  --intake-only      only the buffered intake: per client count, direct fires, then
+                     Intake::submit of as many keyed commands (no worker running), then
+                     2 IntakeWorkers draining the backlog for at most --seconds";
 
 /// The backend a bench runs on (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,7 @@ pub(crate) struct Config {
     pub(crate) dispatch_effects: usize,
     pub(crate) latency: bool,
     pub(crate) rate: u32,
+    pub(crate) intake: bool,
 }
 
 impl Config {
@@ -118,6 +122,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         dispatch_effects: 8000,
         latency: false,
         rate: 1000,
+        intake: false,
     };
     let mut kind = None;
     let mut it = args.iter();
@@ -183,12 +188,17 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.hot = false;
             }
             "--rate" => cfg.rate = positive("--rate", &value()?)?,
+            "--intake-only" => {
+                cfg.intake = true;
+                cfg.pairs = false;
+                cfg.hot = false;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency {
+    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.intake {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

@@ -47,6 +47,7 @@
 //! | `throughput` | the uncontended fsm-vs-baseline pairs |
 //! | `hot_row` | many clients at one instance: retries, lost updates, gapless history |
 //! | `dispatch` | the outbox drained by concurrent dispatchers |
+//! | `intake` | `Intake::submit` against direct fires, and the workers' drain |
 //! | `report` | the tables printed at the end |
 
 // Built without any backend, the bench only prints which feature it lacks.
@@ -60,6 +61,7 @@ mod cli;
 mod db;
 mod dispatch;
 mod hot_row;
+mod intake;
 mod latency;
 mod measure;
 #[cfg(feature = "mysql")]
@@ -111,6 +113,9 @@ async fn bench<D: Db>(cfg: &Config) -> Res<()> {
             rows.push(dispatch::run_dispatch::<D>(cfg, run, workers).await?);
         }
         report::report_dispatch(cfg, &rows);
+    }
+    if cfg.intake {
+        intake::run_intake::<D>(cfg, &mut run).await?;
     }
     if cfg.latency {
         run += 1;
