@@ -244,17 +244,35 @@ fn retry_sql<D: Dialect>() -> &'static str {
     })
 }
 
-fn settle_sql<D: Dialect>() -> &'static str {
-    built::<D>("settle", 0, || {
+/// The outcomes of `rows` claimed rows in one statement, each written only while its
+/// lease token is current. Binds: (seq, status) per row, (seq, outcome) per row, the
+/// time, (seq, claims) per row.
+fn settle_sql<D: Dialect>(rows: usize) -> &'static str {
+    built::<D>("settle", rows, || {
         let p = D::placeholder;
+        let cases = |from: usize| -> String {
+            (0..rows)
+                .map(|row| format!("WHEN {} THEN {}", p(from + row * 2), p(from + row * 2 + 1)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let at = 1 + rows * 4;
+        let matches: Vec<String> = (0..rows)
+            .map(|row| {
+                format!(
+                    "(seq = {} AND claims = {})",
+                    p(at + 1 + row * 2),
+                    p(at + 2 + row * 2)
+                )
+            })
+            .collect();
         format!(
-            "UPDATE fsm_intake SET status = {}, outcome = {}, settled_at = {}, lease_until = NULL \
-             WHERE seq = {} AND claims = {} AND status = 0",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5)
+            "UPDATE fsm_intake SET status = CASE seq {} END, outcome = CASE seq {} END, \
+             settled_at = {}, lease_until = NULL WHERE status = 0 AND ({})",
+            cases(1),
+            cases(1 + rows * 2),
+            p(at),
+            matches.join(" OR ")
         )
     })
 }
@@ -550,27 +568,34 @@ pub(crate) async fn settle<D: Dialect>(
     if let Some(pg) = (pool as &dyn std::any::Any).downcast_ref::<Pool<sqlx::Postgres>>() {
         return postgres::settle(pg, machine, settled, now).await;
     }
-    retrying(|| async {
-        let failed = db_error(|| format!("settle {} {machine} submissions", settled.len()));
-        let mut tx = begin_write(pool, || format!("settle {machine} submissions")).await?;
-        let mut written = 0;
-        for row in settled {
-            let args = [
-                Arg::Small(row.status),
-                Arg::Text(&row.outcome),
-                Arg::Int(now),
-                Arg::Int(row.seq),
-                Arg::Int(row.claims),
-            ];
-            let result = D::run(&mut tx, settle_sql::<D>(), &args)
-                .await
-                .map_err(&failed)?;
-            written += D::rows_affected(&result);
-        }
-        tx.commit().await.map_err(&failed)?;
-        Ok(written)
-    })
-    .await
+    let mut written = 0;
+    for chunk in settled.chunks(MAX_ROWS / 2) {
+        let size = padded(chunk.len());
+        let last = chunk.last().expect("chunks are never empty");
+        let rows: Vec<&Settled> = chunk
+            .iter()
+            .chain(std::iter::repeat_n(last, size - chunk.len()))
+            .collect();
+        let mut args = Vec::with_capacity(size * 6 + 1);
+        args.extend(
+            rows.iter()
+                .flat_map(|r| [Arg::Int(r.seq), Arg::Small(r.status)]),
+        );
+        args.extend(
+            rows.iter()
+                .flat_map(|r| [Arg::Int(r.seq), Arg::Text(&r.outcome)]),
+        );
+        args.push(Arg::Int(now));
+        args.extend(
+            rows.iter()
+                .flat_map(|r| [Arg::Int(r.seq), Arg::Int(r.claims)]),
+        );
+        written += execute(pool, settle_sql::<D>(size), &args, || {
+            format!("settle {} {machine} submissions", chunk.len())
+        })
+        .await?;
+    }
+    Ok(written)
 }
 
 /// PostgreSQL's one-statement batches over `unnest` arrays.

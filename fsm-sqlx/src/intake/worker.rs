@@ -49,9 +49,24 @@ use crate::store::detached;
 /// assert_eq!(store.history::<Order>("o-1").await?.len(), 1);
 /// # Ok::<(), fsm_core::Error>(()) }).unwrap();
 /// ```
-#[derive(Debug, Clone)]
 pub struct IntakeWorker<D: Dialect, M: StateMachine> {
     intake: Intake<D, M>,
+}
+
+impl<D: Dialect, M: StateMachine> Clone for IntakeWorker<D, M> {
+    fn clone(&self) -> Self {
+        IntakeWorker {
+            intake: self.intake.clone(),
+        }
+    }
+}
+
+impl<D: Dialect, M: StateMachine> std::fmt::Debug for IntakeWorker<D, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakeWorker")
+            .field("intake", &self.intake)
+            .finish()
+    }
 }
 
 /// What one [`IntakeWorker::run_once`] pass did.
