@@ -265,6 +265,40 @@ macro_rules! intake_suite {
             fixture.cleanup().await;
         }
 
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_transient_failure_is_never_recorded_and_the_command_applies_later() {
+            let Some(fixture) = ($make) else { return };
+            let store = fixture.store();
+            store.create::<Order>("o-1", OrderData::default()).await.unwrap();
+            let intake = store.intake::<Order>().with_options(fsm_sqlx::intake::IntakeOptions {
+                retry_delay: Duration::from_millis(50),
+                ..Default::default()
+            });
+            intake.submit("o-1", note("a").with_key("k-1")).await.unwrap();
+            intake.submit("o-1", note("b").with_key("k-2")).await.unwrap();
+            // The database fails every fire (as when it restarts): a backend error.
+            sqlx::query("ALTER TABLE fsm_machines RENAME TO fsm_machines_away")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            let report = intake.worker().run_once().await.unwrap();
+            sqlx::query("ALTER TABLE fsm_machines_away RENAME TO fsm_machines")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            assert_eq!((report.deferred, report.failed, report.applied), (2, 0, 0), "{report:?}");
+            for k in ["k-1", "k-2"] {
+                let status = intake.status("o-1", &key(k)).await.unwrap().unwrap();
+                assert!(status.status.is_pending(), "{k}: {status:?}");
+            }
+
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let report = drain(&intake).await;
+            assert_eq!(report.applied, 2, "{report:?}");
+            assert_eq!(store.load::<Order>("o-1").await.unwrap().context.notes, ["a", "b"]);
+            fixture.cleanup().await;
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn two_workers_racing_apply_each_submission_once_and_in_order() {
             let Some(fixture) = ($make) else { return };
