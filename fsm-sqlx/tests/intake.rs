@@ -299,6 +299,31 @@ macro_rules! intake_suite {
             fixture.cleanup().await;
         }
 
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn pruning_forgets_settled_submissions_and_a_resubmit_then_applies_nothing_twice() {
+            let Some(fixture) = ($make) else { return };
+            let store = fixture.store();
+            store.create::<Order>("o-1", OrderData::default()).await.unwrap();
+            let intake = store.intake::<Order>();
+            intake.submit("o-1", note("a").with_key("k-1")).await.unwrap();
+            drain(&intake).await;
+            intake.submit("o-1", note("b").with_key("k-2")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+
+            let pruned = intake.prune_settled(Duration::ZERO, 100).await.unwrap();
+            assert_eq!(pruned, 1, "the settled row only, never a pending one");
+            assert!(intake.status("o-1", &key("k-1")).await.unwrap().is_none());
+            assert!(intake.status("o-1", &key("k-2")).await.unwrap().unwrap().status.is_pending());
+
+            assert!(intake.submit("o-1", note("a").with_key("k-1")).await.unwrap().is_new());
+            let report = drain(&intake).await;
+            assert_eq!((report.applied, report.duplicate), (1, 1), "{report:?}");
+            let status = intake.status("o-1", &key("k-1")).await.unwrap().unwrap().status;
+            assert!(matches!(&status, Status::Duplicate(t) if t.version == 1), "{status:?}");
+            assert_eq!(store.load::<Order>("o-1").await.unwrap().context.notes, ["a", "b"]);
+            fixture.cleanup().await;
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn two_workers_racing_apply_each_submission_once_and_in_order() {
             let Some(fixture) = ($make) else { return };

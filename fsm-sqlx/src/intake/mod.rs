@@ -381,6 +381,37 @@ impl<D: Dialect, M: StateMachine> Intake<D, M> {
         sql::pending(&self.store.pool, M::DEFINITION.name).await
     }
 
+    /// Deletes up to `limit` submissions of `M` whose outcome was recorded more than
+    /// `older_than` ago, oldest first; how many. Pending ones are never deleted.
+    ///
+    /// Prune only what clients no longer poll or retry: once a row is gone,
+    /// [`status`](Self::status) answers `None` for its key, and a submit of the key
+    /// records it anew. The store's own key still holds, so its worker's fire is then a
+    /// duplicate of the transition it applied (recorded [`Status::Duplicate`]), never a
+    /// second application; a command that had failed is tried again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// let store = fsm_sqlx::SqliteStore::memory().await?;
+    /// store.migrate().await?;
+    /// let intake = store.intake::<fsm_core::testing::Order>();
+    /// assert_eq!(intake.prune_settled(Duration::from_secs(86_400), 1_000).await?, 0);
+    /// # Ok::<(), fsm_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn prune_settled(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let before = fsm_core::kit::now_ms().saturating_sub(fsm_core::kit::millis(older_than));
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        sql::prune(&self.store.pool, M::DEFINITION.name, before, limit).await
+    }
+
     /// A worker applying this intake's submissions, with its options; run as many as
     /// you like, in this process or others.
     pub fn worker(&self) -> IntakeWorker<D, M> {

@@ -297,6 +297,43 @@ fn pending_sql<D: Dialect>() -> &'static str {
     })
 }
 
+/// Deletes up to `limit` settled rows settled before `before`, oldest first. Binds:
+/// machine, before, limit.
+fn prune_sql<D: Dialect>() -> &'static str {
+    built::<D>("prune", 0, || {
+        let p = D::placeholder;
+        if is_mysql::<D>() {
+            // MySQL takes no LIMIT in an IN subquery, but a DELETE of its own.
+            "DELETE FROM fsm_intake WHERE machine_type = ? AND status <> 0 AND settled_at < ? \
+             ORDER BY seq LIMIT ?"
+                .to_owned()
+        } else {
+            format!(
+                "DELETE FROM fsm_intake WHERE seq IN (SELECT seq FROM fsm_intake \
+                 WHERE machine_type = {} AND status <> 0 AND settled_at < {} ORDER BY seq LIMIT {})",
+                p(1),
+                p(2),
+                p(3)
+            )
+        }
+    })
+}
+
+/// Deletes up to `limit` rows of `machine` settled before `before`; how many.
+pub(crate) async fn prune<D: Dialect>(
+    pool: &Pool<D>,
+    machine: &'static str,
+    before: i64,
+    limit: usize,
+) -> Result<u64> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let args = [Arg::Text(machine), Arg::Int(before), Arg::Int(limit)];
+    execute(pool, prune_sql::<D>(), &args, || {
+        format!("prune settled {machine} submissions")
+    })
+    .await
+}
+
 /// A row that does not decode as the table's columns.
 fn undecodable(
     machine: &'static str,
