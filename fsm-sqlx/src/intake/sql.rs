@@ -207,28 +207,31 @@ fn lease_sql<D: Dialect>(rows: usize) -> &'static str {
     })
 }
 
-/// Which of `rows` claimed seqs have an earlier pending row of their instance that is
-/// not among them. Binds: the seqs, then the seqs again.
-fn behind_sql<D: Dialect>(rows: usize) -> &'static str {
-    built::<D>("behind", rows, || {
+/// The pending rows (instance id, seq) of `rows` instances below a seq: range scans of
+/// the instance index, nothing correlated for a planner to get wrong. Binds: machine,
+/// below, the ids.
+fn earlier_sql<D: Dialect>(rows: usize) -> &'static str {
+    built::<D>("earlier", rows, || {
         format!(
-            "SELECT c.seq FROM fsm_intake c WHERE c.seq IN ({}) AND EXISTS (\
-               SELECT 1 FROM fsm_intake e WHERE e.machine_type = c.machine_type \
-               AND e.machine_id = c.machine_id AND e.status = 0 AND e.seq < c.seq \
-               AND e.seq NOT IN ({}))",
-            list::<D>(1, rows),
-            list::<D>(1 + rows, rows)
+            "SELECT machine_id, seq FROM fsm_intake WHERE machine_type = {} AND status = 0 \
+             AND seq < {} AND machine_id IN ({})",
+            D::placeholder(1),
+            D::placeholder(2),
+            list::<D>(3, rows)
         )
     })
 }
 
-fn release_sql<D: Dialect>() -> &'static str {
-    built::<D>("release", 0, || {
+fn release_sql<D: Dialect>(rows: usize) -> &'static str {
+    built::<D>("release", rows, || {
+        let p = D::placeholder;
+        let matches: Vec<String> = (0..rows)
+            .map(|row| format!("(seq = {} AND claims = {})", p(1 + row * 2), p(2 + row * 2)))
+            .collect();
         format!(
             "UPDATE fsm_intake SET lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
-             WHERE seq = {} AND claims = {} AND status = 0",
-            D::placeholder(1),
-            D::placeholder(2)
+             WHERE status = 0 AND ({})",
+            matches.join(" OR ")
         )
     })
 }
@@ -533,46 +536,79 @@ pub(crate) async fn claim<D: Dialect>(
     .await
 }
 
-/// The claimed seqs that wait behind an earlier pending row of their instance which
+/// The claimed rows that wait behind an earlier pending row of their instance which
 /// this claim does not hold (a concurrent claimer skipped it while locked, or it
-/// committed late): applying them now would overtake it.
+/// committed late): applying them now would overtake it. Their seqs.
 pub(crate) async fn behind<D: Dialect>(
     pool: &Pool<D>,
     machine: &'static str,
-    seqs: &[i64],
+    claimed: &[ClaimedRow],
 ) -> Result<Vec<i64>> {
-    let Some(&last) = seqs.last() else {
+    let Some(top) = claimed.iter().map(|row| row.seq).max() else {
         return Ok(Vec::new());
     };
-    let size = padded(seqs.len());
-    let padded_seqs: Vec<Arg<'_>> = seqs
+    let mut ids: Vec<&str> = claimed.iter().map(|row| row.machine_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mine: std::collections::HashSet<i64> = claimed.iter().map(|row| row.seq).collect();
+    // Per instance, the lowest earlier pending seq this claim does not hold.
+    let mut first_other: HashMap<String, i64> = HashMap::new();
+    for chunk in ids.chunks(MAX_ROWS) {
+        let size = padded(chunk.len());
+        let last = chunk.last().expect("chunks are never empty");
+        let mut args = vec![Arg::Text(machine), Arg::Int(top)];
+        args.extend(
+            chunk
+                .iter()
+                .chain(std::iter::repeat_n(last, size - chunk.len()))
+                .map(|id| Arg::Text(id)),
+        );
+        let rows = fetch(pool, earlier_sql::<D>(size), &args, || {
+            format!("check the order of {machine} submissions")
+        })
+        .await?;
+        for row in &rows {
+            let decode =
+                || -> sqlx::Result<(String, i64)> { Ok((D::text(row, 0)?, D::int(row, 1)?)) };
+            let (id, seq) = decode().map_err(|e| undecodable(machine, "-", TABLE, &e))?;
+            if !mine.contains(&seq) {
+                let first = first_other.entry(id).or_insert(seq);
+                *first = (*first).min(seq);
+            }
+        }
+    }
+    Ok(claimed
         .iter()
-        .copied()
-        .chain(std::iter::repeat_n(last, size - seqs.len()))
-        .map(Arg::Int)
-        .collect();
-    let args: Vec<Arg<'_>> = padded_seqs.iter().chain(&padded_seqs).copied().collect();
-    let rows = fetch(pool, behind_sql::<D>(size), &args, || {
-        format!("check the order of {machine} submissions")
-    })
-    .await?;
-    rows.iter()
-        .map(|row| D::int(row, 0).map_err(|e| undecodable(machine, "-", TABLE, &e)))
-        .collect()
+        .filter(|row| {
+            first_other
+                .get(&row.machine_id)
+                .is_some_and(|&other| other < row.seq)
+        })
+        .map(|row| row.seq)
+        .collect())
 }
 
-/// Gives a claimed row back unapplied, uncounting its attempt.
+/// Gives claimed rows back unapplied, uncounting their attempt; one statement per
+/// chunk (a claim that raced another may give most of its rows back).
 pub(crate) async fn release<D: Dialect>(
     pool: &Pool<D>,
     machine: &'static str,
-    row: &ClaimedRow,
+    rows: &[&ClaimedRow],
 ) -> Result<()> {
-    let args = [Arg::Int(row.seq), Arg::Int(row.claims)];
-    execute(pool, release_sql::<D>(), &args, || {
-        format!("release {machine} {} submission", row.machine_id)
-    })
-    .await
-    .map(drop)
+    for chunk in rows.chunks(MAX_ROWS) {
+        let size = padded(chunk.len());
+        let last = chunk.last().expect("chunks are never empty");
+        let args: Vec<Arg<'_>> = chunk
+            .iter()
+            .chain(std::iter::repeat_n(last, size - chunk.len()))
+            .flat_map(|row| [Arg::Int(row.seq), Arg::Int(row.claims)])
+            .collect();
+        execute(pool, release_sql::<D>(size), &args, || {
+            format!("release {} {machine} submissions", chunk.len())
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Keeps a claimed row leased until `at`, when a worker may try it again.

@@ -133,15 +133,17 @@ impl<D: Dialect, M: StateMachine> IntakeWorker<D, M> {
         if claimed.is_empty() {
             return Ok(report);
         }
-        let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
-        let behind = sql::behind(&store.pool, machine, &seqs).await?;
+        let behind = sql::behind(&store.pool, machine, &claimed).await?;
+        let (waiting, claimed): (Vec<ClaimedRow>, Vec<ClaimedRow>) = claimed
+            .into_iter()
+            .partition(|row| behind.contains(&row.seq));
+        if !waiting.is_empty() {
+            let waiting: Vec<&ClaimedRow> = waiting.iter().collect();
+            sql::release(&store.pool, machine, &waiting).await?;
+            report.waiting = waiting.len();
+        }
         let mut groups: Vec<Vec<ClaimedRow>> = Vec::new();
         for row in claimed {
-            if behind.contains(&row.seq) {
-                sql::release(&store.pool, machine, &row).await?;
-                report.waiting += 1;
-                continue;
-            }
             // Claimed in seq order: each instance's rows stay in order in its group.
             match groups
                 .iter_mut()
