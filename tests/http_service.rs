@@ -20,6 +20,9 @@ struct Service {
     http: reqwest::Client,
     dir: PathBuf,
     store: fsm::sqlx::SqliteStore,
+    /// The intake `Prefer: respond-async` submits to, if the service has one; its
+    /// worker runs only when a test says so.
+    intake: Option<fsm::sqlx::Intake<sqlx::Sqlite, app::Order>>,
 }
 
 /// What came back: status, headers and the body as JSON (or text when not JSON).
@@ -57,6 +60,15 @@ impl Reply {
 
 impl Service {
     async fn start() -> Service {
+        Self::start_with(false).await
+    }
+
+    /// The service with a buffered intake behind `Prefer: respond-async`.
+    async fn start_with_intake() -> Service {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(with_intake: bool) -> Service {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "http_service-{}-{}",
@@ -80,7 +92,12 @@ impl Service {
                 .install_recorder()
                 .expect("the test binary's only recorder")
         });
-        let router = app::with_console(app::router(store.clone()), store.clone());
+        let intake = with_intake.then(|| store.intake::<app::Order>());
+        let routes = match &intake {
+            Some(intake) => app::router_with_intake(store.clone(), intake.clone()),
+            None => app::router(store.clone()),
+        };
+        let router = app::with_console(routes, store.clone());
         let router = app::with_metrics(router, metrics.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -89,6 +106,7 @@ impl Service {
             http,
             dir,
             store,
+            intake,
         }
     }
 
@@ -122,6 +140,23 @@ impl Service {
             request = request.header("Idempotency-Key", key);
         }
         self.send(request).await
+    }
+
+    /// `POST /orders/{id}/events` with `Prefer: respond-async` and the key.
+    async fn submit(&self, id: &str, key: &str, event: Value) -> Reply {
+        let request = self
+            .http
+            .post(format!("{}/orders/{id}/events", self.base))
+            .header("Prefer", "respond-async")
+            .header("Idempotency-Key", key)
+            .json(&event);
+        self.send(request).await
+    }
+
+    /// One pass of the intake's worker.
+    async fn apply_submissions(&self) {
+        let intake = self.intake.as_ref().expect("a service with an intake");
+        intake.worker().run_once().await.unwrap();
     }
 
     /// An order of 42.00 that is already created.
@@ -766,4 +801,120 @@ async fn the_console_is_mounted_at_slash_console() {
     let instance = service.get("/console/m/Order/instance?id=o-console").await;
     assert_eq!(instance.status, StatusCode::OK);
     assert!(instance.text.contains("o-console"));
+}
+
+#[tokio::test]
+async fn prefer_respond_async_is_202_with_a_location_that_reads_pending_then_applied() {
+    let service = Service::start_with_intake().await;
+    service.order("o-1").await;
+
+    let accepted = service.submit("o-1", "pay-1", pay(4_200)).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text);
+    assert_eq!(
+        accepted.header("location"),
+        Some("/orders/o-1/intake/pay-1")
+    );
+    assert_eq!(accepted.header("preference-applied"), Some("respond-async"));
+    assert_eq!(accepted.json()["status"], "pending");
+    assert_eq!(
+        service.get("/orders/o-1").await.json()["state"],
+        "Created",
+        "202 applies nothing yet"
+    );
+
+    let pending = service.get("/orders/o-1/intake/pay-1").await;
+    assert_eq!(pending.status, StatusCode::OK);
+    assert_eq!(pending.header("retry-after"), Some("1"));
+    assert_eq!(pending.json()["status"], "pending");
+
+    service.apply_submissions().await;
+    let applied = service.get("/orders/o-1/intake/pay-1").await;
+    assert_eq!(applied.status, StatusCode::OK);
+    assert_eq!(applied.header("retry-after"), None);
+    let body = applied.json();
+    assert_eq!(
+        (
+            &body["status"],
+            &body["state"],
+            &body["version"],
+            &body["key"]
+        ),
+        (
+            &json!("applied"),
+            &json!("Paid"),
+            &json!(1),
+            &json!("pay-1")
+        ),
+        "{body}"
+    );
+    assert_eq!(body["transition"]["to"], "Paid");
+    assert_eq!(service.get("/orders/o-1").await.json()["state"], "Paid");
+}
+
+#[tokio::test]
+async fn a_resubmitted_key_is_202_with_what_is_recorded_and_another_event_under_it_is_422() {
+    let service = Service::start_with_intake().await;
+    service.order("o-1").await;
+    service.submit("o-1", "pay-1", pay(4_200)).await;
+    service.apply_submissions().await;
+
+    let again = service.submit("o-1", "pay-1", pay(4_200)).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["status"], "applied");
+
+    let other = service.submit("o-1", "pay-1", pay(1)).await;
+    let problem = other.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], "urn:fsm:problem:idempotency-key-reused");
+    assert_eq!(
+        service
+            .get("/orders/o-1/history")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_submission_that_fails_reads_back_as_the_problem_a_fire_would_answer() {
+    let service = Service::start_with_intake().await;
+    service.order("o-1").await;
+    assert_eq!(
+        service
+            .submit("o-1", "deliver-1", json!("Deliver"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    service.apply_submissions().await;
+
+    let failed = service.get("/orders/o-1/intake/deliver-1").await.json();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["problem"]["status"], 409);
+    assert_eq!(
+        failed["problem"]["type"],
+        "urn:fsm:problem:illegal-transition"
+    );
+    assert_eq!(failed["problem"]["state"], "Created");
+    assert_eq!(failed["problem"]["event"], "Deliver");
+}
+
+#[tokio::test]
+async fn an_unknown_submission_is_404_and_without_an_intake_respond_async_is_answered_at_once() {
+    let service = Service::start_with_intake().await;
+    let unknown = service.get("/orders/o-1/intake/never").await;
+    assert_eq!(
+        unknown.problem(StatusCode::NOT_FOUND)["type"],
+        "urn:fsm:problem:no-submission"
+    );
+
+    // RFC 7240: a preference the server cannot honour is ignored.
+    let plain = Service::start().await;
+    plain.order("o-1").await;
+    let fired = plain.submit("o-1", "pay-1", pay(4_200)).await;
+    assert_eq!(fired.status, StatusCode::OK, "{}", fired.text);
+    assert_eq!(fired.json()["state"], "Paid");
 }

@@ -39,7 +39,10 @@ usage: bench --backend sqlite|postgres|mysql [options]
                      (rusqlite, bundled) on one connection; then fsm, same seconds
   --grouped          every fsm store uses group commit (with --limit, say)
   --group-commit     fsm without, then with, group commit (GroupCommit::new()) per
-                     client count, same seconds: throughput, p99, batch sizes";
+                     client count, same seconds: throughput, p99, batch sizes
+  --intake-only      only the buffered intake: per client count, direct fires, then
+                     Intake::submit of as many keyed commands (no worker running), then
+                     2 IntakeWorkers draining the backlog for at most --seconds";
 
 /// The backend a bench runs on (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,7 @@ pub(crate) struct Config {
     /// The run being measured uses group commit (set per run by `--group-commit`).
     pub(crate) grouped: bool,
     pub(crate) group_commit: bool,
+    pub(crate) intake: bool,
 }
 
 impl Config {
@@ -132,6 +136,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         limit: false,
         grouped: false,
         group_commit: false,
+        intake: false,
     };
     let mut kind = None;
     let mut it = args.iter();
@@ -208,12 +213,17 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.pairs = false;
                 cfg.hot = false;
             }
+            "--intake-only" => {
+                cfg.intake = true;
+                cfg.pairs = false;
+                cfg.hot = false;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit && !cfg.group_commit {
+    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit && !cfg.group_commit && !cfg.intake {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

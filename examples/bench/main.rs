@@ -49,6 +49,7 @@
 //! | `dispatch` | the outbox drained by concurrent dispatchers |
 //! | `group` | fsm without and with group commit (`--group-commit`) |
 //! | `limit` | fsm against pgbench / C SQLite on the same statements (`--limit`) |
+//! | `intake` | `Intake::submit` against direct fires, and the workers' drain |
 //! | `report` | the tables printed at the end |
 
 // Built without any backend, the bench only prints which feature it lacks.
@@ -63,6 +64,7 @@ mod db;
 mod dispatch;
 mod group;
 mod hot_row;
+mod intake;
 mod latency;
 mod limit;
 mod measure;
@@ -123,6 +125,9 @@ async fn bench<D: Db>(cfg: &Config) -> Res<()> {
     if cfg.limit {
         let rows = limit::run_limits::<D>(cfg, &mut run).await?;
         report::report_limits(cfg, &rows);
+    }
+    if cfg.intake {
+        intake::run_intake::<D>(cfg, &mut run).await?;
     }
     if cfg.latency {
         run += 1;

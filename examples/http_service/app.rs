@@ -7,6 +7,8 @@
 //! | `POST /orders/{id}/events` + `Idempotency-Key` | 200 (applied), 200 + `Idempotent-Replayed: true` (retry: the first response again), 400, 404, 409, 422 |
 //! | `GET /orders/{id}` | 200 snapshot `{id, state, version, context}`, 404 |
 //! | `GET /orders/{id}/history` | 200 array of transitions (versions 1..n), 404 |
+//! | `POST /orders/{id}/events` + `Prefer: respond-async` | 202 + `Location: /orders/{id}/intake/{key}` (recorded, applied later by the intake's worker; added by [`router_with_intake`]) |
+//! | `GET /orders/{id}/intake/{key}` | 200 `{id, key, status: pending\|applied\|duplicate\|failed, ...}`, 404 (never submitted) |
 //! | `GET /orders/diagram.svg` | 200 `image/svg+xml` |
 //! | `GET /metrics` | 200 Prometheus text: fsm's `fsm_*` counters, histograms and gauges (added by [`with_metrics`]) |
 //!
@@ -45,9 +47,22 @@
 //! the router sees them, such as a malformed request line or header, still get hyper's
 //! bare answer.)
 //!
+//! With [`router_with_intake`], `POST /orders/{id}/events` with `Prefer: respond-async`
+//! (RFC 7240) does not fire: it submits the keyed event to a buffered intake
+//! ([`fsm::sqlx::Intake`]) and answers **202 Accepted** with `Preference-Applied:
+//! respond-async` and a `Location` to poll, once the command is durable. The same key
+//! again answers 202 with what is recorded now (and `Idempotent-Replayed: true`);
+//! another event under it is 422, as for a synchronous fire. `GET` at the `Location`
+//! answers 200 with the status: `pending` (with `Retry-After: 1`), `applied` or
+//! `duplicate` with the transition, or `failed` with the problem the synchronous fire
+//! would have answered (`problem`, e.g. a 409 `illegal-transition`). Without an intake
+//! the preference is ignored and the event is fired at once, as RFC 7240 allows.
+//!
 //! An order whose id is `diagram.svg` can be created and fired at, but
 //! `GET /orders/diagram.svg` is the diagram: a static segment wins over `{id}`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -62,13 +77,18 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use fsm::{Command, DurableStore, Error, Snapshot, StateMachine, Store, Transition};
+use fsm::sqlx::Intake;
+use fsm::sqlx::intake::{Status, Submission, Submitted};
+use fsm::{
+    Command, DurableStore, Error, IdempotencyKey, Snapshot, StateMachine, Store, Transition,
+};
 
 // The Order machine, shared with examples/order_lifecycle.rs.
 #[path = "../shared/order.rs"]
 mod order;
 
-use order::{Order, OrderData, OrderEvent, OrderState};
+pub(crate) use order::Order;
+use order::{OrderData, OrderEvent, OrderState};
 
 /// The request header carrying the idempotency key.
 pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -83,16 +103,63 @@ pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 /// is well under a kilobyte.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
-/// What every handler shares: the store and the diagram, rendered once.
+/// The request header asking for an asynchronous answer (RFC 7240).
+pub(crate) const PREFER: HeaderName = HeaderName::from_static("prefer");
+
+/// What every handler shares: the store, the diagram, rendered once, and the intake
+/// that `Prefer: respond-async` submits to, if any.
 struct App<S> {
     store: S,
     diagram: Bytes,
+    intake: Option<Arc<dyn Buffer>>,
+}
+
+/// A future of the buffer's, boxed so that [`Buffer`] is object safe.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// An [`Intake`] of orders on any backend, so the router stays generic over the store.
+trait Buffer: Send + Sync {
+    fn submit<'a>(&'a self, id: &'a str, command: Command<Order>) -> Boxed<'a, Submitted<Order>>;
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a IdempotencyKey,
+    ) -> Boxed<'a, Option<Submission<Order>>>;
+}
+
+impl<D: fsm::sqlx::Dialect> Buffer for Intake<D, Order> {
+    fn submit<'a>(&'a self, id: &'a str, command: Command<Order>) -> Boxed<'a, Submitted<Order>> {
+        Box::pin(Intake::submit(self, id, command))
+    }
+
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+        key: &'a IdempotencyKey,
+    ) -> Boxed<'a, Option<Submission<Order>>> {
+        Box::pin(Intake::status(self, id, key))
+    }
 }
 
 type Shared<S> = State<Arc<App<S>>>;
 
 /// The service's routes over `store`, which must be migrated already.
+// The example serves with an intake; tests/http_service.rs also serves without one.
+#[allow(dead_code)]
 pub(crate) fn router<S: Store>(store: S) -> Router {
+    routes(store, None)
+}
+
+/// [`router`] whose `POST /orders/{id}/events` answers `Prefer: respond-async` with 202
+/// through `intake` (whose worker the caller runs), and `GET /orders/{id}/intake/{key}`.
+pub(crate) fn router_with_intake<S: Store, D: fsm::sqlx::Dialect>(
+    store: S,
+    intake: Intake<D, Order>,
+) -> Router {
+    routes(store, Some(Arc::new(intake)))
+}
+
+fn routes<S: Store>(store: S, intake: Option<Arc<dyn Buffer>>) -> Router {
     let diagram = Bytes::from(fsm::diagram::svg(<Order as StateMachine>::DEFINITION));
     Router::new()
         .route("/orders", post(create_order::<S>))
@@ -101,11 +168,16 @@ pub(crate) fn router<S: Store>(store: S) -> Router {
         .route("/orders/{id}", get(get_order::<S>))
         .route("/orders/{id}/events", post(fire_event::<S>))
         .route("/orders/{id}/history", get(get_history::<S>))
+        .route("/orders/{id}/intake/{key}", get(get_submission::<S>))
         // Applies to the routes above, so it comes after them; axum adds `Allow`.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(Arc::new(App { store, diagram }))
+        .with_state(Arc::new(App {
+            store,
+            diagram,
+            intake,
+        }))
 }
 
 /// `router` with the operator console at `/console`: the Order diagram with counts,
@@ -256,6 +328,9 @@ async fn fire_event<S: Store>(
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
     let ProblemJson(event) = body?;
+    if let Some(intake) = app.intake.as_ref().filter(|_| prefers_async(&headers)) {
+        return submit_event(&**intake, &id, key, event).await;
+    }
     let outcome = app
         .store
         .fire::<Order>(&id, Command::new(event).with_key(key))
@@ -274,6 +349,191 @@ async fn fire_event<S: Store>(
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Whether `Prefer` (RFC 7240, a comma-separated list, possibly in several headers)
+/// holds `respond-async`.
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(PREFER)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|preference| {
+            let name = preference.split(';').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case("respond-async")
+        })
+}
+
+/// `POST /orders/{id}/events` with `Prefer: respond-async`: 202 once the command is
+/// recorded, `Location` where its status is read.
+async fn submit_event(
+    intake: &dyn Buffer,
+    id: &str,
+    key: String,
+    event: OrderEvent,
+) -> Result<Response, Problem> {
+    let submitted = intake
+        .submit(id, Command::new(event).with_key(key.clone()))
+        .await?;
+    let location = format!(
+        "/orders/{}/intake/{}",
+        encode_segment(id),
+        encode_segment(&key)
+    );
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| Problem::internal("the submission's location is not a valid header"))?;
+    let replayed = !submitted.is_new();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        [
+            (LOCATION, location),
+            (
+                HeaderName::from_static("preference-applied"),
+                HeaderValue::from_static("respond-async"),
+            ),
+        ],
+        Json(SubmissionBody::of(submitted.submission())),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /orders/{id}/intake/{key}`: what the intake recorded under `key` (the key as
+/// sent in `Idempotency-Key`, one path segment).
+async fn get_submission<S: Store>(
+    State(app): Shared<S>,
+    ProblemPath((id, key)): ProblemPath<(String, String)>,
+) -> Result<Response, Problem> {
+    let no_submission = || {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-submission",
+            "No such submission",
+            format!("nothing was submitted for order {id} under key {key:?}"),
+        )
+    };
+    let Some(intake) = &app.intake else {
+        return Err(no_submission());
+    };
+    let Some(submission) = intake.status(&id, &IdempotencyKey::client(&key)).await? else {
+        return Err(no_submission());
+    };
+    let mut response = Json(SubmissionBody::of(&submission)).into_response();
+    if submission.status.is_pending() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
+    }
+    Ok(response)
+}
+
+/// A submission as JSON: where it is, and its outcome once it has one.
+#[derive(Serialize)]
+struct SubmissionBody<'a> {
+    id: &'a str,
+    key: &'a str,
+    /// `pending`, `applied`, `duplicate` or `failed`.
+    status: &'static str,
+    submitted_at_ms: u64,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<OrderState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transition: Option<&'a Transition<Order>>,
+    /// The problem a synchronous fire would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<ProblemBody>,
+}
+
+impl<'a> SubmissionBody<'a> {
+    fn of(submission: &'a Submission<Order>) -> Self {
+        let transition = submission.status.transition();
+        SubmissionBody {
+            id: &submission.id,
+            key: &submission.key,
+            status: match &submission.status {
+                Status::Pending => "pending",
+                Status::Applied(_) => "applied",
+                Status::Duplicate(_) => "duplicate",
+                Status::Failed(_) => "failed",
+            },
+            submitted_at_ms: submission.submitted_at_ms,
+            attempts: submission.attempts,
+            state: transition.map(|t| t.to),
+            version: transition.map(|t| t.version),
+            transition,
+            problem: submission
+                .status
+                .error()
+                .map(|err| Problem::from(clone_error(err)).body),
+        }
+    }
+}
+
+/// The recorded error again, for [`Problem::from`] (fsm's `Error` is not `Clone`: its
+/// backend sources are not); a recorded failure is never a backend error.
+fn clone_error(err: &Error) -> Error {
+    match err {
+        Error::IllegalTransition {
+            machine,
+            id,
+            state,
+            event,
+            repeat,
+        } => Error::IllegalTransition {
+            machine,
+            id: id.clone(),
+            state: state.clone(),
+            event: event.clone(),
+            repeat: *repeat,
+        },
+        Error::GuardRejected {
+            machine,
+            id,
+            state,
+            event,
+            guards,
+        } => Error::GuardRejected {
+            machine,
+            id: id.clone(),
+            state: state.clone(),
+            event: event.clone(),
+            guards: guards.clone(),
+        },
+        Error::KeyReused {
+            machine,
+            id,
+            key,
+            version,
+        } => Error::KeyReused {
+            machine,
+            id: id.clone(),
+            key: key.clone(),
+            version: *version,
+        },
+        Error::NotFound { machine, id } => Error::NotFound {
+            machine,
+            id: id.clone(),
+        },
+        Error::InvalidToken { machine, id } => Error::InvalidToken {
+            machine,
+            id: id.clone(),
+        },
+        other => Error::Corrupt {
+            table: "fsm_intake",
+            machine: <Order as StateMachine>::DEFINITION.name,
+            id: String::new(),
+            detail: other.to_string(),
+        },
+    }
 }
 
 /// Reads `Idempotency-Key`, which the IETF draft defines as an RFC 8941 sf-string:

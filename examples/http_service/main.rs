@@ -17,6 +17,10 @@
 //!      -H 'Idempotency-Key: "pay-1"' -d '{"Pay":{"amount_cents":4200}}' # 200, again: replayed
 //! curl -i -X POST localhost:3000/orders/o-1/events -H 'content-type: application/json' \
 //!      -H 'Idempotency-Key: "deliver-1"' -d '"Deliver"'                  # 409 problem+json
+//! curl -i -X POST localhost:3000/orders/o-1/events -H 'content-type: application/json' \
+//!      -H 'Prefer: respond-async' -H 'Idempotency-Key: "ship-1"' -d '"Ship"'
+//!                                   # 202, Location: /orders/o-1/intake/ship-1
+//! curl localhost:3000/orders/o-1/intake/ship-1   # {"status":"applied",...} once the worker ran
 //! curl -i -X DELETE localhost:3000/orders/o-1           # 405 problem+json, Allow: GET,HEAD
 //! curl -i localhost:3000/orders/%FF                      # 400 problem+json (not UTF-8)
 //! curl localhost:3000/orders/o-1
@@ -37,7 +41,8 @@ mod app;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use fsm::DurableStore;
+use fsm::sqlx::{Dialect, SqlStore};
+use tokio_util::sync::CancellationToken;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -135,21 +140,30 @@ async fn open_server(url: &str, addr: SocketAddr) -> Result<(), Failure> {
     .into())
 }
 
-/// Listens on `addr` until Ctrl-C or SIGTERM, then drains requests in flight.
-async fn serve<S: DurableStore>(store: S, addr: SocketAddr) -> Result<(), Failure> {
+/// Listens on `addr` until Ctrl-C or SIGTERM, then drains requests in flight; an intake
+/// worker applies what `Prefer: respond-async` requests submit.
+async fn serve<D: Dialect>(store: SqlStore<D>, addr: SocketAddr) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("listening on {url}");
     println!("  POST {url}/orders                  {{\"id\":\"o-1\",\"total_cents\":4200}}");
     println!("  POST {url}/orders/{{id}}/events     Idempotency-Key + {{\"Pay\":{{...}}}}");
+    println!(
+        "  POST {url}/orders/{{id}}/events     + Prefer: respond-async: 202, Location to poll"
+    );
     println!("  GET  {url}/orders/{{id}}  {url}/orders/{{id}}/history  {url}/orders/diagram.svg");
     println!("  GET  {url}/metrics                 Prometheus text");
     println!("  GET  {url}/console/                the operator console");
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let router = app::with_console(app::router(store.clone()), store);
+    let intake = store.intake::<app::Order>();
+    let stop_worker = CancellationToken::new();
+    let worker = tokio::spawn(intake.worker().run(stop_worker.clone()));
+    let router = app::with_console(app::router_with_intake(store.clone(), intake), store);
     axum::serve(listener, app::with_metrics(router, metrics))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    stop_worker.cancel();
+    worker.await??;
     println!("stopped");
     Ok(())
 }

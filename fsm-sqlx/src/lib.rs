@@ -39,11 +39,13 @@ mod conns;
 mod dialect;
 mod durable;
 mod engine;
+pub mod intake;
 mod store;
 
 pub use config::Concurrency;
 pub use dialect::Dialect;
 pub use engine::batch::GroupCommit;
+pub use intake::{Intake, IntakeWorker};
 pub use store::SqlStore;
 
 pub use fsm_core::{
