@@ -223,7 +223,14 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         }
     }
     cfg.kind = kind.ok_or("--backend is required")?;
-    if !cfg.pairs && !cfg.hot && !cfg.dispatch && !cfg.latency && !cfg.limit && !cfg.group_commit && !cfg.intake {
+    if !cfg.pairs
+        && !cfg.hot
+        && !cfg.dispatch
+        && !cfg.latency
+        && !cfg.limit
+        && !cfg.group_commit
+        && !cfg.intake
+    {
         return Err("--no-hot and --hot-only leave nothing to run".into());
     }
     Ok(cfg)

@@ -402,7 +402,11 @@ VALUES {};
     }
     let effects: Vec<(&TransitionWrite<'_>, i32, &str)> = writes
         .iter()
-        .flat_map(|w| (0i32..).zip(&w.effects).map(move |(seq, e)| (w, seq, e.as_str())))
+        .flat_map(|w| {
+            (0i32..)
+                .zip(&w.effects)
+                .map(move |(seq, e)| (w, seq, e.as_str()))
+        })
         .collect();
     // Chunks keep each statement under SQLite's 32,766 parameters.
     for chunk in effects.chunks(1_000) {
