@@ -39,6 +39,7 @@ mod conns;
 mod dialect;
 mod durable;
 mod engine;
+mod notify;
 mod store;
 
 pub use config::Concurrency;
