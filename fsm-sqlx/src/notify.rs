@@ -12,9 +12,10 @@
 //!   queue on PostgreSQL's global notification lock; outside it, the task coalesces: one
 //!   statement per burst, one notification per machine type in it.
 //! * Listening: the first [`outbox_wakeup`](fsm_core::DurableStore::outbox_wakeup) of a
-//!   store starts a listener task holding a [`PgListener`] (one connection of the pool,
-//!   kept checked out), which wakes this store's dispatchers of the machine type named
-//!   by each notification of another store on the same schema.
+//!   store starts a listener task holding a
+//!   [`PgListener`](sqlx::postgres::PgListener) (one connection of the pool, kept
+//!   checked out), which wakes this store's dispatchers of the machine type named by
+//!   each notification of another store on the same schema.
 //!
 //! What is lost, polling recovers: a failed `NOTIFY` is logged and dropped, and
 //! notifications sent while the listener was reconnecting never arrive, so after every

@@ -32,6 +32,15 @@ use crate::notify::PeerWakeups;
 /// [`Concurrency`] mode; clones share the pool. Every dialect's instance passes the same
 /// conformance, durable and fault suites.
 ///
+/// A dispatcher on the store ([`outbox_wakeup`](fsm_core::DurableStore::outbox_wakeup))
+/// is woken by effects committed through the store and, on PostgreSQL, through any other
+/// store on the same schema: each store sends `NOTIFY fsm_outbox` after such commits (from
+/// a task of its own, outside the fire's transaction), and a store whose dispatcher runs
+/// `LISTEN`s on **one connection of its pool, kept checked out** while the store lives.
+/// Both tasks end with the last clone of the store or when the pool closes; whatever a
+/// notification misses (a failed `NOTIFY`, one sent while the listener reconnected) the
+/// dispatcher's poll finds.
+///
 /// # Examples
 ///
 /// ```
