@@ -23,6 +23,9 @@
 //!
 //! Both tasks end when the last clone of the store is dropped or its pool is closed.
 
+// The state below is the same for every dialect; only PostgreSQL's tasks read it.
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -310,5 +313,26 @@ mod postgres {
             assert_eq!(peer_machine("other a1 Order", "shop", "b2"), None);
             assert_eq!(peer_machine("Order", "shop", "b2"), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Announcements;
+
+    #[test]
+    fn a_burst_is_announced_once_per_machine_type() {
+        let announcements = Announcements::default();
+        assert!(announcements.add("Order"), "the first wakes the notifier");
+        assert!(!announcements.add("Order"), "a repeat waits with the first");
+        assert!(
+            !announcements.add("Invoice"),
+            "the notifier is awake already"
+        );
+        assert_eq!(announcements.take(), ["Order", "Invoice"]);
+        assert!(
+            announcements.add("Order"),
+            "after a send, the next wakes it again"
+        );
     }
 }
