@@ -33,6 +33,9 @@ usage: bench --backend sqlite|postgres|mysql [options]
   --latency-only     only the dispatcher latency run: effects committed at --rate per
                      second for --seconds while Dispatcher::run hands them over
   --rate N           effects per second of the latency run     [1000]
+  --remote-dispatcher  the latency run's dispatcher uses a second store over a pool
+                     of its own on the same database, as another process would: no
+                     in-process wake-up reaches it (PostgreSQL: LISTEN/NOTIFY does)
   --limit            fsm against what the database itself does with the same
                      statements, interleaved per client count: PostgreSQL: pgbench
                      (when on PATH) on benches/pgbench/fire.sql; SQLite: C SQLite
@@ -91,6 +94,7 @@ pub(crate) struct Config {
     pub(crate) dispatch_effects: usize,
     pub(crate) latency: bool,
     pub(crate) rate: u32,
+    pub(crate) remote_dispatcher: bool,
     pub(crate) limit: bool,
     /// The run being measured uses group commit (set per run by `--group-commit`).
     pub(crate) grouped: bool,
@@ -133,6 +137,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         dispatch_effects: 8000,
         latency: false,
         rate: 1000,
+        remote_dispatcher: false,
         limit: false,
         grouped: false,
         group_commit: false,
@@ -202,6 +207,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.hot = false;
             }
             "--rate" => cfg.rate = positive("--rate", &value()?)?,
+            "--remote-dispatcher" => cfg.remote_dispatcher = true,
             "--grouped" => cfg.grouped = true,
             "--group-commit" => {
                 cfg.group_commit = true;

@@ -28,6 +28,13 @@ pub(crate) trait Db: Sized + Send + Sync + 'static {
 
     fn store(&self) -> &Arc<Self::Store>;
 
+    /// Another store on the same database over a pool of its own, as a second process
+    /// would open it (`--remote-dispatcher`): only the database can tell it of commits.
+    fn second_store(&self, cfg: &Config) -> impl Future<Output = Res<Self::Store>> + Send;
+
+    /// Closes a [`second_store`](Db::second_store)'s pool.
+    fn close_second(store: Self::Store) -> impl Future<Output = ()> + Send;
+
     /// The database file, for a backend that has one (SQLite).
     fn file(&self) -> Option<&std::path::Path> {
         None
@@ -52,6 +59,17 @@ pub(crate) fn pool_options<D: fsm_sqlx::Dialect>(cfg: &Config) -> sqlx::pool::Po
         fsm_sqlx::SqlStore::<D>::pool_options()
     };
     options.max_connections(cfg.pool.unwrap_or(8))
+}
+
+/// A store over a new pool with `pool`'s connect options (PostgreSQL: its
+/// `search_path`) and the run's pool options.
+pub(crate) async fn second_store<D: fsm_sqlx::Dialect>(
+    cfg: &Config,
+    pool: &sqlx::Pool<D>,
+) -> Res<fsm_sqlx::SqlStore<D>> {
+    let options = (*pool.connect_options()).clone();
+    let pool = pool_options::<D>(cfg).connect_with(options).await?;
+    Ok(fsm_sqlx::SqlStore::from_pool(pool))
 }
 
 /// `store` with group commit when the run asks for it (`--group-commit`).

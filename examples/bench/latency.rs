@@ -44,7 +44,13 @@ pub(crate) async fn run_latency<D: Db>(cfg: &Config, run: usize, rate: u32) -> R
 
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let shutdown = CancellationToken::new();
-    let dispatcher = fsm_sqlx::Dispatcher::new(D::Store::clone(&store));
+    // A remote dispatcher hears of commits only through the database (or its poll).
+    let remote = match cfg.remote_dispatcher {
+        true => Some(db.second_store(cfg).await?),
+        false => None,
+    };
+    let dispatcher =
+        fsm_sqlx::Dispatcher::new(remote.clone().unwrap_or_else(|| D::Store::clone(&store)));
     let handler = {
         let started = Arc::clone(&started);
         move |d: fsm_sqlx::Delivery<OrderEffect>| {
@@ -105,6 +111,9 @@ pub(crate) async fn run_latency<D: Db>(cfg: &Config, run: usize, rate: u32) -> R
         from_fire.push(start.saturating_duration_since(*before));
     }
     let load = load_average();
+    if let Some(remote) = remote {
+        D::close_second(remote).await;
+    }
     db.close().await?;
     Ok(LatencyRow {
         rate,

@@ -100,6 +100,14 @@ impl Db for MySqlDb {
         &self.store
     }
 
+    async fn second_store(&self, cfg: &Config) -> Res<MySqlStore> {
+        crate::db::second_store(cfg, &self.pool).await
+    }
+
+    async fn close_second(store: MySqlStore) {
+        store.pool().close().await;
+    }
+
     async fn seed(&self, ids: &[String]) -> Res<()> {
         let (context, init) = seed_context()?;
         let mut tx = self.pool.begin().await?;

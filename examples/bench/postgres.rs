@@ -102,6 +102,14 @@ impl Db for PgDb {
         &self.store
     }
 
+    async fn second_store(&self, cfg: &Config) -> Res<PgStore> {
+        crate::db::second_store(cfg, &self.pool).await
+    }
+
+    async fn close_second(store: PgStore) {
+        store.pool().close().await;
+    }
+
     async fn seed(&self, ids: &[String]) -> Res<()> {
         let (context, init) = seed_context()?;
         sqlx::query(SEED)

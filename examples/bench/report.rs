@@ -123,8 +123,12 @@ pub(crate) fn report_dispatch(cfg: &Config, rows: &[DispatchRow]) {
 /// The latency table: from commit to handler start, lower and upper bounds.
 pub(crate) fn report_latency(cfg: &Config, rows: &[LatencyRow]) {
     println!(
-        "\n## {}: commit to handler start, Dispatcher::run with default options ({} s)\n",
+        "\n## {}: commit to handler start, Dispatcher::run with default options on {} ({} s)\n",
         cfg.kind.name(),
+        match cfg.remote_dispatcher {
+            true => "a second store over a pool of its own",
+            false => "the firing store",
+        },
         cfg.seconds
     );
     println!(

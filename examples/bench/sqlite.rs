@@ -104,6 +104,14 @@ impl Db for SqliteDb {
         &self.store
     }
 
+    async fn second_store(&self, cfg: &Config) -> Res<SqliteStore> {
+        crate::db::second_store(cfg, &self.pool).await
+    }
+
+    async fn close_second(store: SqliteStore) {
+        store.pool().close().await;
+    }
+
     fn file(&self) -> Option<&Path> {
         Some(&self.path)
     }

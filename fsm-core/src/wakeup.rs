@@ -47,6 +47,16 @@ impl OutboxWakeups {
         }
     }
 
+    /// Wakes every [`OutboxWakeup`] of every machine type: for when notifications may
+    /// have been lost (a listening connection made again, say), so that each dispatcher
+    /// looks at once instead of at its next poll.
+    pub fn notify_all(&self) {
+        let machines = self.machines.lock().unwrap_or_else(PoisonError::into_inner);
+        for sender in machines.values() {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// A wake-up for the effects of `machine`.
     pub fn subscribe(&self, machine: &'static str) -> OutboxWakeup {
         let mut machines = self.machines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -118,5 +128,19 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_millis(50), wakeup.wait()).await;
         assert!(waited.is_err(), "woken by a seen or foreign notification");
         assert!(wakeups.is_watched("Order") && !wakeups.is_watched("Invoice"));
+    }
+
+    #[tokio::test]
+    async fn notify_all_wakes_every_machine_type() {
+        let wakeups = OutboxWakeups::new();
+        let (mut order, mut invoice) = (wakeups.subscribe("Order"), wakeups.subscribe("Invoice"));
+        order.mark_seen();
+        invoice.mark_seen();
+        wakeups.notify_all();
+        for wakeup in [&mut order, &mut invoice] {
+            tokio::time::timeout(Duration::from_secs(1), wakeup.wait())
+                .await
+                .expect("woken");
+        }
     }
 }

@@ -80,13 +80,13 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         })
         .await?;
         if requeued == 1 {
-            self.wakeups.notify(id.machine);
+            self.effects_committed(id.machine);
         }
         Ok(requeued == 1)
     }
 
     fn outbox_wakeup(&self, machine: &'static str) -> Option<OutboxWakeup> {
-        Some(self.wakeups.subscribe(machine))
+        Some(self.watch_outbox(machine))
     }
 
     async fn claim_effects(
@@ -246,7 +246,7 @@ impl<D: Dialect> SqlStore<D> {
                     fsm_core::observe::timer_fired(M::DEFINITION.name, Duration::from_millis(late));
                     fired.push((timer.machine_id.clone(), transition));
                     // Its edge's action may have emitted effects.
-                    self.wakeups.notify(M::DEFINITION.name);
+                    self.effects_committed(M::DEFINITION.name);
                 }
                 Ok(None) => {}
                 // One bad row never stops the batch: it stays leased, and is reported

@@ -40,6 +40,7 @@ mod dialect;
 mod durable;
 mod engine;
 pub mod intake;
+mod notify;
 mod store;
 
 pub use config::Concurrency;

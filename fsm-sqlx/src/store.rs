@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 
-use fsm_core::kit::{OutboxWakeups, Prepared, SnapshotSeal, now_ms};
+use fsm_core::kit::{OutboxWakeup, OutboxWakeups, Prepared, SnapshotSeal, now_ms};
 use fsm_core::observe;
 use fsm_core::{
     Command, Created, Error, Outcome, Page, Query, Result, RetryPolicy, Snapshot, StateCounts,
@@ -22,6 +22,7 @@ use crate::dialect::{ConnectOptionsOf, Dialect, db_error};
 use crate::engine;
 use crate::engine::batch::{Batchers, GroupCommit, Settled};
 use crate::engine::hot::HotRows;
+use crate::notify::PeerWakeups;
 
 /// A durable [`Store`] on database `D`, in sqlx's manner: [`SqliteStore`](crate::SqliteStore),
 /// [`PgStore`](crate::PgStore) and [`MySqlStore`](crate::MySqlStore) are aliases, as
@@ -30,6 +31,15 @@ use crate::engine::hot::HotRows;
 /// It holds a connection pool, the [`RetryPolicy`] for lost compare-and-set races and a
 /// [`Concurrency`] mode; clones share the pool. Every dialect's instance passes the same
 /// conformance, durable and fault suites.
+///
+/// A dispatcher on the store ([`outbox_wakeup`](fsm_core::DurableStore::outbox_wakeup))
+/// is woken by effects committed through the store and, on PostgreSQL, through any other
+/// store on the same schema: each store sends `NOTIFY fsm_outbox` after such commits (from
+/// a task of its own, outside the fire's transaction), and a store whose dispatcher runs
+/// `LISTEN`s on **one connection of its pool, kept checked out** while the store lives.
+/// Both tasks end with the last clone of the store or when the pool closes; whatever a
+/// notification misses (a failed `NOTIFY`, one sent while the listener reconnected) the
+/// dispatcher's poll finds.
 ///
 /// # Examples
 ///
@@ -56,6 +66,9 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) hot: Arc<HotRows>,
     /// This process's dispatchers waiting for effects committed through this store.
     pub(crate) wakeups: OutboxWakeups,
+    /// What wakes dispatchers of other stores on the database, and what wakes ours
+    /// from theirs (PostgreSQL's `NOTIFY` and `LISTEN`).
+    pub(crate) peers: PeerWakeups,
     /// Connections kept checked out between fires, sparing the pool's pings.
     pub(crate) conns: ConnCache<D>,
     /// The group-commit queues, if [`with_group_commit`](Self::with_group_commit).
@@ -73,6 +86,7 @@ impl<D: Dialect> SqlStore<D> {
             seal: SnapshotSeal::new(),
             hot: Arc::default(),
             wakeups: OutboxWakeups::new(),
+            peers: PeerWakeups::default(),
             conns: ConnCache::default(),
             batchers: None,
         }
@@ -213,6 +227,23 @@ impl<D: Dialect> SqlStore<D> {
     pub fn pool(&self) -> &Pool<D> {
         &self.pool
     }
+
+    /// Effects of `machine` were committed through this store, or made due again: wakes
+    /// this store's dispatchers and, on PostgreSQL, announces it to the other stores on
+    /// the database (`NOTIFY`, from a task of the store's, after the commit).
+    pub(crate) fn effects_committed(&self, machine: &'static str) {
+        self.wakeups.notify(machine);
+        D::announce_effects(&self.pool, &self.peers, machine);
+    }
+
+    /// A dispatcher's wake-up for the effects of `machine`: woken by this store's
+    /// commits and, on PostgreSQL, by other stores' (the store's `LISTEN`, started here
+    /// the first time).
+    pub(crate) fn watch_outbox(&self, machine: &'static str) -> OutboxWakeup {
+        let wakeup = self.wakeups.subscribe(machine);
+        D::listen_for_effects(&self.pool, &self.peers, &self.wakeups);
+        wakeup
+    }
 }
 
 impl<D: Dialect> Clone for SqlStore<D> {
@@ -224,6 +255,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             seal: self.seal.clone(),
             hot: Arc::clone(&self.hot),
             wakeups: self.wakeups.clone(),
+            peers: self.peers.clone(),
             conns: self.conns.clone(),
             batchers: self.batchers.clone(),
         }

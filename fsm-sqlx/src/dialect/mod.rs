@@ -13,10 +13,11 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use fsm_core::kit::ClaimedEffect;
+use fsm_core::kit::{ClaimedEffect, OutboxWakeups};
 use fsm_core::{Error, Result};
 
 use crate::engine::rows::{NewMachine, TimerRow, TransitionWrite, WriteOutcome, undecodable};
+use crate::notify::PeerWakeups;
 use sealed::Backend;
 
 #[cfg(feature = "mysql")]
@@ -71,6 +72,15 @@ pub(crate) mod sealed {
 
         /// The embedded migrations.
         fn migrator() -> &'static Migrator;
+
+        /// Tells the other stores on the database that effects of `machine` were
+        /// committed through the store of `pool`. By default nothing: their dispatchers
+        /// find the effects at their next poll.
+        fn announce_effects(_pool: &Pool<Self>, _peers: &PeerWakeups, _machine: &'static str) {}
+
+        /// Makes the other stores' announcements wake `wakeups`, once per store. By
+        /// default nothing: only this store's commits wake its dispatchers.
+        fn listen_for_effects(_pool: &Pool<Self>, _peers: &PeerWakeups, _wakeups: &OutboxWakeups) {}
 
         /// Rows a statement changed.
         fn rows_affected(result: &Self::QueryResult) -> u64;

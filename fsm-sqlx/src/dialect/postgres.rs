@@ -12,10 +12,12 @@ use sqlx::postgres::{PgQueryResult, PgRow};
 use sqlx::{Connection as _, PgConnection, Pool, Postgres, Row, Transaction};
 
 use fsm_core::Result;
+use fsm_core::kit::OutboxWakeups;
 
 use super::sealed::Backend;
 use super::{Dialect, Lookup, Statements, consume_token, db_error, is_unique_violation};
 use crate::engine::rows::{NewMachine, PendingTimer, TransitionWrite, WriteOutcome, undecodable};
+use crate::notify::PeerWakeups;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -138,6 +140,14 @@ RETURNING o.machine_id, o.version, o.from_state, o.after_ms, o.due_at";
 impl Dialect for Postgres {}
 
 impl Backend for Postgres {
+    fn announce_effects(pool: &Pool<Self>, peers: &PeerWakeups, machine: &'static str) {
+        crate::notify::announce(pool, peers, machine);
+    }
+
+    fn listen_for_effects(pool: &Pool<Self>, peers: &PeerWakeups, wakeups: &OutboxWakeups) {
+        crate::notify::listen(pool, peers, wakeups);
+    }
+
     const SQL: Statements = Statements {
         begin_write: None,
         read: READ,

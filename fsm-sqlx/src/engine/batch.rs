@@ -352,7 +352,7 @@ async fn settle<D: Dialect, M: StateMachine>(
         }
     }
     if effects {
-        store.wakeups.notify(machine);
+        store.effects_committed(machine);
     }
     Ok(())
 }

@@ -288,7 +288,6 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         retry: policy,
         concurrency: mode,
         hot,
-        wakeups,
         ..
     } = store;
     let mode = *mode;
@@ -403,7 +402,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         match written {
             WriteOutcome::Committed => {
                 if !write.effects.is_empty() {
-                    wakeups.notify(machine);
+                    store.effects_committed(machine);
                 }
                 return Ok((Outcome::Applied(applied.transition), applied.snapshot));
             }
