@@ -768,37 +768,14 @@ mod transaction {
         {
             return Ok(WriteOutcome::TokenRejected);
         }
-        let cas = [
-            Arg::Text(w.to_state),
-            Arg::Int(w.version),
-            Arg::Text(&w.context),
-            Arg::Int(w.at_ms),
-            Arg::MaybeInt(w.entered_at),
-            Arg::Text(w.machine),
-            Arg::Text(w.id),
-            Arg::Int(w.expected),
-            Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
-            Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
-            Arg::MaybeText(w.claimed.as_ref().map(|c| c.context.as_str())),
-        ];
+        let cas = cas_args(w);
         let updated = D::run(conn, steps::<D>().compare_and_set, &cas)
             .await
             .map_err(&failed)?;
         if D::rows_affected(&updated) == 0 {
             return Ok(WriteOutcome::VersionMoved);
         }
-        let record = [
-            Arg::Text(w.machine),
-            Arg::Text(w.id),
-            Arg::Int(w.version),
-            Arg::Text(w.from_state),
-            Arg::Text(&w.event),
-            Arg::Text(&w.trigger),
-            Arg::Text(w.to_state),
-            Arg::MaybeText(w.idem_key),
-            Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
-            Arg::Int(w.at_ms),
-        ];
+        let record = record_args(w);
         match D::run(conn, steps::<D>().record, &record).await {
             Err(e) if is_unique_violation(&e) => return Ok(WriteOutcome::KeyTaken),
             other => other.map_err(&failed)?,
@@ -833,14 +810,7 @@ mod transaction {
                     }
                     built.push_str(OUTBOX_VALUES);
                 }
-                args.extend([
-                    Arg::Text(w.machine),
-                    Arg::Text(w.id),
-                    Arg::Int(w.version),
-                    Arg::Small(seq),
-                    Arg::Text(effect),
-                    Arg::Int(w.at_ms),
-                ]);
+                args.extend(outbox_args(w, seq, effect));
             }
             let sql = if effects.len() == 1 {
                 OUTBOX_ONE
@@ -851,6 +821,55 @@ mod transaction {
         }
         Ok(())
     }
+}
+
+/// The compare-and-set's binds for `w`: state, version, context, updated, entered,
+/// machine, id, expected version, then the claimed state (or NULL), again, and the
+/// claimed context.
+pub(crate) fn cas_args<'w>(w: &'w TransitionWrite<'_>) -> [Arg<'w>; 11] {
+    let claimed = w.claimed.as_ref();
+    [
+        Arg::Text(w.to_state),
+        Arg::Int(w.version),
+        Arg::Text(&w.context),
+        Arg::Int(w.at_ms),
+        Arg::MaybeInt(w.entered_at),
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Int(w.expected),
+        Arg::MaybeText(claimed.map(|c| c.state)),
+        Arg::MaybeText(claimed.map(|c| c.state)),
+        Arg::MaybeText(claimed.map(|c| c.context.as_str())),
+    ]
+}
+
+/// The history row's binds for `w`: machine, id, version, from, event, trigger, to, key,
+/// fingerprint, at.
+pub(crate) fn record_args<'w>(w: &'w TransitionWrite<'_>) -> [Arg<'w>; 10] {
+    [
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Int(w.version),
+        Arg::Text(w.from_state),
+        Arg::Text(&w.event),
+        Arg::Text(&w.trigger),
+        Arg::Text(w.to_state),
+        Arg::MaybeText(w.idem_key),
+        Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
+        Arg::Int(w.at_ms),
+    ]
+}
+
+/// One outbox row's binds for `w`: machine, id, version, seq, effect, available at.
+pub(crate) fn outbox_args<'w>(w: &TransitionWrite<'w>, seq: i32, effect: &'w str) -> [Arg<'w>; 6] {
+    [
+        Arg::Text(w.machine),
+        Arg::Text(w.id),
+        Arg::Int(w.version),
+        Arg::Small(seq),
+        Arg::Text(effect),
+        Arg::Int(w.at_ms),
+    ]
 }
 
 /// Deletes the command's token, if it is this instance's and unexpired; `false` if not.

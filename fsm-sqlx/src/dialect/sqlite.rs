@@ -18,7 +18,10 @@ use sqlx::sqlite::{
 use fsm_core::Result;
 
 use super::sealed::Backend;
-use super::{Arg, Dialect, Lookup, Sql, Statements, Steps, db_error, is_unique_violation};
+use super::{
+    Arg, Dialect, Lookup, Sql, Statements, Steps, cas_args, db_error, is_unique_violation,
+    outbox_args, record_args,
+};
 use crate::SqlStore;
 use crate::engine::rows::{TransitionWrite, WriteOutcome};
 
@@ -221,40 +224,10 @@ SELECT * FROM (VALUES ",
 async fn write(conn: &mut sqlx::SqliteConnection, w: &TransitionWrite<'_>) -> Result<WriteOutcome> {
     let failed = db_error(|| format!("fire {} {}", w.machine, w.id));
     let mut args = Vec::with_capacity(21 + 6 * (w.effects.len() + w.timers.len()));
-    args.extend([
-        Arg::Text(w.to_state),
-        Arg::Int(w.version),
-        Arg::Text(&w.context),
-        Arg::Int(w.at_ms),
-        Arg::MaybeInt(w.entered_at),
-        Arg::Text(w.machine),
-        Arg::Text(w.id),
-        Arg::Int(w.expected),
-        Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
-        Arg::MaybeText(w.claimed.as_ref().map(|c| c.state)),
-        Arg::MaybeText(w.claimed.as_ref().map(|c| c.context.as_str())),
-    ]);
-    args.extend([
-        Arg::Text(w.machine),
-        Arg::Text(w.id),
-        Arg::Int(w.version),
-        Arg::Text(w.from_state),
-        Arg::Text(&w.event),
-        Arg::Text(&w.trigger),
-        Arg::Text(w.to_state),
-        Arg::MaybeText(w.idem_key),
-        Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
-        Arg::Int(w.at_ms),
-    ]);
+    args.extend(cas_args(w));
+    args.extend(record_args(w));
     for (seq, effect) in (0i32..).zip(&w.effects) {
-        args.extend([
-            Arg::Text(w.machine),
-            Arg::Text(w.id),
-            Arg::Int(w.version),
-            Arg::Small(seq),
-            Arg::Text(effect),
-            Arg::Int(w.at_ms),
-        ]);
+        args.extend(outbox_args(w, seq, effect));
     }
     for timer in &w.timers {
         args.extend([
@@ -387,18 +360,7 @@ VALUES {};
     }
     args.push(Arg::Text(first.machine));
     for w in writes {
-        args.extend([
-            Arg::Text(w.machine),
-            Arg::Text(w.id),
-            Arg::Int(w.version),
-            Arg::Text(w.from_state),
-            Arg::Text(&w.event),
-            Arg::Text(&w.trigger),
-            Arg::Text(w.to_state),
-            Arg::MaybeText(w.idem_key),
-            Arg::MaybeBytes(w.fingerprint.as_ref().map(|f| &f[..])),
-            Arg::Int(w.at_ms),
-        ]);
+        args.extend(record_args(w));
     }
     let effects: Vec<(&TransitionWrite<'_>, i32, &str)> = writes
         .iter()
@@ -416,14 +378,7 @@ VALUES {};
         sql.push_str(&values("(?, ?, ?, ?, ?, ?)", chunk.len(), false));
         sql.push_str(";\n");
         for (w, seq, effect) in chunk {
-            args.extend([
-                Arg::Text(w.machine),
-                Arg::Text(w.id),
-                Arg::Int(w.version),
-                Arg::Small(*seq),
-                Arg::Text(effect),
-                Arg::Int(w.at_ms),
-            ]);
+            args.extend(outbox_args(w, *seq, effect));
         }
     }
     let timers: Vec<_> = writes
