@@ -68,7 +68,14 @@ pub(crate) async fn run_limits<D: Db>(cfg: &Config, run: &mut usize) -> Res<Vec<
     Ok(rows)
 }
 
+/// Without the `postgres` feature there is no PostgreSQL run to compare with.
+#[cfg(not(feature = "postgres"))]
+async fn pgbench(_: &Config, _: usize) -> Res<Option<f64>> {
+    Ok(None)
+}
+
 /// pgbench's tps at `clients` connections, or `None` when pgbench or psql is missing.
+#[cfg(feature = "postgres")]
 async fn pgbench(cfg: &Config, clients: usize) -> Res<Option<f64>> {
     let url = cfg.server_url(
         "FSM_POSTGRES_URL",
