@@ -58,11 +58,14 @@ impl Spans {
 
 type Counters = HashMap<(String, Vec<(String, String)>), u64>;
 
+/// Every histogram's recorded values, by name.
+type Histograms = HashMap<String, Vec<f64>>;
+
 /// Runs `fire_all` on a store under a test recorder and span capture.
 fn observed<S, F>(
     make: impl FnOnce() -> F,
     fire_all: impl AsyncFnOnce(&S),
-) -> (Counters, Vec<String>, Spans)
+) -> (Counters, Histograms, Spans)
 where
     S: Store,
     F: Future<Output = S>,
@@ -84,7 +87,7 @@ where
         })
     });
     let mut counters = Counters::new();
-    let mut histograms = Vec::new();
+    let mut histograms = Histograms::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let (kind, key) = key.into_parts();
         let _ = kind;
@@ -96,7 +99,10 @@ where
             DebugValue::Counter(n) => {
                 counters.insert((key.name().to_owned(), labels), n);
             }
-            DebugValue::Histogram(_) => histograms.push(key.name().to_owned()),
+            DebugValue::Histogram(values) => {
+                let recorded = histograms.entry(key.name().to_owned()).or_default();
+                recorded.extend(values.into_iter().map(|v| v.into_inner()));
+            }
             DebugValue::Gauge(_) => {}
         }
     }
@@ -146,7 +152,7 @@ async fn every_outcome<S: Store>(store: &S) {
     );
 }
 
-fn assert_reported(counters: &Counters, histograms: &[String], spans: &Spans) {
+fn assert_reported(counters: &Counters, histograms: &Histograms, spans: &Spans) {
     let count = |event: &str, outcome: &str| {
         let key = (
             "fsm_transitions_total".to_owned(),
@@ -161,7 +167,7 @@ fn assert_reported(counters: &Counters, histograms: &[String], spans: &Spans) {
     assert_eq!(count("Deliver", "illegal"), 1);
     assert_eq!(count("Cancel", "not_found"), 1);
     assert_eq!(count("Cancel", "invalid"), 1);
-    assert!(histograms.iter().any(|h| h == "fsm_fire_duration_seconds"));
+    assert!(histograms.contains_key("fsm_fire_duration_seconds"));
 
     let fires = spans.named("fsm.fire");
     assert_eq!(fires.len(), 7);
@@ -249,4 +255,70 @@ fn pruning_is_counted_by_kind() {
         );
         assert_eq!(counters.get(&key), Some(&2), "{counters:?}");
     }
+}
+
+/// Sixteen orders created, then cancelled by sixteen fires at once.
+async fn sixteen_cancelled_at_once<S: Store>(store: &S) {
+    let ids: Vec<String> = (0..16).map(|n| format!("o-{n}")).collect();
+    for id in &ids {
+        store
+            .create::<Order>(id, OrderData::default())
+            .await
+            .unwrap();
+    }
+    let fires = ids
+        .iter()
+        .map(|id| store.fire::<Order>(id, Command::new(OrderEvent::Cancel)));
+    for outcome in futures_util::future::join_all(fires).await {
+        assert!(!outcome.unwrap().is_duplicate());
+    }
+}
+
+/// The number of Cancels counted as applied.
+fn cancels_applied(counters: &Counters) -> u64 {
+    let key = (
+        "fsm_transitions_total".to_owned(),
+        labels(&[
+            ("machine", "Order"),
+            ("event", "Cancel"),
+            ("outcome", "applied"),
+        ]),
+    );
+    counters.get(&key).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_sqlite_store_combines_concurrent_fires_into_batches_by_default() {
+    let (counters, histograms, _) = observed(
+        || async {
+            let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        },
+        sixteen_cancelled_at_once::<fsm::sqlx::SqliteStore>,
+    );
+    assert_eq!(cancels_applied(&counters), 16);
+    let batches = histograms
+        .get("fsm_group_commit_size")
+        .expect("fsm_group_commit_size recorded");
+    // The first fire finds the queue idle and runs alone; the rest arrive meanwhile.
+    assert!(batches.iter().any(|&size| size > 1.0), "{batches:?}");
+    assert!(batches.iter().sum::<f64>() <= 16.0, "{batches:?}");
+}
+
+#[test]
+fn a_store_without_group_commit_fires_each_command_alone() {
+    let (counters, histograms, _) = observed(
+        || async {
+            let store = fsm::sqlx::SqliteStore::memory()
+                .await
+                .unwrap()
+                .without_group_commit();
+            store.migrate().await.unwrap();
+            store
+        },
+        sixteen_cancelled_at_once::<fsm::sqlx::SqliteStore>,
+    );
+    assert_eq!(cancels_applied(&counters), 16);
+    assert!(!histograms.contains_key("fsm_group_commit_size"));
 }

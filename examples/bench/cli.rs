@@ -40,7 +40,10 @@ usage: bench --backend sqlite|postgres|mysql [options]
                      statements, interleaved per client count: PostgreSQL: pgbench
                      (when on PATH) on benches/pgbench/fire.sql; SQLite: C SQLite
                      (rusqlite, bundled) on one connection; then fsm, same seconds
-  --grouped          every fsm store uses group commit (with --limit, say)
+  --grouped          every fsm store uses group commit (with --limit, say); by
+                     default a store does as its dialect does (SQLite and PostgreSQL
+                     group, MySQL fires alone)
+  --alone            every fsm store fires alone (without_group_commit)
   --group-commit     fsm without, then with, group commit (GroupCommit::new()) per
                      client count, same seconds: throughput, p99, batch sizes
   --intake-only      only the buffered intake: per client count, direct fires, then
@@ -97,7 +100,7 @@ pub(crate) struct Config {
     pub(crate) remote_dispatcher: bool,
     pub(crate) limit: bool,
     /// The run being measured uses group commit (set per run by `--group-commit`).
-    pub(crate) grouped: bool,
+    pub(crate) grouped: Option<bool>,
     pub(crate) group_commit: bool,
     pub(crate) intake: bool,
 }
@@ -139,7 +142,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
         rate: 1000,
         remote_dispatcher: false,
         limit: false,
-        grouped: false,
+        grouped: None,
         group_commit: false,
         intake: false,
     };
@@ -208,7 +211,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Config, String> {
             }
             "--rate" => cfg.rate = positive("--rate", &value()?)?,
             "--remote-dispatcher" => cfg.remote_dispatcher = true,
-            "--grouped" => cfg.grouped = true,
+            "--grouped" => cfg.grouped = Some(true),
+            "--alone" => cfg.grouped = Some(false),
             "--group-commit" => {
                 cfg.group_commit = true;
                 cfg.pairs = false;

@@ -72,14 +72,16 @@ pub(crate) async fn second_store<D: fsm_sqlx::Dialect>(
     Ok(fsm_sqlx::SqlStore::from_pool(pool))
 }
 
-/// `store` with group commit when the run asks for it (`--group-commit`).
+/// `store` with or without group commit when the run says (`--grouped`, `--alone`,
+/// `--group-commit`), else as its dialect's default.
 pub(crate) fn grouping<D: fsm_sqlx::Dialect>(
     cfg: &Config,
     store: fsm_sqlx::SqlStore<D>,
 ) -> fsm_sqlx::SqlStore<D> {
     match cfg.grouped {
-        true => store.with_group_commit(fsm_sqlx::GroupCommit::new()),
-        false => store,
+        Some(true) => store.with_group_commit(fsm_sqlx::GroupCommit::new()),
+        Some(false) => store.without_group_commit(),
+        None => store,
     }
 }
 

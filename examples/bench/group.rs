@@ -51,11 +51,15 @@ pub(crate) async fn run_grouped<D: Db>(cfg: &Config, run: &mut usize) -> Res<Vec
     let mut rows = Vec::new();
     for &clients in &cfg.clients {
         *run += 1;
-        let alone = run_pair_side::<D>(cfg, *run, clients, Side::Fsm).await?;
+        let alone_cfg = Config {
+            grouped: Some(false),
+            ..cfg.clone()
+        };
+        let alone = run_pair_side::<D>(&alone_cfg, *run, clients, Side::Fsm).await?;
         batch_sizes();
         *run += 1;
         let grouped_cfg = Config {
-            grouped: true,
+            grouped: Some(true),
             ..cfg.clone()
         };
         let grouped = run_pair_side::<D>(&grouped_cfg, *run, clients, Side::Fsm).await?;

@@ -69,10 +69,10 @@ pub(crate) fn report_limits(cfg: &Config, rows: &[LimitRow]) {
     println!(
         "\n## {}: fsm `fire`{} against {} on the same statements ({} s each, interleaved; {})\n",
         cfg.kind.name(),
-        if cfg.grouped {
-            " with group commit"
-        } else {
-            ""
+        match cfg.grouped {
+            Some(true) => " with group commit",
+            Some(false) => " alone (without group commit)",
+            None => " with the store's defaults",
         },
         limit_name(cfg.kind),
         cfg.seconds,

@@ -46,10 +46,7 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         lease: Duration,
     ) -> Result<Vec<(String, Transition<M>)>> {
         let store = self.clone();
-        detached(M::DEFINITION.name, async move {
-            store.fire_due_timers_now::<M>(limit, lease).await
-        })
-        .await
+        detached(async move { store.fire_due_timers_now::<M>(limit, lease).await }).await
     }
 
     async fn dead_letters<M: StateMachine>(&self) -> Result<Vec<DeadLetter<M::Effect>>> {
@@ -96,10 +93,7 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
         limit: usize,
     ) -> Result<Vec<ClaimedEffect>> {
         let store = self.clone();
-        detached(machine, async move {
-            store.claim_effects_now(machine, lease, limit).await
-        })
-        .await
+        detached(async move { store.claim_effects_now(machine, lease, limit).await }).await
     }
 
     async fn settle_effect(
@@ -188,10 +182,7 @@ impl<D: Dialect> DurableStore for SqlStore<D> {
 
     async fn prune(&self, retention: &Retention) -> Result<PruneReport> {
         let (pool, retention) = (self.pool.clone(), *retention);
-        detached("fsm", async move {
-            engine::prune::prune::<D>(&pool, &retention).await
-        })
-        .await
+        detached(async move { engine::prune::prune::<D>(&pool, &retention).await }).await
     }
 
     async fn prune_finished<M: StateMachine>(

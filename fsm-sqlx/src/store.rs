@@ -2,8 +2,11 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
@@ -71,13 +74,14 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) peers: PeerWakeups,
     /// Connections kept checked out between fires, sparing the pool's pings.
     pub(crate) conns: ConnCache<D>,
-    /// The group-commit queues, if [`with_group_commit`](Self::with_group_commit).
+    /// The group-commit queues, unless [`without_group_commit`](Self::without_group_commit).
     pub(crate) batchers: Option<Arc<Batchers>>,
 }
 
 impl<D: Dialect> SqlStore<D> {
     /// Wraps a pool (one whose connections set a PostgreSQL `search_path`, say), with the
-    /// default retry policy, optimistic.
+    /// default retry policy, [`Concurrency::Adaptive`], and on SQLite and PostgreSQL
+    /// group commit ([`with_group_commit`](Self::with_group_commit)).
     pub fn from_pool(pool: Pool<D>) -> Self {
         SqlStore {
             pool,
@@ -88,7 +92,7 @@ impl<D: Dialect> SqlStore<D> {
             wakeups: OutboxWakeups::new(),
             peers: PeerWakeups::default(),
             conns: ConnCache::default(),
-            batchers: None,
+            batchers: D::GROUP_COMMIT.then(|| Arc::new(Batchers::new(GroupCommit::new()))),
         }
     }
 
@@ -179,7 +183,10 @@ impl<D: Dialect> SqlStore<D> {
     /// Combines concurrent fires into one transaction per batch ([`GroupCommit`]): on
     /// PostgreSQL one read statement and one write statement for the whole batch, on
     /// SQLite and MySQL one transaction holding every command's statements. Under load
-    /// this multiplies throughput; a lone fire still runs at once.
+    /// this multiplies throughput; a fire that finds nothing running or waiting runs
+    /// alone at once, so a lone caller pays nothing for it. SQLite and PostgreSQL
+    /// stores group with [`GroupCommit::new`] by default; MySQL stores do not, since
+    /// there a batch runs each command's statements in turn and gains only the commit.
     ///
     /// Every caller gets the outcome or error a lone fire would have given it: a
     /// command whose instance moved since the batch read it, or a batch abandoned
@@ -208,6 +215,23 @@ impl<D: Dialect> SqlStore<D> {
     #[must_use]
     pub fn with_group_commit(mut self, config: GroupCommit) -> Self {
         self.batchers = Some(Arc::new(Batchers::new(config)));
+        self
+    }
+
+    /// Fires every command alone, each in its own transaction (see
+    /// [`with_group_commit`](Self::with_group_commit)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # async fn demo() -> fsm_core::Result<()> {
+    /// let store = fsm_sqlx::SqliteStore::memory().await?.without_group_commit();
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn without_group_commit(mut self) -> Self {
+        self.batchers = None;
         self
     }
 
@@ -277,11 +301,10 @@ impl<D: Dialect> fmt::Debug for SqlStore<D> {
 impl<D: Dialect> Store for SqlStore<D> {
     async fn create<M: StateMachine>(&self, id: &str, context: M::Context) -> Result<Created<M>> {
         let (pool, owned_id) = (self.pool.clone(), id.to_owned());
-        let mut created = detached(M::DEFINITION.name, async move {
-            engine::create::<D, M>(&pool, &owned_id, context).await
-        })
-        .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
-        .await?;
+        let mut created =
+            detached(async move { engine::create::<D, M>(&pool, &owned_id, context).await })
+                .instrument(observe::instance_span("fsm.create", M::DEFINITION.name, id))
+                .await?;
         match &mut created {
             Created::New(snapshot) | Created::Existing(snapshot) => self.seal.seal(snapshot),
         }
@@ -301,6 +324,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let span = observe::fire_span::<M>(id, event, command.key.as_ref());
         observe::fire(span, event, async {
             let mut prepared = Prepared::new(id, command)?;
+            let mut slot = None;
             if let Some(batchers) = self.batches(id, &prepared) {
                 let unbatched = || SqlStore {
                     batchers: None,
@@ -310,10 +334,12 @@ impl<D: Dialect> Store for SqlStore<D> {
                     Settled::Done(result) => return result,
                     Settled::Panicked(panic) => std::panic::resume_unwind(panic),
                     Settled::Alone(alone) => prepared = alone,
+                    Settled::Idle(alone, held) => (prepared, slot) = (alone, Some(held)),
                 }
             }
             let (store, id) = (self.clone(), id.to_owned());
-            let (outcome, _) = detached(M::DEFINITION.name, async move {
+            let (outcome, _) = detached(async move {
+                let _slot = slot;
                 engine::fire(&store, &id, prepared, None).await
             })
             .await?;
@@ -389,34 +415,74 @@ impl<D: Dialect> SqlStore<D> {
         // Only a snapshot this store issued, unchanged, may stand in for the read.
         let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());
         let store = self.clone();
-        let (outcome, mut current) = detached(M::DEFINITION.name, async move {
-            engine::fire(&store, &id, prepared, known).await
-        })
-        .await?;
+        let (outcome, mut current) =
+            detached(async move { engine::fire(&store, &id, prepared, known).await }).await?;
         self.seal.seal(&mut current);
         *snapshot = current;
         Ok(outcome)
     }
 }
 
-/// Runs `work` (a write) in a task of its own and waits for it, so that a caller who
-/// drops the future (a client that hung up, a `timeout`, a `select!`) does not cut it
-/// off between two statements: it then applies as a whole or not at all, and its
-/// connection goes back to the pool with no transaction open. On SQLite a transaction
-/// dropped while its `BEGIN` runs on sqlx's worker thread would keep the database's
-/// write lock, and every other writer would fail with "database is locked" (sqlx#3932).
+/// Runs `work` (a write) so that a caller who drops the future (a client that hung up,
+/// a `timeout`, a `select!`) does not cut it off between two statements: it then
+/// applies as a whole or not at all, and its connection goes back to the pool with no
+/// transaction open. On SQLite a transaction dropped while its `BEGIN` runs on sqlx's
+/// worker thread would keep the database's write lock, and every other writer would
+/// fail with "database is locked" (sqlx#3932).
+///
+/// The work runs in the caller's task; only if the caller drops it unfinished is the
+/// rest handed to a task of its own. Spawning every write instead cost a wake-up of
+/// another runtime thread per fire, the largest single cost of a SQLite fire after its
+/// two hand-offs to sqlx's worker thread.
 pub(crate) async fn detached<T: Send + 'static>(
-    machine: &'static str,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    match tokio::spawn(work.in_current_span()).await {
-        Ok(result) => result,
-        // An action's panic reaches the caller, as it would have without the task.
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(join) => Err(Error::WorkerDied {
-            machine,
-            worker: "write",
-            detail: join.to_string(),
-        }),
+    Detached(Some(Box::pin(work.in_current_span()))).await
+}
+
+/// The future of [`detached`]: polls its work inline and, dropped before the work is
+/// done, spawns the rest onto the runtime it was dropped in.
+struct Detached<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> Future for Detached<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(work) = self.0.as_mut() else {
+            panic!("`detached` polled after it completed");
+        };
+        // A panicking action ends the work where it is, as it would inline: the work is
+        // taken out first so that unwinding through `drop` does not spawn it.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(ready) => {
+                self.0 = None;
+                ready
+            }
+            Err(panic) => {
+                self.0 = None;
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let Some(work) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(work)),
+            // Outside a runtime nothing can run it: dropped, as any sqlx future would be.
+            Err(_) => tracing::warn!("a write dropped unfinished outside a tokio runtime"),
+        }
     }
 }

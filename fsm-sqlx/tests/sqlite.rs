@@ -46,7 +46,10 @@ mod memory_grouped {
 mod memory {
     use super::*;
     fsm_core::store_conformance_tests!(async {
-        let store = SqliteStore::memory().await.expect("in-memory SQLite");
+        let store = SqliteStore::memory()
+            .await
+            .expect("in-memory SQLite")
+            .without_group_commit();
         store.migrate().await.expect("migrate");
         Arc::new(store)
     });

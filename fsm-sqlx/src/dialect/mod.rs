@@ -133,11 +133,9 @@ pub(crate) mod sealed {
         /// read statement and a write statement for the whole batch.
         const BATCH_IN_TRANSACTION: bool = true;
 
-        /// Group-commit batches of one machine type running at once, by default: one,
-        /// since a second batch started at once takes the few commands that arrived
-        /// meanwhile and makes batches smaller (measured on PostgreSQL: 0.8x at 8
-        /// clients, and a p99 of 100 ms at 32).
-        const BATCHES_IN_FLIGHT: usize = 1;
+        /// Whether a store of this dialect combines concurrent fires by default
+        /// ([`GroupCommit`](crate::GroupCommit)).
+        const GROUP_COMMIT: bool = true;
 
         /// Group commit's read: `read`'s row (or none) for each `(id, key)` lookup, in
         /// order. By default one `read` per lookup.

@@ -14,9 +14,10 @@
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use fsm_core::kit::{Applied, Prepared};
 use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
@@ -42,24 +43,26 @@ use crate::engine::rows::{decode_machine, decode_transition, undecodable, write_
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommit {
     max_batch: usize,
-    in_flight: Option<usize>,
+    in_flight: usize,
 }
 
 impl GroupCommit {
     /// Batches of up to 64 commands, one batch of a machine type at a time: the
-    /// commands that arrive while it runs make the next.
+    /// commands that arrive while it runs make the next. A second batch started at once
+    /// would take the few commands that arrived meanwhile and make batches smaller
+    /// (measured on PostgreSQL: 0.8x at 8 clients, and a p99 of 100 ms at 32).
     pub const fn new() -> Self {
         GroupCommit {
             max_batch: 64,
-            in_flight: None,
+            in_flight: 1,
         }
     }
 
-    /// How many batches of one machine type may run at once (at least 1). Each holds a
-    /// connection while it runs.
+    /// How many batches (or fires that found the queue idle) of one machine type may
+    /// run at once (at least 1). Each holds a connection while it runs.
     #[must_use]
     pub const fn in_flight(mut self, batches: usize) -> Self {
-        self.in_flight = Some(if batches == 0 { 1 } else { batches });
+        self.in_flight = if batches == 0 { 1 } else { batches };
         self
     }
 
@@ -69,11 +72,6 @@ impl GroupCommit {
     pub const fn max_batch(mut self, commands: usize) -> Self {
         self.max_batch = if commands == 0 { 1 } else { commands };
         self
-    }
-
-    /// The most commands one batch takes.
-    pub const fn batch_limit(&self) -> usize {
-        self.max_batch
     }
 }
 
@@ -91,7 +89,15 @@ pub(crate) enum Settled<M: StateMachine> {
     Panicked(Box<dyn Any + Send>),
     /// The batch could not settle the command: the caller fires it alone.
     Alone(Prepared<M>),
+    /// Nothing was running or waiting: the caller fires alone at once, so a lone
+    /// caller pays nothing for group commit. It holds the queue's one idle slot until
+    /// its fire is done, so the commands arriving meanwhile gather into a batch (which
+    /// runs beside it) instead of each firing alone too.
+    Idle(Prepared<M>, IdleSlot),
 }
+
+/// The one fire of a machine type that may run alone because its queue was idle.
+pub(crate) type IdleSlot = OwnedSemaphorePermit;
 
 /// One queued fire.
 struct Job<M: StateMachine> {
@@ -100,10 +106,28 @@ struct Job<M: StateMachine> {
     reply: oneshot::Sender<Settled<M>>,
 }
 
+/// What a queue's callers and its task share.
+struct Lanes {
+    /// One permit per batch that may run at once.
+    slots: Arc<Semaphore>,
+    in_flight: usize,
+    /// One permit, for a fire that found nothing running or waiting.
+    idle: Arc<Semaphore>,
+    /// Commands sent and not yet taken into a batch (nor dropped by their callers).
+    queued: AtomicUsize,
+}
+
+/// The queue of one machine type: its task holds the receiver and [`Lanes`], never the
+/// sender, so the task ends when the store's last clone is dropped.
+struct Queue<M: StateMachine> {
+    jobs: mpsc::UnboundedSender<Job<M>>,
+    lanes: Arc<Lanes>,
+}
+
 /// The queues of one store, one per machine type, each drained by its own task.
 pub(crate) struct Batchers {
     config: GroupCommit,
-    queues: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    queues: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Batchers {
@@ -126,7 +150,34 @@ impl Batchers {
         self.config
     }
 
-    /// Queues `prepared` for the next batch of `store` and waits for it to be settled.
+    /// The queue of `M`, started on first use with its task.
+    fn queue<D: Dialect, M: StateMachine>(
+        &self,
+        unbatched: impl FnOnce() -> SqlStore<D>,
+    ) -> Option<Arc<Queue<M>>> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues.entry(TypeId::of::<M>()).or_insert_with(|| {
+            let (jobs, receiver) = mpsc::unbounded_channel::<Job<M>>();
+            let lanes = Arc::new(Lanes {
+                slots: Arc::new(Semaphore::new(self.config.in_flight)),
+                in_flight: self.config.in_flight,
+                idle: Arc::new(Semaphore::new(1)),
+                queued: AtomicUsize::new(0),
+            });
+            let task = drain(
+                unbatched(),
+                receiver,
+                Arc::clone(&lanes),
+                self.config.max_batch,
+            );
+            tokio::spawn(task);
+            Arc::new(Queue { jobs, lanes })
+        });
+        Arc::clone(queue).downcast::<Queue<M>>().ok()
+    }
+
+    /// Queues `prepared` for the next batch of `store` and waits for it to be settled,
+    /// or, when nothing is running or waiting, hands it back to be fired alone at once.
     ///
     /// `store` is the batching store's twin without batches: the queue's task holds it,
     /// so it must not hold the queues (which end the task when the store is dropped).
@@ -136,36 +187,37 @@ impl Batchers {
         id: &str,
         prepared: Prepared<M>,
     ) -> Settled<M> {
+        let Some(queue) = self.queue::<D, M>(unbatched) else {
+            return Settled::Alone(prepared);
+        };
+        let lanes = &queue.lanes;
+        // Holding a batch's slot instead would make every busy round a lone fire and
+        // then a batch of the rest, one after the other: half the throughput at 8
+        // clients on PostgreSQL.
+        let idle = lanes.queued.load(Ordering::Acquire) == 0
+            && lanes.slots.available_permits() == lanes.in_flight;
+        if idle && let Ok(slot) = Arc::clone(&lanes.idle).try_acquire_owned() {
+            return Settled::Idle(prepared, slot);
+        }
         let (reply, settled) = oneshot::channel();
         let job = Job {
             id: id.to_owned(),
             prepared,
             reply,
         };
-        let sent = {
-            let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-            let queue = queues.entry(TypeId::of::<M>()).or_insert_with(|| {
-                let (queue, jobs) = mpsc::unbounded_channel::<Job<M>>();
-                let in_flight = self.config.in_flight.unwrap_or(D::BATCHES_IN_FLIGHT);
-                tokio::spawn(drain(unbatched(), jobs, self.config.max_batch, in_flight));
-                Box::new(queue)
-            });
-            match queue.downcast_ref::<mpsc::UnboundedSender<Job<M>>>() {
-                Some(queue) => queue.send(job).map_err(|e| e.0),
-                None => Err(job),
-            }
-        };
-        match sent {
-            Ok(()) => match settled.await {
-                Ok(settled) => settled,
-                Err(_) => Settled::Done(Err(Error::WorkerDied {
-                    machine: M::DEFINITION.name,
-                    worker: "group commit",
-                    detail: "the batch task ended before settling the command".into(),
-                })),
-            },
+        lanes.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(job) = queue.jobs.send(job) {
             // The queue's task is gone (its runtime shut down): fire alone.
-            Err(job) => Settled::Alone(job.prepared),
+            lanes.queued.fetch_sub(1, Ordering::AcqRel);
+            return Settled::Alone(job.0.prepared);
+        }
+        match settled.await {
+            Ok(settled) => settled,
+            Err(_) => Settled::Done(Err(Error::WorkerDied {
+                machine: M::DEFINITION.name,
+                worker: "group commit",
+                detail: "the batch task ended before settling the command".into(),
+            })),
         }
     }
 }
@@ -175,10 +227,9 @@ impl Batchers {
 async fn drain<D: Dialect, M: StateMachine>(
     store: SqlStore<D>,
     mut jobs: mpsc::UnboundedReceiver<Job<M>>,
+    lanes: Arc<Lanes>,
     max_batch: usize,
-    in_flight: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(in_flight.max(1)));
     // Instances with a command in a running batch.
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let finished = Arc::new(Notify::new());
@@ -195,7 +246,7 @@ async fn drain<D: Dialect, M: StateMachine>(
                 None => return,
             }
         }
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        let Ok(slot) = Arc::clone(&lanes.slots).acquire_owned().await else {
             return;
         };
         // Whatever arrived while the slots were taken joins this batch.
@@ -208,7 +259,9 @@ async fn drain<D: Dialect, M: StateMachine>(
             let mut later = VecDeque::new();
             while let Some(job) = waiting.pop_front() {
                 if job.reply.is_closed() {
-                    continue; // a caller that gave up waiting needs no work done
+                    // A caller that gave up waiting needs no work done.
+                    lanes.queued.fetch_sub(1, Ordering::AcqRel);
+                    continue;
                 }
                 if batch.len() < max_batch && busy.insert(job.id.clone()) {
                     batch.push(job);
@@ -218,6 +271,7 @@ async fn drain<D: Dialect, M: StateMachine>(
             }
             waiting = later;
         }
+        lanes.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         if batch.is_empty() {
             // Every waiting command's instance is in a running batch: wait for one to
             // end (or for news from callers) and gather again.

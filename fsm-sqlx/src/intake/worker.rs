@@ -122,10 +122,11 @@ impl<D: Dialect, M: StateMachine> IntakeWorker<D, M> {
         let (pool, lease_until) = (store.pool.clone(), deadline(now, options.lease));
         let limit = options.claim_batch;
         // A claim runs to its end even if this pass is dropped: no transaction left open.
-        let claimed = detached(machine, async move {
-            sql::claim(&pool, machine, now as i64, lease_until, limit).await
-        })
-        .await?;
+        let claimed =
+            detached(
+                async move { sql::claim(&pool, machine, now as i64, lease_until, limit).await },
+            )
+            .await?;
         let mut report = IntakeReport {
             claimed: claimed.len(),
             ..IntakeReport::default()

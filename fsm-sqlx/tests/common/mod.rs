@@ -60,9 +60,7 @@ pub(crate) fn server_url(var: &str) -> Option<String> {
     None
 }
 
-/// A name no other test of any process uses, e.g. `fsm_t_4242_7_1763800000000000000`:
-/// a valid unquoted identifier on every backend.
-/// `store`, unshared, with group commit.
+/// `store`, unshared, with group commit (a fixture's stores fire alone unless made so).
 #[allow(dead_code)] // not every test binary builds a grouped store
 pub(crate) fn grouped<D: fsm_sqlx::Dialect>(
     store: std::sync::Arc<fsm_sqlx::SqlStore<D>>,
@@ -71,6 +69,8 @@ pub(crate) fn grouped<D: fsm_sqlx::Dialect>(
     std::sync::Arc::new(store.with_group_commit(fsm_sqlx::GroupCommit::new()))
 }
 
+/// A name no other test of any process uses, e.g. `fsm_t_4242_7_1763800000000000000`:
+/// a valid unquoted identifier on every backend.
 pub(crate) fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
@@ -177,7 +177,9 @@ pub(crate) mod pg {
     impl PgSchema {
         pub(crate) async fn new(url: String, concurrency: Concurrency) -> Self {
             let schema = Schema::create(url).await;
-            let store = PgStore::from_pool(pool(&schema).await).with_concurrency(concurrency);
+            let store = PgStore::from_pool(pool(&schema).await)
+                .with_concurrency(concurrency)
+                .without_group_commit();
             store.migrate().await.expect("migrate");
             PgSchema {
                 store: Arc::new(store),
@@ -208,7 +210,9 @@ pub(crate) mod pg {
                 .connect_with(options)
                 .await
                 .expect("connect to the PostgreSQL server");
-            let store = PgStore::from_pool(pool).with_concurrency(concurrency);
+            let store = PgStore::from_pool(pool)
+                .with_concurrency(concurrency)
+                .without_group_commit();
             store.migrate().await.expect("migrate");
             PgSchema {
                 store: Arc::new(store),
@@ -591,7 +595,8 @@ pub(crate) mod sqlite {
             let store = SqliteStore::open(&path)
                 .await
                 .expect("open SQLite file")
-                .with_concurrency(concurrency);
+                .with_concurrency(concurrency)
+                .without_group_commit();
             store.migrate().await.expect("migrate");
             SqliteFile {
                 store: Arc::new(store),
