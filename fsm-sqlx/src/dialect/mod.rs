@@ -137,6 +137,12 @@ pub(crate) mod sealed {
         /// ([`GroupCommit`](crate::GroupCommit)).
         const GROUP_COMMIT: bool = true;
 
+        /// Whether a second writer waits for the first in the database's busy handler
+        /// (SQLite's sleeps, 1 ms and up) rather than in a lock queue: then a fire that
+        /// finds its group-commit queue idle takes the batch's slot, so a batch never
+        /// starts beside it only to sleep.
+        const WRITERS_SLEEP: bool = false;
+
         /// Group commit's read: `read`'s row (or none) for each `(id, key)` lookup, in
         /// order. By default one `read` per lookup.
         fn read_many<'c>(

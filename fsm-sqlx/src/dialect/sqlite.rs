@@ -60,6 +60,8 @@ impl Backend for Sqlite {
     // `BEGIN IMMEDIATE` holds the write lock: nothing else writes meanwhile.
     const LOCK_SKIP_LOCKED: &'static str = "";
 
+    const WRITERS_SLEEP: bool = true;
+
     const SQL: Statements = Statements {
         begin_write: Some("BEGIN IMMEDIATE"),
         read: READ,
