@@ -26,7 +26,7 @@
 //! | `fsm_effects_dispatched_total` | counter | machine, result | settled effects: `done`, `retry`, `dead` |
 //! | `fsm_effect_age_seconds` | histogram | machine | at dispatch, time since the effect became due (its emission, or the end of its retry backoff) |
 //! | `fsm_outbox_pending`, `fsm_outbox_dead` | gauge | machine | outbox rows waiting, and dead letters, as a [`Dispatcher`](crate::Dispatcher) last counted them |
-//! | `fsm_group_commit_size` | histogram | machine | commands per batch of a store with group commit (`fsm_sqlx::GroupCommit`) |
+//! | `fsm_group_commit_size` | histogram | machine | commands per batch of a store with group commit (`fsm_sqlx::GroupCommit`; a fire that found its queue idle runs alone and is not counted) |
 //! | `fsm_pruned_total` | counter | kind | rows a [`Pruner`](crate::Pruner) deleted: `done_effects`, `expired_tokens`, `finished_instances` |
 //!
 //! Labels never hold ids or keys (unbounded); spans do.
