@@ -20,15 +20,15 @@
 //! test is skipped, or fails when `CI` is set.
 #![cfg(unix)]
 
+#[path = "../../fsm-sqlx/tests/support/child.rs"]
+mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, mpsc};
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fsm_core::testing::{Note, Order, OrderData, OrderEvent, Payment};
@@ -39,6 +39,7 @@ use fsm_nats::Relay;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use child::ChildProcess;
 use common::{SqliteFile, TestStream, header};
 
 /// Kills.
@@ -47,7 +48,6 @@ const ORDERS_PER_ROUND: usize = 40;
 /// How long after the child is READY it is killed, in milliseconds.
 const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 20..=250;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-const READY_WITHIN: Duration = Duration::from_secs(20);
 /// A child that is not killed stops by itself (the parent failed or vanished).
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
 
@@ -100,7 +100,7 @@ fn sigkilled_relays_leave_every_effect_in_the_stream_exactly_once() {
     for round in 0..ROUNDS {
         runtime.block_on(add_orders(&db.store, &mut orders));
         let log = db.dir.join(format!("acks-{round}.log"));
-        let mut child = Worker::spawn(&url, &db, &stream.name, &log, round);
+        let mut child = spawn_worker(&url, &db, &stream.name, &log, round);
         child.wait_ready();
         std::thread::sleep(Duration::from_millis(rng.gen_range(KILL_AFTER_MS)));
         child.kill();
@@ -362,89 +362,20 @@ impl Log {
     }
 }
 
-/// One child process, killed if the test ends before it is.
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Worker {
-    fn spawn(url: &str, db: &SqliteFile, prefix: &str, log: &Path, round: usize) -> Self {
-        let exe = std::env::current_exe().expect("path of this test binary");
-        let stderr = db.dir.join(format!("stderr-{round}.log"));
-        let mut child = std::process::Command::new(exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "relay_worker",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+/// A relay process for round `round`, on stream `prefix`, logging to `log`.
+fn spawn_worker(
+    url: &str,
+    db: &SqliteFile,
+    prefix: &str,
+    log: &Path,
+    round: usize,
+) -> ChildProcess {
+    let stderr = db.dir.join(format!("stderr-{round}.log"));
+    ChildProcess::spawn("relay_worker", stderr, |command| {
+        command
             .env("FSM_NATS_URL", url)
             .env("FSM_RELAY_DB", &db.path)
             .env("FSM_RELAY_PREFIX", prefix)
             .env("FSM_RELAY_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr).expect("create the child's stderr file"))
-            .spawn()
-            .expect("spawn a relay process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Worker {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(wait) {
-                Ok(line) if line.split_whitespace().any(|word| word == "READY") => return,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => self.fail("the child was not READY"),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.fail("the child ended before READY")
-                }
-            }
-        }
-    }
-
-    /// SIGKILL; fails if the child had already exited on its own.
-    fn kill(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            self.fail(&format!("the child exited by itself with {status}"));
-        }
-        self.child.kill().expect("SIGKILL the child");
-        let status = self.child.wait().expect("reap the child");
-        assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
-    }
-
-    fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        panic!("{why}\n--- child stderr:\n{stderr}");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    })
 }

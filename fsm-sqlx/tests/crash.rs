@@ -42,15 +42,15 @@
 //! `CI` is set.
 #![cfg(all(unix, any(feature = "sqlite", feature = "postgres")))]
 
+#[path = "support/child.rs"]
+mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::process::ExitStatusExt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fsm_core::BoxError;
@@ -60,6 +60,8 @@ use fsm_sqlx::{Delivery, DispatchOptions, Dispatcher, DurableStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
+
+use child::ChildProcess;
 
 /// Kills per backend.
 const ROUNDS: usize = 24;
@@ -75,7 +77,6 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 20..=300;
 const CHILD_LEASE: Duration = Duration::from_millis(500);
 /// A child that is not killed stops by itself (the parent failed or vanished).
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
-const READY_WITHIN: Duration = Duration::from_secs(20);
 const DRAIN_WITHIN: Duration = Duration::from_secs(20);
 
 /// The children's stores never give up on a lost race: six tasks share four rows.
@@ -227,7 +228,7 @@ fn crash_rounds(runtime: &tokio::runtime::Runtime, db: Db, dir: &TempDir, backen
     for round in 0..ROUNDS {
         let round_started = Instant::now();
         let kill_after = Duration::from_millis(rng.gen_range(KILL_AFTER_MS));
-        let mut child = Worker::spawn(&db, dir, backend, round, rng.r#gen());
+        let mut child = spawn_worker(&db, dir, backend, round, rng.r#gen());
         child.wait_ready();
         std::thread::sleep(kill_after);
         child.kill();
@@ -631,91 +632,16 @@ fn calls_log(dir: &Path, round: usize) -> PathBuf {
     dir.join(format!("calls-{round}.log"))
 }
 
-/// One child process, killed if the test ends before it is.
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Worker {
-    fn spawn(db: &Db, dir: &TempDir, backend: &str, round: usize, seed: u64) -> Self {
-        let exe = std::env::current_exe().expect("path of this test binary");
-        let stderr = dir.path.join(format!("stderr-{backend}-{round}.log"));
-        let mut child = std::process::Command::new(exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "worker",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+/// A worker process for round `round` of `backend`.
+fn spawn_worker(db: &Db, dir: &TempDir, backend: &str, round: usize, seed: u64) -> ChildProcess {
+    let stderr = dir.path.join(format!("stderr-{backend}-{round}.log"));
+    ChildProcess::spawn("worker", stderr, |command| {
+        command
             .envs(db.child_env())
             .env("FSM_CRASH_DIR", &dir.path)
             .env("FSM_CRASH_ROUND", round.to_string())
             .env("FSM_CRASH_SEED", seed.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr).expect("create the child's stderr file"))
-            .spawn()
-            .expect("spawn a worker process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Worker {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(wait) {
-                Ok(line) if line.split_whitespace().any(|word| word == "READY") => return,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => self.fail("the child was not READY"),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.fail("the child ended before READY")
-                }
-            }
-        }
-    }
-
-    /// SIGKILL; fails if the child had already exited on its own.
-    fn kill(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            self.fail(&format!("the child exited by itself with {status}"));
-        }
-        self.child.kill().expect("SIGKILL the child");
-        let status = self.child.wait().expect("reap the child");
-        assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
-    }
-
-    fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        panic!("{why}\n--- child stderr:\n{stderr}");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------

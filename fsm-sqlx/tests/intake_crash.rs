@@ -25,15 +25,15 @@
 //! without it, failing when `CI` is set).
 #![cfg(all(unix, any(feature = "sqlite", feature = "postgres")))]
 
+#[path = "support/child.rs"]
+mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fsm_core::testing::{Note, Order, OrderData, OrderEvent};
@@ -43,6 +43,8 @@ use fsm_sqlx::{Dialect, SqlStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
+
+use child::ChildProcess;
 
 /// Kills per backend, unless `FSM_INTAKE_CRASH_ROUNDS` says otherwise.
 const ROUNDS: usize = 20;
@@ -56,7 +58,6 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 30..=400;
 const CHILD_LEASE: Duration = Duration::from_millis(400);
 /// A child that is not killed stops by itself (the parent failed or vanished).
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
-const READY_WITHIN: Duration = Duration::from_secs(20);
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
 /// The children's intake: small claims, quick retries, a short lease.
@@ -238,7 +239,7 @@ fn rounds<D: Dialect>(
     for round in 0..rounds {
         let kill_after = Duration::from_millis(rng.gen_range(KILL_AFTER_MS));
         let log = dir.path.join(format!("submits-{round}.log"));
-        let mut child = ChildProcess::spawn(target, dir, &log, round, rng.r#gen());
+        let mut child = spawn_child(target, dir, &log, round, rng.r#gen());
         child.wait_ready();
         std::thread::sleep(kill_after);
         child.kill();
@@ -546,90 +547,22 @@ impl Drop for TempDir {
     }
 }
 
-/// One child process, killed if the test ends before it is.
-struct ChildProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl ChildProcess {
-    fn spawn(target: &Target, dir: &TempDir, log: &Path, round: usize, seed: u64) -> Self {
-        let exe = std::env::current_exe().expect("path of this test binary");
-        let stderr = dir.path.join(format!("stderr-{round}.log"));
-        let mut child = std::process::Command::new(exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+/// The child process for round `round`, logging to `log`.
+fn spawn_child(
+    target: &Target,
+    dir: &TempDir,
+    log: &Path,
+    round: usize,
+    seed: u64,
+) -> ChildProcess {
+    let stderr = dir.path.join(format!("stderr-{round}.log"));
+    ChildProcess::spawn("child", stderr, |command| {
+        command
             .envs(target.env())
             .env("FSM_INTAKE_CRASH_LOG", log)
             .env("FSM_INTAKE_CRASH_ROUND", round.to_string())
             .env("FSM_INTAKE_CRASH_SEED", seed.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr).expect("the child's stderr file"))
-            .spawn()
-            .expect("spawn a child process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ChildProcess {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.split_whitespace().any(|word| word == "READY") => return,
-                Ok(_) => {}
-                Err(_) => self.fail("the child was not READY"),
-            }
-        }
-    }
-
-    /// SIGKILL; fails if the child had exited on its own.
-    fn kill(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            self.fail(&format!("the child exited by itself with {status}"));
-        }
-        self.child.kill().expect("SIGKILL the child");
-        let status = self.child.wait().expect("reap the child");
-        assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
-    }
-
-    fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        panic!("{why}\n--- child stderr:\n{stderr}");
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
