@@ -58,8 +58,8 @@ impl GroupCommit {
         }
     }
 
-    /// How many batches (or fires that found the queue idle) of one machine type may
-    /// run at once (at least 1). Each holds a connection while it runs.
+    /// How many batches of one machine type may run at once (at least 1). Each holds a
+    /// connection while it runs.
     #[must_use]
     pub const fn in_flight(mut self, batches: usize) -> Self {
         self.in_flight = if batches == 0 { 1 } else { batches };
@@ -90,13 +90,14 @@ pub(crate) enum Settled<M: StateMachine> {
     /// The batch could not settle the command: the caller fires it alone.
     Alone(Prepared<M>),
     /// Nothing was running or waiting: the caller fires alone at once, so a lone
-    /// caller pays nothing for group commit. It holds the queue's one idle slot until
-    /// its fire is done, so the commands arriving meanwhile gather into a batch (which
-    /// runs beside it) instead of each firing alone too.
+    /// caller pays nothing for group commit. It holds a slot until its fire is done, so
+    /// the commands arriving meanwhile gather into a batch instead of each firing alone
+    /// too: the queue's one idle slot (the batch runs beside it), or where writers sleep
+    /// to wait (SQLite) a batch's slot (the batch runs after it).
     Idle(Prepared<M>, IdleSlot),
 }
 
-/// The one fire of a machine type that may run alone because its queue was idle.
+/// The slot held by a fire that runs alone because its queue was idle.
 pub(crate) type IdleSlot = OwnedSemaphorePermit;
 
 /// One queued fire.
