@@ -61,6 +61,13 @@ type Counters = HashMap<(String, Vec<(String, String)>), u64>;
 /// Every histogram's recorded values, by name.
 type Histograms = HashMap<String, Vec<f64>>;
 
+/// A migrated in-memory SQLite store with the default settings.
+async fn sqlite_memory() -> fsm::sqlx::SqliteStore {
+    let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
 /// Runs `fire_all` on a store under a test recorder and span capture.
 fn observed<S, F>(
     make: impl FnOnce() -> F,
@@ -205,14 +212,8 @@ fn memory_store_reports_every_outcome() {
 
 #[test]
 fn sqlite_store_reports_every_outcome() {
-    let (counters, histograms, spans) = observed(
-        || async {
-            let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        },
-        every_outcome::<fsm::sqlx::SqliteStore>,
-    );
+    let (counters, histograms, spans) =
+        observed(sqlite_memory, every_outcome::<fsm::sqlx::SqliteStore>);
     assert_reported(&counters, &histograms, &spans);
 }
 
@@ -241,11 +242,7 @@ fn pruning_is_counted_by_kind() {
             prune_two_finished_orders::<MemoryStore>,
         ),
         observed(
-            || async {
-                let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
-                store.migrate().await.unwrap();
-                store
-            },
+            sqlite_memory,
             prune_two_finished_orders::<fsm::sqlx::SqliteStore>,
         ),
     ] {
@@ -290,11 +287,7 @@ fn cancels_applied(counters: &Counters) -> u64 {
 #[test]
 fn a_sqlite_store_combines_concurrent_fires_into_batches_by_default() {
     let (counters, histograms, _) = observed(
-        || async {
-            let store = fsm::sqlx::SqliteStore::memory().await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        },
+        sqlite_memory,
         sixteen_cancelled_at_once::<fsm::sqlx::SqliteStore>,
     );
     assert_eq!(cancels_applied(&counters), 16);
@@ -309,14 +302,7 @@ fn a_sqlite_store_combines_concurrent_fires_into_batches_by_default() {
 #[test]
 fn a_store_without_group_commit_fires_each_command_alone() {
     let (counters, histograms, _) = observed(
-        || async {
-            let store = fsm::sqlx::SqliteStore::memory()
-                .await
-                .unwrap()
-                .without_group_commit();
-            store.migrate().await.unwrap();
-            store
-        },
+        || async { sqlite_memory().await.without_group_commit() },
         sixteen_cancelled_at_once::<fsm::sqlx::SqliteStore>,
     );
     assert_eq!(cancels_applied(&counters), 16);

@@ -1,8 +1,9 @@
 //! The buffered intake (`--intake-only`): on one fresh database, `clients` clients fire
-//! keyed `Annotate`s directly (`Store::fire`, without group commit unless `--grouped`), then the same clients submit keyed
-//! `Annotate`s to an `Intake` with no worker running (`Intake::submit`, which returns
-//! once the command is durable), then 2 `IntakeWorker`s drain the backlog for at most
-//! `--seconds`; fires/s, submits/s, their ratio, and applied/s.
+//! keyed `Annotate`s directly (`Store::fire`, without group commit unless `--grouped`),
+//! then the same clients submit keyed `Annotate`s to an `Intake` with no worker running
+//! (`Intake::submit`, which returns once the command is durable), then 2 `IntakeWorker`s
+//! drain the backlog for at most `--seconds`; fires/s, submits/s, their ratio, and
+//! applied/s.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -68,10 +69,11 @@ async fn measure<D: Db, X: Dialect>(
 
     // The comparison is with the unbatched fire (issue 11): a grouped store buffers too.
     let fire = drive(cfg, clients, &per_client, {
-        let store = match cfg.grouped {
-            Some(true) => store.clone(),
-            _ => store.clone().without_group_commit(),
+        let direct = Config {
+            grouped: cfg.grouped.or(Some(false)),
+            ..cfg.clone()
         };
+        let store = crate::db::grouping(&direct, store.clone());
         move |client, seq, id| {
             let store = store.clone();
             async move {

@@ -49,8 +49,8 @@ impl Dialect for MySql {}
 
 impl Backend for MySql {
     // sqlx's MySQL driver cannot pipeline, so a batch runs each command's statements in
-    // turn on one connection and gains only the shared commit: 0.84x and 0.97x of lone
-    // fires at 8 and 32 clients on MariaDB (`bench --group-commit`), where lone fires
+    // turn on one connection and gains only the shared commit: 0.76x-0.84x and 0.81x-0.97x
+    // of lone fires at 8 and 32 clients on MariaDB (`bench --group-commit`), where lone fires
     // run side by side on the pool's connections.
     const GROUP_COMMIT: bool = false;
 
