@@ -25,7 +25,6 @@ mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use fsm_nats::Relay;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use child::ChildProcess;
+use child::{ChildProcess, Log};
 use common::{SqliteFile, TestStream, header};
 
 /// Kills.
@@ -337,29 +336,6 @@ fn read_acks(path: &Path) -> Vec<Ack> {
             },
         )
         .collect()
-}
-
-/// An append-only file shared by a child's tasks: one `write` per line (`O_APPEND`),
-/// so a line the child wrote is in the file after a SIGKILL.
-#[derive(Clone)]
-struct Log(Arc<File>);
-
-impl Log {
-    fn create(path: &Path) -> Self {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Log(Arc::new(file))
-    }
-
-    fn line(&self, mut line: String) {
-        line.push('\n');
-        (&*self.0)
-            .write_all(line.as_bytes())
-            .expect("append to the log");
-    }
 }
 
 /// A relay process for round `round`, on stream `prefix`, logging to `log`.

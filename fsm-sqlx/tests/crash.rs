@@ -47,7 +47,6 @@ mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -61,7 +60,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use child::ChildProcess;
+use child::{ChildProcess, Log};
+use common::{TempDir, runtime};
 
 /// Kills per backend.
 const ROUNDS: usize = 24;
@@ -238,9 +238,9 @@ fn crash_rounds(runtime: &tokio::runtime::Runtime, db: Db, dir: &TempDir, backen
         let check_started = Instant::now();
         let tables = runtime.block_on(db.tables());
         let checked = check_tables(&tables);
-        let fires = check_fires(&lines(&dir.fires(round)), &checked)
+        let fires = check_fires(&lines(&fires_log(&dir.path, round)), &checked)
             .unwrap_or_else(|why| child.fail(&format!("round {round}: {why}")));
-        let (round_calls, cut) = read_calls(&lines(&dir.calls(round)), round);
+        let (round_calls, cut) = read_calls(&lines(&calls_log(&dir.path, round)), round);
         check_calls(&round_calls, &checked, &done_before)
             .unwrap_or_else(|why| child.fail(&format!("round {round}: {why}")));
         done_before = checked.done.clone();
@@ -338,14 +338,6 @@ impl Totals {
         self.calls += calls;
         self.cut += cut;
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("test runtime")
 }
 
 /// `application_name` of a child's PostgreSQL connections.
@@ -596,34 +588,6 @@ impl Db {
     }
 }
 
-/// A directory of its own for the database file and the children's logs, removed at the
-/// end (also when the test fails).
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(common::unique_name());
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir { path }
-    }
-
-    fn fires(&self, round: usize) -> PathBuf {
-        fires_log(&self.path, round)
-    }
-
-    fn calls(&self, round: usize) -> PathBuf {
-        calls_log(&self.path, round)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 fn fires_log(dir: &Path, round: usize) -> PathBuf {
     dir.join(format!("fires-{round}.log"))
 }
@@ -651,30 +615,6 @@ struct WorkerConfig {
     dir: PathBuf,
     round: u64,
     seed: u64,
-}
-
-/// An append-only file shared by a child's tasks. Unbuffered, one `write` per line
-/// (`O_APPEND`), so a line the child wrote is in the file after a SIGKILL.
-#[derive(Clone)]
-struct Log(Arc<File>);
-
-impl Log {
-    fn create(path: &Path) -> Self {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Log(Arc::new(file))
-    }
-
-    fn line(&self, line: String) {
-        let mut line = line.replace('\n', " ");
-        line.push('\n');
-        (&*self.0)
-            .write_all(line.as_bytes())
-            .expect("append to a log");
-    }
 }
 
 async fn work<S: DurableStore + 'static>(store: S, config: WorkerConfig) {

@@ -30,10 +30,9 @@ mod child;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fsm_core::testing::{Note, Order, OrderData, OrderEvent};
@@ -44,7 +43,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use child::ChildProcess;
+use child::{ChildProcess, Log};
+use common::{TempDir, runtime};
 
 /// Kills per backend, unless `FSM_INTAKE_CRASH_ROUNDS` says otherwise.
 const ROUNDS: usize = 20;
@@ -310,14 +310,6 @@ fn rounds<D: Dialect>(
     );
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// `application_name` of a child's PostgreSQL connections.
 #[cfg(feature = "postgres")]
 fn child_name(schema: &str) -> String {
@@ -528,25 +520,6 @@ fn read_log(path: &Path) -> (usize, HashMap<String, String>) {
     (begun, acked)
 }
 
-/// A directory of its own for the database file and the logs, removed at the end.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(common::unique_name());
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 /// The child process for round `round`, logging to `log`.
 fn spawn_child(
     target: &Target,
@@ -574,25 +547,8 @@ struct ChildConfig {
     seed: u64,
 }
 
-/// An append-only log shared by a child's tasks: one `write` per line (`O_APPEND`).
-#[derive(Clone)]
-struct Log(Arc<File>);
-
-impl Log {
-    fn line(&self, line: String) {
-        (&*self.0)
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("append to the log");
-    }
-}
-
 async fn work<D: Dialect>(store: SqlStore<D>, config: ChildConfig) {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.log)
-        .expect("open the log");
-    let log = Log(Arc::new(file));
+    let log = Log::create(&config.log);
     let intake = store.intake::<Order>().with_options(CHILD_INTAKE);
     let shutdown = CancellationToken::new();
     for _ in 0..2 {

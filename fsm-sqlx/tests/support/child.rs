@@ -1,14 +1,14 @@
 //! The child process of a crash test: this test binary run again on its one ignored
 //! test, told what to do by environment variables, printing `READY` once it works, and
-//! killed with SIGKILL. Shared by `tests/crash.rs`, `tests/intake_crash.rs` and fsm-nats'
-//! `tests/relay_crash.rs` (by `#[path]`).
+//! killed with SIGKILL; and the log it leaves behind. Shared by `tests/crash.rs`,
+//! `tests/intake_crash.rs` and fsm-nats' `tests/relay_crash.rs` (by `#[path]`).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a child may take to print `READY`.
@@ -102,5 +102,30 @@ impl Drop for ChildProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// An append-only file shared by a child's tasks. Unbuffered, one `write` per line
+/// (`O_APPEND`), so a line the child wrote is in the file after a SIGKILL.
+#[derive(Clone)]
+pub(crate) struct Log(Arc<File>);
+
+impl Log {
+    pub(crate) fn create(path: &Path) -> Self {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        Log(Arc::new(file))
+    }
+
+    /// Appends `line` (a newline in it becomes a space: one event, one line).
+    pub(crate) fn line(&self, line: String) {
+        let mut line = line.replace('\n', " ");
+        line.push('\n');
+        (&*self.0)
+            .write_all(line.as_bytes())
+            .expect("append to a log");
     }
 }
