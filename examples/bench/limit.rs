@@ -6,7 +6,7 @@
 //! * SQLite: C SQLite through rusqlite (the bundled library) on one connection, one
 //!   client: the statements `SqliteStore::fire` issues (read, `BEGIN IMMEDIATE`,
 //!   compare-and-set, history, outbox, `COMMIT`), prepared once, on the run's own seeded
-//!   file, while fsm's pool is idle.
+//!   file, while fsm's pool is idle and its checkpointing task checkpoints for both.
 //! * MySQL: no such client here; the table gives fsm alone.
 
 use std::sync::Arc;
@@ -181,9 +181,12 @@ fn c_sqlite_loop(path: &std::path::Path, ids: &[String], warmup: f64, seconds: f
     use rusqlite::{Connection, OptionalExtension, params};
 
     let conn = Connection::open(path)?;
-    // As `SqliteStore::open` sets them.
+    // As `SqliteStore::open` sets them. The run's store, idle meanwhile, checkpoints this
+    // connection's WAL from its own task as it does its own connections'; like them, this
+    // one checkpoints itself only past 16,384 pages.
     conn.pragma_update(None, "journal_mode", "wal")?;
     conn.pragma_update(None, "synchronous", "normal")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let outbox = format!("{OUTBOX_HEAD}{OUTBOX_ROW}");
     let measure_from = Instant::now() + Duration::from_secs_f64(warmup);

@@ -5,11 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fsm_core::RetryPolicy;
 use fsm_sqlx::{Concurrency, SqliteStore};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqlitePool};
 
 use crate::baseline::{self, Read, check_statements, now_ms, plan, seed_context};
@@ -72,22 +70,9 @@ impl Db for SqliteDb {
     async fn open(cfg: &Config, run: usize, mode: Concurrency, retry: RetryPolicy) -> Res<Self> {
         let path = std::env::temp_dir().join(format!("fsm-bench-{}-{run}.db", std::process::id()));
         remove_files(&path);
-        let store = if cfg.pool.is_none() && !cfg.ping {
-            // As an application would: WAL, synchronous = NORMAL, 8 connections.
-            SqliteStore::open(&path).await?
-        } else {
-            // `SqliteStore::open`'s options, with another pool size or sqlx's pings.
-            let options = SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5));
-            let pool = pool_options::<sqlx::Sqlite>(cfg)
-                .connect_with(options)
-                .await?;
-            SqliteStore::from_pool(pool)
-        };
+        // As an application would (WAL, synchronous = NORMAL, checkpoints in the store's
+        // task), with 8 connections unless `--pool`/`--ping` say otherwise.
+        let store = SqliteStore::open_with(&path, pool_options::<sqlx::Sqlite>(cfg)).await?;
         let store = store.with_retry(retry).with_concurrency(mode);
         let store = crate::db::grouping(cfg, store);
         store.migrate().await?;

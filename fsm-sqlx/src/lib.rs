@@ -34,6 +34,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sqlite")]
+mod checkpoint;
 mod config;
 mod conns;
 mod dialect;

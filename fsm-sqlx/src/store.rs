@@ -17,6 +17,7 @@ use fsm_core::{
     Command, Created, Error, Outcome, Page, Query, Result, RetryPolicy, Snapshot, StateCounts,
     StateMachine, Store, Transition, VerifyReport,
 };
+use tokio_util::sync::DropGuard;
 use tracing::Instrument;
 
 use crate::Concurrency;
@@ -76,12 +77,16 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) conns: ConnCache<D>,
     /// The group-commit queues, unless [`without_group_commit`](Self::without_group_commit).
     pub(crate) batchers: Option<Arc<Batchers>>,
+    /// Ends the dialect's background task (SQLite's checkpointer) with the last clone.
+    pub(crate) background: Option<Arc<DropGuard>>,
 }
 
 impl<D: Dialect> SqlStore<D> {
     /// Wraps a pool (one whose connections set a PostgreSQL `search_path`, say), with the
     /// default retry policy, [`Concurrency::Adaptive`], and on SQLite and PostgreSQL
-    /// group commit ([`with_group_commit`](Self::with_group_commit)).
+    /// group commit ([`with_group_commit`](Self::with_group_commit)). On SQLite the
+    /// pool's own settings decide checkpoints; [`SqliteStore::open_with`](crate::SqliteStore::open_with)
+    /// takes pool options and runs them off the writers' path.
     pub fn from_pool(pool: Pool<D>) -> Self {
         SqlStore {
             pool,
@@ -93,11 +98,14 @@ impl<D: Dialect> SqlStore<D> {
             peers: PeerWakeups::default(),
             conns: ConnCache::default(),
             batchers: D::GROUP_COMMIT.then(|| Arc::new(Batchers::new(GroupCommit::new()))),
+            background: None,
         }
     }
 
     /// Connects to a URL (`sqlite:`, `postgres:` or `mysql:`, as `D` expects) with a pool
-    /// of up to 8 connections; SQLite URLs get WAL and a 5 s busy timeout.
+    /// of up to 8 connections; SQLite URLs get WAL, a 5 s busy timeout and, for a file,
+    /// the checkpointing task that [`SqliteStore::open`](crate::SqliteStore::open)
+    /// describes.
     ///
     /// # Examples
     ///
@@ -116,13 +124,16 @@ impl<D: Dialect> SqlStore<D> {
         let options = ConnectOptionsOf::<D>::from_str(url).map_err(db_error(|| {
             format!("parse {} URL", <D as sqlx::Database>::NAME)
         }))?;
+        let options = D::tune(options);
         let pool = Self::pool_options()
-            .connect_with(D::tune(options))
+            .connect_with(options.clone())
             .await
             .map_err(db_error(|| {
                 format!("connect to {}", <D as sqlx::Database>::NAME)
             }))?;
-        Ok(Self::from_pool(pool))
+        let mut store = Self::from_pool(pool);
+        store.background = D::background(&options, &store.pool).await.map(Arc::new);
+        Ok(store)
     }
 
     /// The pool options the store's constructors use, for building a pool of your own
@@ -282,6 +293,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             peers: self.peers.clone(),
             conns: self.conns.clone(),
             batchers: self.batchers.clone(),
+            background: self.background.clone(),
         }
     }
 }

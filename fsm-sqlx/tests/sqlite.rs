@@ -85,3 +85,83 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
 }
 
 pruning_100k_done_rows_in_batches_while_transitions_apply!("SQLite", SqliteFile::new().await);
+
+/// The database file of a WAL store grows only when a checkpoint copies pages into it,
+/// and the store's own connections checkpoint only past 16,384 pages: a file that grows
+/// after a few hundred writes was checkpointed by the store's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_checkpoints_its_wal_in_a_task_of_its_own() {
+    use fsm_core::Store;
+    use fsm_core::testing::{Order, OrderData};
+
+    let path = std::env::temp_dir().join(format!("{}.db", common::unique_name()));
+    let store = SqliteStore::open(&path).await.expect("open SQLite file");
+    store.migrate().await.expect("migrate");
+    let backstop: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(store.pool())
+        .await
+        .expect("wal_autocheckpoint");
+    assert_eq!(
+        backstop, 16_384,
+        "the store's connections leave checkpoints to the task"
+    );
+    let settled = std::fs::metadata(&path).expect("database file").len();
+    let notes = "n".repeat(2_000);
+    for n in 0..300 {
+        let order = OrderData {
+            notes: vec![notes.clone()],
+            ..OrderData::default()
+        };
+        store
+            .create::<Order>(&format!("o-{n}"), order)
+            .await
+            .expect("create");
+    }
+    let waited = std::time::Instant::now();
+    while std::fs::metadata(&path).expect("database file").len() <= settled {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "nothing was checkpointed into the database file within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// SQLite removes the `-wal` file when the database's last connection closes: after
+/// `pool.close()` it goes although the store (and so its task) is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointing_task_lets_go_of_the_file_when_the_pool_closes() {
+    use fsm_core::Store;
+    use fsm_core::testing::{Order, OrderData};
+
+    let path = std::env::temp_dir().join(format!("{}.db", common::unique_name()));
+    let store = SqliteStore::open(&path).await.expect("open SQLite file");
+    store.migrate().await.expect("migrate");
+    store
+        .create::<Order>("o-1", OrderData::default())
+        .await
+        .expect("create");
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    assert!(
+        std::path::Path::new(&wal).exists(),
+        "a WAL while the store is open"
+    );
+    store.pool().close().await;
+    let waited = std::time::Instant::now();
+    while std::path::Path::new(&wal).exists() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "a connection still held the database 10 s after the pool closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(store);
+    let _ = std::fs::remove_file(&path);
+}

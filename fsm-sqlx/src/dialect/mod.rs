@@ -12,6 +12,7 @@ use std::future::Future;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use tokio_util::sync::DropGuard;
 
 use fsm_core::kit::{ClaimedEffect, OutboxWakeups};
 use fsm_core::{Error, Result};
@@ -68,6 +69,16 @@ pub(crate) mod sealed {
         /// them from a URL.
         fn tune(options: ConnectOptionsOf<Self>) -> ConnectOptionsOf<Self> {
             options
+        }
+
+        /// A task that a store connected on `options` runs while any clone of it lives
+        /// and `pool` is open (SQLite's checkpointer); dropping the guard ends it. By
+        /// default none.
+        fn background(
+            _options: &ConnectOptionsOf<Self>,
+            _pool: &Pool<Self>,
+        ) -> impl Future<Output = Option<DropGuard>> + Send {
+            async { None }
         }
 
         /// The embedded migrations.
@@ -129,8 +140,9 @@ pub(crate) mod sealed {
         }
 
         /// Whether a group commit runs in one transaction whose statements are each
-        /// command's (reads included: on SQLite under the write lock), rather than as a
-        /// read statement and a write statement for the whole batch.
+        /// command's (reads included), rather than as a read statement and a write (on
+        /// SQLite, one string of statements in a transaction of its own) for the whole
+        /// batch.
         const BATCH_IN_TRANSACTION: bool = true;
 
         /// Whether a store of this dialect combines concurrent fires by default

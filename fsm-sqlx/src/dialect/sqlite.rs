@@ -2,20 +2,22 @@
 //!
 //! WAL journal, a busy timeout, and `BEGIN IMMEDIATE` for every write, so writers queue
 //! on SQLite's lock instead of failing to upgrade a read lock; that lock is also what
-//! serialises pessimistic mode and the outbox claim.
+//! serialises pessimistic mode and the outbox claim. Checkpoints run off the writers'
+//! path, in a task of the store's ([`crate::checkpoint`]).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
+use sqlx::{Pool, Sqlite};
 
 use fsm_core::Result;
+use tokio_util::sync::DropGuard;
 
 use super::sealed::Backend;
 use super::{
@@ -23,6 +25,7 @@ use super::{
     outbox_args, record_args,
 };
 use crate::SqlStore;
+use crate::checkpoint;
 use crate::engine::rows::{TransitionWrite, WriteOutcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -61,6 +64,9 @@ impl Backend for Sqlite {
     const LOCK_SKIP_LOCKED: &'static str = "";
 
     const WRITERS_SLEEP: bool = true;
+
+    // The batch reads before `write_many` takes the write lock.
+    const BATCH_IN_TRANSACTION: bool = false;
 
     const SQL: Statements = Statements {
         begin_write: Some("BEGIN IMMEDIATE"),
@@ -132,6 +138,11 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
         options
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5))
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
+    }
+
+    async fn background(options: &SqliteConnectOptions, pool: &Pool<Sqlite>) -> Option<DropGuard> {
+        checkpoint::start(options, pool).await
     }
 
     fn migrator() -> &'static Migrator {
@@ -283,7 +294,8 @@ fn values(row: &str, n: usize, numbered: bool) -> String {
 }
 
 /// Group commit's read on SQLite: `READ` for every lookup in one statement, the
-/// lookup's position last. Runs inside the batch's `BEGIN IMMEDIATE`.
+/// lookup's position last. Runs outside any transaction, as a lone fire's read does;
+/// [`write_many`] writes only what still holds.
 async fn read_many(
     conn: &mut sqlx::SqliteConnection,
     machine: &str,
@@ -321,11 +333,17 @@ LEFT JOIN fsm_transitions t
     Ok(ordered)
 }
 
-/// Group commit's write on SQLite: one statement per table for the whole batch, sent
-/// as one string (one call to sqlx's worker thread). Under the batch's write lock
-/// nothing can have moved since the read, so a compare-and-set that misses any row
-/// abandons the batch (`None`, and the caller's transaction rolls back), as a taken key
-/// does.
+/// Rows per statement of [`write_many`], keeping each under SQLite's 32,766 parameters.
+const BATCH_CHUNK: usize = 1_000;
+
+/// Group commit's write on SQLite, one string of statements in one call to sqlx's worker
+/// thread: `BEGIN IMMEDIATE`, the history, outbox and timer rows, the compare-and-sets,
+/// `COMMIT`. The batch read before taking the write lock, so an instance may have moved
+/// since: each command's rows go in only where its instance still holds the version read
+/// (joined before the compare-and-sets move any), and the compare-and-sets return the
+/// ids they hit, so a moved instance costs its own command only. Nothing needs the
+/// lock while the batch decides, which lets the next batch read and decide while this
+/// one writes. A taken key abandons the batch (`None`, rolled back).
 async fn write_many(
     conn: &mut sqlx::SqliteConnection,
     writes: &[TransitionWrite<'_>],
@@ -334,35 +352,32 @@ async fn write_many(
         return Ok(Some(Vec::new()));
     };
     let failed = db_error(|| format!("fire a batch of {}", first.machine));
-    let mut sql = format!(
-        "WITH i(id, expected, to_state, version, context, at, entered) AS (VALUES {})
-UPDATE fsm_machines SET state = i.to_state, version = i.version, context = i.context,
-  updated_at = i.at, entered_at = COALESCE(i.entered, entered_at)
-FROM i WHERE fsm_machines.machine_type = ? AND fsm_machines.machine_id = i.id
-  AND fsm_machines.version = i.expected
-RETURNING 1;
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    let mut args = Vec::with_capacity(writes.len() * 19);
+    let moved_not = "JOIN fsm_machines m ON m.machine_type = r.machine_type \
+AND m.machine_id = r.machine_id AND m.version = r.expected;\n";
+    for chunk in writes.chunks(BATCH_CHUNK) {
+        sql.push_str(
+            "WITH r(machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at, expected) AS (VALUES ",
+        );
+        sql.push_str(&values(
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            chunk.len(),
+            false,
+        ));
+        sql.push_str(
+            ")
 INSERT INTO fsm_transitions
   (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
-VALUES {};
-",
-        values("(?, ?, ?, ?, ?, ?, ?)", writes.len(), false),
-        values("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", writes.len(), false)
-    );
-    let mut args = Vec::with_capacity(writes.len() * 24 + 1);
-    for w in writes {
-        args.extend([
-            Arg::Text(w.id),
-            Arg::Int(w.expected),
-            Arg::Text(w.to_state),
-            Arg::Int(w.version),
-            Arg::Text(&w.context),
-            Arg::Int(w.at_ms),
-            Arg::MaybeInt(w.entered_at),
-        ]);
-    }
-    args.push(Arg::Text(first.machine));
-    for w in writes {
-        args.extend(record_args(w));
+SELECT r.machine_type, r.machine_id, r.version, r.from_state, r.event, r.trigger_json, r.to_state,
+       r.idem_key, r.fingerprint, r.at
+FROM r ",
+        );
+        sql.push_str(moved_not);
+        for w in chunk {
+            args.extend(record_args(w));
+            args.push(Arg::Int(w.expected));
+        }
     }
     let effects: Vec<(&TransitionWrite<'_>, i32, &str)> = writes
         .iter()
@@ -372,27 +387,37 @@ VALUES {};
                 .map(move |(seq, e)| (w, seq, e.as_str()))
         })
         .collect();
-    // Chunks keep each statement under SQLite's 32,766 parameters.
-    for chunk in effects.chunks(1_000) {
+    for chunk in effects.chunks(BATCH_CHUNK) {
         sql.push_str(
-            "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ",
+            "WITH r(machine_type, machine_id, version, seq, effect, available_at, expected) AS (VALUES ",
         );
-        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", chunk.len(), false));
-        sql.push_str(";\n");
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?, ?)", chunk.len(), false));
+        sql.push_str(
+            ")
+INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
+SELECT r.machine_type, r.machine_id, r.version, r.seq, r.effect, r.available_at FROM r ",
+        );
+        sql.push_str(moved_not);
         for (w, seq, effect) in chunk {
             args.extend(outbox_args(w, *seq, effect));
+            args.push(Arg::Int(w.expected));
         }
     }
     let timers: Vec<_> = writes
         .iter()
         .flat_map(|w| w.timers.iter().map(move |t| (w, t)))
         .collect();
-    for chunk in timers.chunks(1_000) {
+    for chunk in timers.chunks(BATCH_CHUNK) {
         sql.push_str(
-            "INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at) VALUES ",
+            "WITH r(machine_type, machine_id, version, from_state, after_ms, due_at, expected) AS (VALUES ",
         );
-        sql.push_str(&values("(?, ?, ?, ?, ?, ?)", chunk.len(), false));
-        sql.push_str(";\n");
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?, ?)", chunk.len(), false));
+        sql.push_str(
+            ")
+INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
+SELECT r.machine_type, r.machine_id, r.version, r.from_state, r.after_ms, r.due_at FROM r ",
+        );
+        sql.push_str(moved_not);
         for (w, timer) in chunk {
             args.extend([
                 Arg::Text(w.machine),
@@ -401,20 +426,66 @@ VALUES {};
                 Arg::Text(w.to_state),
                 Arg::Int(timer.after_ms),
                 Arg::Int(timer.due_at),
+                Arg::Int(w.expected),
             ]);
         }
     }
+    for chunk in writes.chunks(BATCH_CHUNK) {
+        sql.push_str("WITH r(id, expected, to_state, version, context, at, entered) AS (VALUES ");
+        sql.push_str(&values("(?, ?, ?, ?, ?, ?, ?)", chunk.len(), false));
+        sql.push_str(
+            ")
+UPDATE fsm_machines SET state = r.to_state, version = r.version, context = r.context,
+  updated_at = r.at, entered_at = COALESCE(r.entered, entered_at)
+FROM r WHERE fsm_machines.machine_type = ? AND fsm_machines.machine_id = r.id
+  AND fsm_machines.version = r.expected
+RETURNING machine_id;\n",
+        );
+        for w in chunk {
+            args.extend([
+                Arg::Text(w.id),
+                Arg::Int(w.expected),
+                Arg::Text(w.to_state),
+                Arg::Int(w.version),
+                Arg::Text(&w.context),
+                Arg::Int(w.at_ms),
+                Arg::MaybeInt(w.entered_at),
+            ]);
+        }
+        args.push(Arg::Text(first.machine));
+    }
+    sql.push_str("COMMIT");
     match Sqlite::rows(conn, &sql, &args).await {
-        Ok(updated) if updated.len() == writes.len() => Ok(Some(vec![true; writes.len()])),
-        Ok(_) => Ok(None),
-        Err(e) if is_unique_violation(&e) => Ok(None),
-        Err(e) => Err(failed(e)),
+        Ok(rows) => {
+            // Committed: no error may leave here now, or the batch's commands would fire
+            // again. A `TEXT NOT NULL` id always decodes.
+            let hit: std::collections::HashSet<String> = rows
+                .iter()
+                .filter_map(|row| Sqlite::string(row, 0).ok())
+                .collect();
+            Ok(Some(writes.iter().map(|w| hit.contains(w.id)).collect()))
+        }
+        Err(e) => {
+            rollback(conn).await;
+            match is_unique_violation(&e) {
+                true => Ok(None),
+                false => Err(failed(e)),
+            }
+        }
     }
 }
 
 impl SqlStore<Sqlite> {
     /// Opens (creating if missing) a database file with WAL, `synchronous = NORMAL` and a
     /// 5 s busy timeout, pooling up to 8 connections.
+    ///
+    /// The store checkpoints the WAL (copies it into the database file) from a task of
+    /// its own, on one more connection, so that no fire waits for the disk: SQLite would
+    /// otherwise run each checkpoint inside the commit that crosses 1,000 pages of WAL.
+    /// Its connections keep SQLite's own checkpoint only as a backstop, at 16,384 pages
+    /// (64 MiB). The task ends with the last clone of the store. Durability is
+    /// SQLite's `synchronous = NORMAL` in WAL mode either way: a commit survives the
+    /// process crashing, and may be lost with the machine's power.
     ///
     /// # Examples
     ///
@@ -429,18 +500,45 @@ impl SqlStore<Sqlite> {
     ///
     /// [`fsm_core::Error::Database`] when the file cannot be opened.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, Self::pool_options()).await
+    }
+
+    /// [`open`](Self::open) with pool options of your own (another size, an
+    /// `after_connect`), keeping the connection settings and the checkpointing task.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> fsm_core::Result<()> {
+    /// use fsm_sqlx::SqliteStore;
+    /// let store = SqliteStore::open_with("orders.db", SqliteStore::pool_options().max_connections(4))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`fsm_core::Error::Database`] when the file cannot be opened.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        pool: sqlx::pool::PoolOptions<Sqlite>,
+    ) -> Result<Self> {
         let path = path.as_ref();
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = Self::pool_options()
-            .connect_with(options)
+        let options = Sqlite::tune(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .synchronous(SqliteSynchronous::Normal),
+        );
+        let pool = pool
+            .connect_with(options.clone())
             .await
             .map_err(db_error(|| format!("open SQLite {}", path.display())))?;
-        Ok(Self::from_pool(pool))
+        let mut store = Self::from_pool(pool);
+        store.background = checkpoint::start(&options, &store.pool)
+            .await
+            .map(std::sync::Arc::new);
+        Ok(store)
     }
 
     /// A private in-memory database, kept for the store's lifetime (one connection, so
@@ -461,5 +559,112 @@ impl SqlStore<Sqlite> {
             .await
             .map_err(db_error(|| "open in-memory SQLite".to_owned()))?;
         Ok(Self::from_pool(pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fsm_core::Store;
+    use fsm_core::testing::{Order, OrderData};
+
+    use super::*;
+    use crate::SqliteStore;
+    use crate::engine::rows::PendingTimer;
+
+    /// A keyed self-loop of `id` from `expected`, with one effect and one timer.
+    fn note<'a>(id: &'a str, expected: i64, key: &'a str) -> TransitionWrite<'a> {
+        TransitionWrite {
+            machine: "Order",
+            id,
+            expected,
+            version: expected + 1,
+            from_state: "Created",
+            to_state: "Created",
+            context: format!("{{\"note\":\"{key}\"}}"),
+            entered_at: None,
+            event: "Note".into(),
+            trigger: "{}".into(),
+            idem_key: Some(key),
+            fingerprint: Some([7; 32]),
+            at_ms: 1,
+            effects: vec!["{}".into()],
+            timers: vec![PendingTimer {
+                after_ms: 1_000,
+                due_at: 1_001,
+            }],
+            token: None,
+            claimed: None,
+        }
+    }
+
+    async fn orders(ids: &[&str]) -> SqliteStore {
+        let store = SqliteStore::memory().await.expect("in-memory SQLite");
+        store.migrate().await.expect("migrate");
+        for id in ids {
+            store
+                .create::<Order>(id, OrderData::default())
+                .await
+                .expect("create");
+        }
+        store
+    }
+
+    /// Rows of `table` for instance `id` (on the one connection of the in-memory store).
+    async fn count(conn: &mut sqlx::SqliteConnection, table: &str, id: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE machine_id = ?1"
+        ))
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .expect("count")
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_every_instance_still_at_its_version_and_nothing_of_one_that_moved() {
+        let store = orders(&["a", "b", "c"]).await;
+        let mut conn = store.pool().acquire().await.expect("connection");
+        let writes = [
+            note("a", 0, "k-a"),
+            note("b", 5, "k-b"),
+            note("c", 0, "k-c"),
+        ];
+        let written = write_many(&mut conn, &writes).await.expect("batch");
+        assert_eq!(written, Some(vec![true, false, true]));
+        for (id, rows) in [("a", 1), ("b", 0), ("c", 1)] {
+            for table in ["fsm_transitions", "fsm_outbox"] {
+                assert_eq!(count(&mut conn, table, id).await, rows, "{table} of {id}");
+            }
+            // Created's own timer was armed when the order was.
+            let timers = count(&mut conn, "fsm_timers", id).await;
+            assert_eq!(timers, 1 + rows, "fsm_timers of {id}");
+            let version: i64 =
+                sqlx::query_scalar("SELECT version FROM fsm_machines WHERE machine_id = ?1")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("version");
+            assert_eq!(version, rows, "version of {id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_taken_since_the_read_abandons_the_batch_whole() {
+        let store = orders(&["a", "b"]).await;
+        let mut conn = store.pool().acquire().await.expect("connection");
+        let first = write_many(&mut conn, &[note("a", 0, "k-a")]).await;
+        assert_eq!(first.expect("first batch"), Some(vec![true]));
+        let again = [note("b", 0, "k-b"), note("a", 1, "k-a")];
+        assert_eq!(write_many(&mut conn, &again).await.expect("batch"), None);
+        for table in ["fsm_transitions", "fsm_outbox"] {
+            assert_eq!(count(&mut conn, table, "b").await, 0, "{table} of b");
+            assert_eq!(count(&mut conn, table, "a").await, 1, "{table} of a");
+        }
+        // Created's own timer, and a's from its first batch.
+        assert_eq!(count(&mut conn, "fsm_timers", "b").await, 1);
+        assert_eq!(count(&mut conn, "fsm_timers", "a").await, 2);
+        // The connection is usable again: the failed batch's transaction was rolled back.
+        let next = write_many(&mut conn, &[note("b", 0, "k-b")]).await;
+        assert_eq!(next.expect("next batch"), Some(vec![true]));
     }
 }

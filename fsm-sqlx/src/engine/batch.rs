@@ -129,6 +129,9 @@ struct Queue<M: StateMachine> {
 pub(crate) struct Batchers {
     config: GroupCommit,
     queues: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// Where writers sleep to wait (SQLite), the store's batches take turns writing
+    /// here instead, while the next one reads and decides.
+    writing: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Batchers {
@@ -144,6 +147,7 @@ impl Batchers {
         Batchers {
             config,
             queues: Mutex::default(),
+            writing: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -169,6 +173,7 @@ impl Batchers {
                 unbatched(),
                 receiver,
                 Arc::clone(&lanes),
+                Arc::clone(&self.writing),
                 self.config.max_batch,
             );
             tokio::spawn(task);
@@ -234,6 +239,7 @@ async fn drain<D: Dialect, M: StateMachine>(
     store: SqlStore<D>,
     mut jobs: mpsc::UnboundedReceiver<Job<M>>,
     lanes: Arc<Lanes>,
+    writing: Arc<Semaphore>,
     max_batch: usize,
 ) {
     // Instances with a command in a running batch.
@@ -296,9 +302,10 @@ async fn drain<D: Dialect, M: StateMachine>(
         }
         fsm_core::observe::group_commit(M::DEFINITION.name, batch.len());
         let (store, busy, finished) = (store.clone(), Arc::clone(&busy), Arc::clone(&finished));
+        let writing = Arc::clone(&writing);
         tokio::spawn(async move {
             let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
-            run(&store, batch).await;
+            run(&store, &writing, batch).await;
             let mut running = busy.lock().unwrap_or_else(PoisonError::into_inner);
             for id in &ids {
                 running.remove(id);
@@ -318,10 +325,14 @@ enum Decision<M: StateMachine> {
 }
 
 /// One batch: read, decide, write, reply.
-async fn run<D: Dialect, M: StateMachine>(store: &SqlStore<D>, jobs: Vec<Job<M>>) {
+async fn run<D: Dialect, M: StateMachine>(
+    store: &SqlStore<D>,
+    writing: &Semaphore,
+    jobs: Vec<Job<M>>,
+) {
     let machine = M::DEFINITION.name;
     let mut replies: Vec<Option<Settled<M>>> = jobs.iter().map(|_| None).collect();
-    if let Err(err) = settle::<D, M>(store, &jobs, &mut replies).await {
+    if let Err(err) = settle::<D, M>(store, writing, &jobs, &mut replies).await {
         tracing::debug!(error = %err, machine, commands = jobs.len(), "group commit abandoned; each command fires alone");
     }
     for (job, reply) in jobs.into_iter().zip(replies) {
@@ -336,6 +347,7 @@ async fn run<D: Dialect, M: StateMachine>(store: &SqlStore<D>, jobs: Vec<Job<M>>
 /// or with an `Applied` one fires alone.
 async fn settle<D: Dialect, M: StateMachine>(
     store: &SqlStore<D>,
+    writing: &Semaphore,
     jobs: &[Job<M>],
     replies: &mut [Option<Settled<M>>],
 ) -> Result<()> {
@@ -380,7 +392,14 @@ async fn settle<D: Dialect, M: StateMachine>(
             }
         }
     }
-    let written = match D::write_many(exec, &writes).await {
+    let turn = match D::WRITERS_SLEEP {
+        // Closed never: the semaphore lives as long as the store's batchers.
+        true => writing.acquire().await.ok(),
+        false => None,
+    };
+    let written = D::write_many(exec, &writes).await;
+    drop(turn);
+    let written = match written {
         Ok(Some(written)) => written,
         // A key taken by another writer since the read (the transaction, if any, rolls
         // back as it drops): every applied command fires alone and finds its key.
