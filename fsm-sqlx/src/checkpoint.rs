@@ -14,10 +14,13 @@
 //! (never blocking a writer) every few milliseconds while pages come in. A `PASSIVE`
 //! checkpoint never rewinds the WAL, which only restarts from its beginning when a
 //! writer finds every frame copied, rare while writes keep coming, so once the WAL
-//! holds [`RESTART_PAGES`] the task runs a `RESTART` checkpoint: it holds the write lock
-//! while it copies what the last `PASSIVE` one left (a few milliseconds) and the next
-//! writer starts the WAL afresh. Durability is unchanged: a commit was never `fsync`ed
-//! under `synchronous = NORMAL`, and the checkpoint syncs the WAL before copying it.
+//! holds [`RESTART_PAGES`] and a `PASSIVE` pass copied all of it (no reader held it
+//! back) the task tries a `RESTART` checkpoint without waiting for any lock: it goes
+//! ahead only at an instant when nothing writes or reads the WAL, holds the write lock
+//! while it copies the pages committed since that pass and syncs them (a writer
+//! arriving meanwhile waits that long, once per [`RESTART_PAGES`]), and the next writer
+//! starts the WAL afresh. Durability is unchanged: a commit was never `fsync`ed under
+//! `synchronous = NORMAL`, and the checkpoint syncs the WAL before copying it.
 
 use std::time::Duration;
 
@@ -40,16 +43,14 @@ const ACTIVE: Duration = Duration::from_millis(5);
 /// The longest pause between checkpoints of an idle database.
 const IDLE: Duration = Duration::from_millis(100);
 
-/// How long a checkpoint waits for a lock before giving up until the next pass: a
-/// `RESTART` holds the write lock while it waits for readers, so the wait stays short.
-const LOCK_WAIT: Duration = Duration::from_millis(50);
-
 /// Opens a connection on `options`' database and checkpoints it in a task until the
 /// returned guard is dropped (by the last clone of the store) or `pool` closes; `None`
-/// (SQLite's own checkpoints stay the only ones) when the connection cannot be opened or
-/// the database is not in WAL mode (an in-memory one, say).
+/// when the connection cannot be opened, cannot checkpoint (read-only) or the database is
+/// not in WAL mode (an in-memory one, say). Without the task the connections' backstop
+/// ([`BACKSTOP_PAGES`]) is the only checkpoint.
 pub(crate) async fn start(options: &SqliteConnectOptions, pool: &SqlitePool) -> Option<DropGuard> {
-    let options = options.clone().busy_timeout(LOCK_WAIT);
+    // No lock wait: a `RESTART` would hold the write lock while it waited for readers.
+    let options = options.clone().busy_timeout(Duration::ZERO);
     let mut conn = match options.connect().await {
         Ok(conn) => conn,
         Err(e) => {
@@ -128,15 +129,17 @@ struct Wal {
 }
 
 /// One `PASSIVE` checkpoint, and a `RESTART` one when the WAL has grown to
-/// [`RESTART_PAGES`].
+/// [`RESTART_PAGES`] and the `PASSIVE` one copied all of it. A `RESTART` that found a
+/// writer or a reader in its way reports busy and is tried again at a later pass.
 async fn pass(conn: &mut SqliteConnection) -> sqlx::Result<Wal> {
     let wal = checkpoint(conn, "PRAGMA wal_checkpoint(PASSIVE)").await?;
-    if wal.pages < RESTART_PAGES {
+    if wal.pages < RESTART_PAGES || wal.copied < wal.pages {
         return Ok(wal);
     }
     checkpoint(conn, "PRAGMA wal_checkpoint(RESTART)").await
 }
 
+/// Runs one `PRAGMA wal_checkpoint`; whether it was busy shows in the pages it copied.
 async fn checkpoint(conn: &mut SqliteConnection, sql: &'static str) -> sqlx::Result<Wal> {
     let (_busy, pages, copied): (i64, i64, i64) = sqlx::query_as(sql).fetch_one(conn).await?;
     Ok(Wal { pages, copied })

@@ -1,6 +1,6 @@
 //! Group commit: concurrent fires of one machine type on one store, combined into one
-//! transaction (SQLite, MySQL) or one read and one write statement (PostgreSQL) per
-//! batch.
+//! transaction (MySQL), one read statement and one write transaction (SQLite) or one
+//! read and one write statement (PostgreSQL) per batch.
 //!
 //! Fires wait in a queue per machine type; one task per queue takes whatever is waiting
 //! (up to [`GroupCommit::max_batch`](crate::GroupCommit), one command per instance, the
