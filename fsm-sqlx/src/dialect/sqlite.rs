@@ -336,6 +336,54 @@ LEFT JOIN fsm_transitions t
 /// Rows per statement of [`write_many`], keeping each under SQLite's 32,766 parameters.
 const BATCH_CHUNK: usize = 1_000;
 
+/// The columns [`write_many`] binds per row of each table, in the order of
+/// [`record_args`], [`outbox_args`] and its timer binds.
+const HISTORY_COLUMNS: &[&str] = &[
+    "machine_type",
+    "machine_id",
+    "version",
+    "from_state",
+    "event",
+    "trigger_json",
+    "to_state",
+    "idem_key",
+    "fingerprint",
+    "at",
+];
+const OUTBOX_COLUMNS: &[&str] = &[
+    "machine_type",
+    "machine_id",
+    "version",
+    "seq",
+    "effect",
+    "available_at",
+];
+const TIMER_COLUMNS: &[&str] = &[
+    "machine_type",
+    "machine_id",
+    "version",
+    "from_state",
+    "after_ms",
+    "due_at",
+];
+
+/// Appends an `INSERT` into `table` of `rows` rows of `columns`, each bound followed by
+/// the version its instance was read at, keeping only the rows whose instance still
+/// holds that version.
+fn insert_unmoved(sql: &mut String, table: &str, columns: &[&str], rows: usize) {
+    let row = format!("({}?)", "?, ".repeat(columns.len()));
+    let listed = columns.join(", ");
+    let selected: Vec<String> = columns.iter().map(|c| format!("r.{c}")).collect();
+    sql.push_str(&format!(
+        "WITH r({listed}, expected) AS (VALUES {})
+INSERT INTO {table} ({listed})
+SELECT {} FROM r JOIN fsm_machines m ON m.machine_type = r.machine_type
+  AND m.machine_id = r.machine_id AND m.version = r.expected;\n",
+        values(&row, rows, false),
+        selected.join(", "),
+    ));
+}
+
 /// Group commit's write on SQLite, one string of statements in one call to sqlx's worker
 /// thread: `BEGIN IMMEDIATE`, the history, outbox and timer rows, the compare-and-sets,
 /// `COMMIT`. The batch read before taking the write lock, so an instance may have moved
@@ -354,26 +402,8 @@ async fn write_many(
     let failed = db_error(|| format!("fire a batch of {}", first.machine));
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     let mut args = Vec::with_capacity(writes.len() * 19);
-    let moved_not = "JOIN fsm_machines m ON m.machine_type = r.machine_type \
-AND m.machine_id = r.machine_id AND m.version = r.expected;\n";
     for chunk in writes.chunks(BATCH_CHUNK) {
-        sql.push_str(
-            "WITH r(machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at, expected) AS (VALUES ",
-        );
-        sql.push_str(&values(
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            chunk.len(),
-            false,
-        ));
-        sql.push_str(
-            ")
-INSERT INTO fsm_transitions
-  (machine_type, machine_id, version, from_state, event, trigger_json, to_state, idem_key, fingerprint, at)
-SELECT r.machine_type, r.machine_id, r.version, r.from_state, r.event, r.trigger_json, r.to_state,
-       r.idem_key, r.fingerprint, r.at
-FROM r ",
-        );
-        sql.push_str(moved_not);
+        insert_unmoved(&mut sql, "fsm_transitions", HISTORY_COLUMNS, chunk.len());
         for w in chunk {
             args.extend(record_args(w));
             args.push(Arg::Int(w.expected));
@@ -388,16 +418,7 @@ FROM r ",
         })
         .collect();
     for chunk in effects.chunks(BATCH_CHUNK) {
-        sql.push_str(
-            "WITH r(machine_type, machine_id, version, seq, effect, available_at, expected) AS (VALUES ",
-        );
-        sql.push_str(&values("(?, ?, ?, ?, ?, ?, ?)", chunk.len(), false));
-        sql.push_str(
-            ")
-INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at)
-SELECT r.machine_type, r.machine_id, r.version, r.seq, r.effect, r.available_at FROM r ",
-        );
-        sql.push_str(moved_not);
+        insert_unmoved(&mut sql, "fsm_outbox", OUTBOX_COLUMNS, chunk.len());
         for (w, seq, effect) in chunk {
             args.extend(outbox_args(w, *seq, effect));
             args.push(Arg::Int(w.expected));
@@ -408,16 +429,7 @@ SELECT r.machine_type, r.machine_id, r.version, r.seq, r.effect, r.available_at 
         .flat_map(|w| w.timers.iter().map(move |t| (w, t)))
         .collect();
     for chunk in timers.chunks(BATCH_CHUNK) {
-        sql.push_str(
-            "WITH r(machine_type, machine_id, version, from_state, after_ms, due_at, expected) AS (VALUES ",
-        );
-        sql.push_str(&values("(?, ?, ?, ?, ?, ?, ?)", chunk.len(), false));
-        sql.push_str(
-            ")
-INSERT INTO fsm_timers (machine_type, machine_id, version, from_state, after_ms, due_at)
-SELECT r.machine_type, r.machine_id, r.version, r.from_state, r.after_ms, r.due_at FROM r ",
-        );
-        sql.push_str(moved_not);
+        insert_unmoved(&mut sql, "fsm_timers", TIMER_COLUMNS, chunk.len());
         for (w, timer) in chunk {
             args.extend([
                 Arg::Text(w.machine),
