@@ -122,10 +122,11 @@ pub(crate) fn ensure(ok: bool, what: &str) -> Res<()> {
 // move, edit these lists, nothing else; e.g. for SQLite
 // `&["fsm-sqlx/src/dialect/mod.rs", "fsm-sqlx/src/dialect/sqlite.rs"]`.
 
-/// Where `SqliteStore`'s SQL is.
+/// Where `SqliteStore`'s SQL is, and its checkpoint backstop.
 pub(crate) const SQLITE_SOURCES: &[&str] = &[
     "fsm-sqlx/src/dialect/mod.rs",
     "fsm-sqlx/src/dialect/sqlite.rs",
+    "fsm-sqlx/src/checkpoint.rs",
 ];
 /// Where `PgStore`'s SQL is.
 pub(crate) const POSTGRES_SOURCES: &[&str] = &[

@@ -176,17 +176,21 @@ async fn c_sqlite<D: Db>(cfg: &Config, run: usize) -> Res<f64> {
 #[cfg(feature = "sqlite")]
 fn c_sqlite_loop(path: &std::path::Path, ids: &[String], warmup: f64, seconds: f64) -> Res<f64> {
     use crate::baseline::{FINGERPRINT, Read, key_of, note_of, plan};
-    use crate::sqlite::{BEGIN, CAS, OUTBOX_HEAD, OUTBOX_ROW, READ, RECORD};
+    use crate::sqlite::{BEGIN, CAS, OUTBOX_HEAD, OUTBOX_ROW, READ, RECORD, WAL_BACKSTOP_PAGES};
     use crate::{MACHINE, STATE};
     use rusqlite::{Connection, OptionalExtension, params};
 
     let conn = Connection::open(path)?;
     // As `SqliteStore::open` sets them. The run's store, idle meanwhile, checkpoints this
     // connection's WAL from its own task as it does its own connections'; like them, this
-    // one checkpoints itself only past 16,384 pages.
+    // one checkpoints itself only past the backstop.
     conn.pragma_update(None, "journal_mode", "wal")?;
     conn.pragma_update(None, "synchronous", "normal")?;
-    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        WAL_BACKSTOP_PAGES.replace('_', ""),
+    )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let outbox = format!("{OUTBOX_HEAD}{OUTBOX_ROW}");
     let measure_from = Instant::now() + Duration::from_secs_f64(warmup);

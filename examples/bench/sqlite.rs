@@ -38,6 +38,10 @@ pub(crate) const OUTBOX_HEAD: &str =
     "INSERT INTO fsm_outbox (machine_type, machine_id, version, seq, effect, available_at) VALUES ";
 pub(crate) const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?, ?)";
 pub(crate) const BEGIN: &str = "BEGIN IMMEDIATE";
+/// The pages past which the store's connections checkpoint themselves, as
+/// `fsm-sqlx/src/checkpoint.rs` writes it (`check` proves it still does); the C SQLite
+/// loop of `--limit` sets the same.
+pub(crate) const WAL_BACKSTOP_PAGES: &str = "16_384";
 const SEED: &str = "\
 INSERT INTO fsm_machines
   (machine_type, machine_id, state, version, context, init_fingerprint, created_at, updated_at, entered_at)
@@ -54,6 +58,7 @@ impl Db for SqliteDb {
     type Store = SqliteStore;
 
     fn check(_: &Config) -> Res<()> {
+        let backstop = format!("BACKSTOP_PAGES: u32 = {WAL_BACKSTOP_PAGES};");
         check_statements(
             Kind::Sqlite,
             &[
@@ -63,6 +68,7 @@ impl Db for SqliteDb {
                 OUTBOX_HEAD,
                 OUTBOX_ROW,
                 "\"BEGIN IMMEDIATE\"",
+                &backstop,
             ],
         )
     }

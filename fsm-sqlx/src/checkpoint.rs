@@ -122,7 +122,7 @@ async fn run(conn: &mut SqliteConnection, mut last: Wal) {
 
 /// What `PRAGMA wal_checkpoint` reports: pages in the WAL, and how many of them are
 /// copied into the database.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Wal {
     pages: i64,
     copied: i64,

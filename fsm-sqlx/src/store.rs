@@ -124,13 +124,24 @@ impl<D: Dialect> SqlStore<D> {
         let options = ConnectOptionsOf::<D>::from_str(url).map_err(db_error(|| {
             format!("parse {} URL", <D as sqlx::Database>::NAME)
         }))?;
-        let options = D::tune(options);
-        let pool = Self::pool_options()
+        Self::connect_with(D::tune(options), Self::pool_options(), || {
+            format!("connect to {}", <D as sqlx::Database>::NAME)
+        })
+        .await
+    }
+
+    /// A store over a new pool of `pool` on `options` (tuned already), with the
+    /// dialect's background task (SQLite's checkpointer); `operation` names the attempt
+    /// in an error.
+    pub(crate) async fn connect_with(
+        options: ConnectOptionsOf<D>,
+        pool: PoolOptions<D>,
+        operation: impl Fn() -> String,
+    ) -> Result<Self> {
+        let pool = pool
             .connect_with(options.clone())
             .await
-            .map_err(db_error(|| {
-                format!("connect to {}", <D as sqlx::Database>::NAME)
-            }))?;
+            .map_err(db_error(operation))?;
         let mut store = Self::from_pool(pool);
         store.background = D::background(&options, &store.pool).await.map(Arc::new);
         Ok(store)

@@ -77,11 +77,7 @@ async fn a_database_of_the_previous_release_upgrades_in_place() {
     store.migrate().await.expect("upgrade");
     previous_rows_read_back(&store).await;
     store.pool().close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    common::sqlite::remove_files(&path);
 }
 
 pruning_100k_done_rows_in_batches_while_transitions_apply!("SQLite", SqliteFile::new().await);
@@ -126,11 +122,7 @@ async fn a_file_store_checkpoints_its_wal_in_a_task_of_its_own() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    common::sqlite::remove_files(&path);
 }
 
 /// Writes `rows` rows of 2 KB through `conn` (a few hundred WAL pages) and tells whether
@@ -157,14 +149,6 @@ async fn checkpointed_after_writes(
     std::fs::metadata(path).expect("database file").len() > before
 }
 
-fn remove_database(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.to_owned().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checkpointing_task_ends_with_the_stores_last_clone() {
     let path = std::env::temp_dir().join(format!("{}.db", common::unique_name()));
@@ -179,7 +163,7 @@ async fn the_checkpointing_task_ends_with_the_stores_last_clone() {
     );
     drop(conn);
     pool.close().await;
-    remove_database(&path);
+    common::sqlite::remove_files(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,5 +187,5 @@ async fn the_checkpointing_task_ends_when_the_stores_pool_closes() {
     );
     conn.close().await.expect("close");
     drop(store);
-    remove_database(&path);
+    common::sqlite::remove_files(&path);
 }

@@ -888,6 +888,24 @@ pub(crate) fn outbox_args<'w>(w: &TransitionWrite<'w>, seq: i32, effect: &'w str
     ]
 }
 
+/// One timer row's binds: machine, id, the version and state it was armed at, delay, due.
+pub(crate) fn timer_args<'a>(
+    machine: &'a str,
+    id: &'a str,
+    version: i64,
+    state: &'a str,
+    timer: &crate::engine::rows::PendingTimer,
+) -> [Arg<'a>; 6] {
+    [
+        Arg::Text(machine),
+        Arg::Text(id),
+        Arg::Int(version),
+        Arg::Text(state),
+        Arg::Int(timer.after_ms),
+        Arg::Int(timer.due_at),
+    ]
+}
+
 /// Deletes the command's token, if it is this instance's and unexpired; `false` if not.
 pub(crate) async fn consume_token<D: Backend>(
     conn: &mut D::Connection,
@@ -916,14 +934,7 @@ pub(crate) async fn arm<D: Backend>(
     timers: &[crate::engine::rows::PendingTimer],
 ) -> sqlx::Result<()> {
     for timer in timers {
-        let args = [
-            Arg::Text(machine),
-            Arg::Text(id),
-            Arg::Int(version),
-            Arg::Text(state),
-            Arg::Int(timer.after_ms),
-            Arg::Int(timer.due_at),
-        ];
+        let args = timer_args(machine, id, version, state, timer);
         D::run(conn, steps::<D>().arm_timer, &args).await?;
     }
     Ok(())

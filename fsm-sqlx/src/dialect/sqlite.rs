@@ -22,7 +22,7 @@ use tokio_util::sync::DropGuard;
 use super::sealed::Backend;
 use super::{
     Arg, Dialect, Lookup, Sql, Statements, Steps, cas_args, db_error, is_unique_violation,
-    outbox_args, record_args,
+    outbox_args, record_args, timer_args,
 };
 use crate::SqlStore;
 use crate::checkpoint;
@@ -243,14 +243,7 @@ async fn write(conn: &mut sqlx::SqliteConnection, w: &TransitionWrite<'_>) -> Re
         args.extend(outbox_args(w, seq, effect));
     }
     for timer in &w.timers {
-        args.extend([
-            Arg::Text(w.machine),
-            Arg::Text(w.id),
-            Arg::Int(w.version),
-            Arg::Text(w.to_state),
-            Arg::Int(timer.after_ms),
-            Arg::Int(timer.due_at),
-        ]);
+        args.extend(timer_args(w.machine, w.id, w.version, w.to_state, timer));
     }
     let sql = write_sql(w.effects.len(), w.timers.len());
     match Sqlite::rows(conn, &sql, &args).await {
@@ -337,7 +330,7 @@ LEFT JOIN fsm_transitions t
 const BATCH_CHUNK: usize = 1_000;
 
 /// The columns [`write_many`] binds per row of each table, in the order of
-/// [`record_args`], [`outbox_args`] and its timer binds.
+/// [`record_args`], [`outbox_args`] and [`timer_args`].
 const HISTORY_COLUMNS: &[&str] = &[
     "machine_type",
     "machine_id",
@@ -431,15 +424,8 @@ async fn write_many(
     for chunk in timers.chunks(BATCH_CHUNK) {
         insert_unmoved(&mut sql, "fsm_timers", TIMER_COLUMNS, chunk.len());
         for (w, timer) in chunk {
-            args.extend([
-                Arg::Text(w.machine),
-                Arg::Text(w.id),
-                Arg::Int(w.version),
-                Arg::Text(w.to_state),
-                Arg::Int(timer.after_ms),
-                Arg::Int(timer.due_at),
-                Arg::Int(w.expected),
-            ]);
+            args.extend(timer_args(w.machine, w.id, w.version, w.to_state, timer));
+            args.push(Arg::Int(w.expected));
         }
     }
     for chunk in writes.chunks(BATCH_CHUNK) {
@@ -542,15 +528,7 @@ impl SqlStore<Sqlite> {
                 .create_if_missing(true)
                 .synchronous(SqliteSynchronous::Normal),
         );
-        let pool = pool
-            .connect_with(options.clone())
-            .await
-            .map_err(db_error(|| format!("open SQLite {}", path.display())))?;
-        let mut store = Self::from_pool(pool);
-        store.background = checkpoint::start(&options, &store.pool)
-            .await
-            .map(std::sync::Arc::new);
-        Ok(store)
+        Self::connect_with(options, pool, || format!("open SQLite {}", path.display())).await
     }
 
     /// A private in-memory database, kept for the store's lifetime (one connection, so

@@ -608,6 +608,16 @@ pub(crate) mod sqlite {
 
     use super::faults::FaultFixture;
 
+    /// Removes the database file at `path` and its `-wal` and `-shm` files, whichever
+    /// exist.
+    pub(crate) fn remove_files(path: &std::path::Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.to_owned().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
     /// A [`SqliteStore`] on a fresh file: the fixture of the conformance, durable and
     /// fault suites.
     pub(crate) struct SqliteFile {
@@ -655,11 +665,7 @@ pub(crate) mod sqlite {
 
         async fn cleanup(self) {
             self.store.pool().close().await;
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = self.path.clone().into_os_string();
-                path.push(suffix);
-                let _ = std::fs::remove_file(path);
-            }
+            remove_files(&self.path);
         }
     }
 
