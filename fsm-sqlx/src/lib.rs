@@ -42,6 +42,8 @@ mod dialect;
 mod durable;
 mod engine;
 pub mod intake;
+#[cfg(feature = "sqlite")]
+mod lane;
 mod notify;
 mod store;
 

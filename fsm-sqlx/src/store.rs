@@ -26,6 +26,8 @@ use crate::dialect::{ConnectOptionsOf, Dialect, db_error};
 use crate::engine;
 use crate::engine::batch::{Batchers, GroupCommit, Settled};
 use crate::engine::hot::HotRows;
+#[cfg(feature = "sqlite")]
+use crate::lane::Fired;
 use crate::notify::PeerWakeups;
 
 /// A durable [`Store`] on database `D`, in sqlx's manner: [`SqliteStore`](crate::SqliteStore),
@@ -79,6 +81,9 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) batchers: Option<Arc<Batchers>>,
     /// Ends the dialect's background task (SQLite's checkpointer) with the last clone.
     pub(crate) background: Option<Arc<DropGuard>>,
+    /// SQLite's write lane, where fires run in one hand-off ([`crate::lane`]).
+    #[cfg(feature = "sqlite")]
+    pub(crate) lane: Option<Arc<crate::lane::Lane>>,
 }
 
 impl<D: Dialect> SqlStore<D> {
@@ -99,6 +104,8 @@ impl<D: Dialect> SqlStore<D> {
             conns: ConnCache::default(),
             batchers: D::GROUP_COMMIT.then(|| Arc::new(Batchers::new(GroupCommit::new()))),
             background: None,
+            #[cfg(feature = "sqlite")]
+            lane: None,
         }
     }
 
@@ -144,6 +151,10 @@ impl<D: Dialect> SqlStore<D> {
             .map_err(db_error(operation))?;
         let mut store = Self::from_pool(pool);
         store.background = D::background(&options, &store.pool).await.map(Arc::new);
+        #[cfg(feature = "sqlite")]
+        {
+            store.lane = D::lane(&options, &store.pool).await.map(Arc::new);
+        }
         Ok(store)
     }
 
@@ -306,6 +317,8 @@ impl<D: Dialect> Clone for SqlStore<D> {
             conns: self.conns.clone(),
             batchers: self.batchers.clone(),
             background: self.background.clone(),
+            #[cfg(feature = "sqlite")]
+            lane: self.lane.clone(),
         }
     }
 }
@@ -348,6 +361,16 @@ impl<D: Dialect> Store for SqlStore<D> {
         let span = observe::fire_span::<M>(id, event, command.key.as_ref());
         observe::fire(span, event, async {
             let mut prepared = Prepared::new(id, command)?;
+            #[cfg(feature = "sqlite")]
+            if let Some(lane) = self.lane_for(&prepared) {
+                match lane.fire(id, prepared, self.lane_batch()).await {
+                    Fired::Done { result, effects } => {
+                        return self.fired_on_lane::<M>(result, effects).map(|(o, _)| o);
+                    }
+                    Fired::Panicked(panic) => std::panic::resume_unwind(panic),
+                    Fired::Elsewhere(elsewhere) => prepared = elsewhere,
+                }
+            }
             let mut slot = None;
             if let Some(batchers) = self.batches(id, &prepared) {
                 let unbatched = || SqlStore {
@@ -429,12 +452,58 @@ impl<D: Dialect> SqlStore<D> {
         (!alone).then_some(batchers)
     }
 
+    /// The write lane a fire of `prepared` takes, if the store has one and its pool is
+    /// open: any command but one carrying a token (whose consumption sqlx's path orders).
+    #[cfg(feature = "sqlite")]
+    fn lane_for<M: StateMachine>(&self, prepared: &Prepared<M>) -> Option<&crate::lane::Lane> {
+        let token = prepared.key().and_then(|key| key.token()).is_some();
+        self.lane
+            .as_deref()
+            .filter(|_| !token && !self.pool.is_closed())
+    }
+
+    /// How many fires one lane transaction may hold: group commit's batch, or one.
+    #[cfg(feature = "sqlite")]
+    fn lane_batch(&self) -> usize {
+        self.batchers
+            .as_ref()
+            .map_or(1, |b| b.config().batch_limit())
+    }
+
+    /// A lane fire's result, once its committed effects have woken the dispatchers.
+    #[cfg(feature = "sqlite")]
+    fn fired_on_lane<M: StateMachine>(
+        &self,
+        result: Result<(Outcome<M>, Snapshot<M>)>,
+        effects: bool,
+    ) -> Result<(Outcome<M>, Snapshot<M>)> {
+        if effects {
+            self.effects_committed(M::DEFINITION.name);
+        }
+        result
+    }
+
     async fn fire_with_inner<M: StateMachine>(
         &self,
         snapshot: &mut Snapshot<M>,
         command: Command<M>,
     ) -> Result<Outcome<M>> {
-        let prepared = Prepared::new(&snapshot.id, command)?;
+        #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
+        let mut prepared = Prepared::new(&snapshot.id, command)?;
+        // The lane reads under the write lock anyway: the snapshot saves nothing there.
+        #[cfg(feature = "sqlite")]
+        if let Some(lane) = self.lane_for(&prepared) {
+            match lane.fire(&snapshot.id, prepared, self.lane_batch()).await {
+                Fired::Done { result, effects } => {
+                    let (outcome, mut current) = self.fired_on_lane::<M>(result, effects)?;
+                    self.seal.seal(&mut current);
+                    *snapshot = current;
+                    return Ok(outcome);
+                }
+                Fired::Panicked(panic) => std::panic::resume_unwind(panic),
+                Fired::Elsewhere(elsewhere) => prepared = elsewhere,
+            }
+        }
         let id = snapshot.id.clone();
         // Only a snapshot this store issued, unchanged, may stand in for the read.
         let known = self.seal.is_intact(snapshot).then(|| snapshot.clone());

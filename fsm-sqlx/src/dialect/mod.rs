@@ -26,7 +26,7 @@ mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 /// A database fsm can store machines in: [`sqlx::Sqlite`], [`sqlx::Postgres`] or
 /// [`sqlx::MySql`] (MariaDB too), each behind its cargo feature.
@@ -78,6 +78,16 @@ pub(crate) mod sealed {
             _options: &ConnectOptionsOf<Self>,
             _pool: &Pool<Self>,
         ) -> impl Future<Output = Option<DropGuard>> + Send {
+            async { None }
+        }
+
+        /// SQLite's write lane for a store connected on `options` ([`crate::lane`]); by
+        /// default none.
+        #[cfg(feature = "sqlite")]
+        fn lane(
+            _options: &ConnectOptionsOf<Self>,
+            _pool: &Pool<Self>,
+        ) -> impl Future<Output = Option<crate::lane::Lane>> + Send {
             async { None }
         }
 
@@ -315,7 +325,7 @@ pub struct Steps {
 }
 
 /// The step-by-step statements of `D`; only dialects that write step by step call this.
-fn steps<D: Backend>() -> &'static Steps {
+pub(crate) fn steps<D: Backend>() -> &'static Steps {
     match &D::SQL.steps {
         Some(steps) => steps,
         None => unreachable!(
@@ -340,7 +350,7 @@ macro_rules! outbox_values {
 const OUTBOX_INSERT: &str = outbox_insert!();
 const OUTBOX_VALUES: &str = outbox_values!();
 /// The common case, one effect, needs no statement built per transition.
-const OUTBOX_ONE: &str = concat!(outbox_insert!(), outbox_values!());
+pub(crate) const OUTBOX_ONE: &str = concat!(outbox_insert!(), outbox_values!());
 const OUTBOX_CHUNK: usize = 1_000;
 
 /// One bound parameter.

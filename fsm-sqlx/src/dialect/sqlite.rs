@@ -30,7 +30,7 @@ use crate::engine::rows::{TransitionWrite, WriteOutcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-const READ: &str = "\
+pub(crate) const READ: &str = "\
 SELECT m.state, m.version, m.context, m.init_fingerprint,
        t.version, t.from_state, t.trigger_json, t.to_state, t.idem_key, t.fingerprint, t.at
 FROM fsm_machines m
@@ -143,6 +143,13 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
 
     async fn background(options: &SqliteConnectOptions, pool: &Pool<Sqlite>) -> Option<DropGuard> {
         checkpoint::start(options, pool).await
+    }
+
+    async fn lane(
+        options: &SqliteConnectOptions,
+        pool: &Pool<Sqlite>,
+    ) -> Option<crate::lane::Lane> {
+        crate::lane::Lane::start(options, pool).await
     }
 
     fn migrator() -> &'static Migrator {

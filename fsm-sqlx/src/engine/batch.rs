@@ -25,7 +25,7 @@ use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
 use super::{machine_row, transition_row};
 use crate::SqlStore;
 use crate::dialect::{Dialect, Lookup, begin_write_on, db_error};
-use crate::engine::rows::{decode_machine, decode_transition, undecodable, write_of};
+use crate::engine::rows::{decode_machine, undecodable, write_of};
 
 /// How a store combines concurrent fires ([`SqlStore::with_group_commit`]).
 ///
@@ -72,6 +72,13 @@ impl GroupCommit {
     pub const fn max_batch(mut self, commands: usize) -> Self {
         self.max_batch = if commands == 0 { 1 } else { commands };
         self
+    }
+}
+
+impl GroupCommit {
+    /// The most commands one batch takes.
+    pub(crate) const fn batch_limit(&self) -> usize {
+        self.max_batch
     }
 }
 
@@ -455,16 +462,7 @@ fn decide<D: Dialect, M: StateMachine>(job: &Job<M>, row: Option<&D::Row>) -> De
         Err(err) => return done(Err(err)),
     };
     if let Some(recorded) = recorded {
-        let replayed = decode_transition::<M>(&job.id, recorded).and_then(|(original, fp)| {
-            let fp = fp.ok_or_else(|| {
-                Error::corrupt::<M>(
-                    "fsm_transitions",
-                    &job.id,
-                    "keyed row without fingerprint".into(),
-                )
-            })?;
-            job.prepared.replay(&job.id, original, &fp)
-        });
+        let replayed = super::replay_recorded(&job.prepared, &job.id, recorded);
         return done(replayed);
     }
     // The rules are user code: a panic is the caller's, not the batch's.

@@ -350,15 +350,7 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
             }
         };
         if let Some(row) = recorded {
-            let (original, recorded_fingerprint) = decode_transition::<M>(id, row)?;
-            let recorded_fingerprint = recorded_fingerprint.ok_or_else(|| {
-                Error::corrupt::<M>(
-                    "fsm_transitions",
-                    id,
-                    "keyed row without fingerprint".into(),
-                )
-            })?;
-            let outcome = prepared.replay(id, original, &recorded_fingerprint)?;
+            let outcome = replay_recorded(&prepared, id, row)?;
             writer.keep(store);
             return Ok((outcome, snapshot));
         }
@@ -426,6 +418,24 @@ pub(crate) async fn fire<D: Dialect, M: StateMachine>(
         attempt += 1;
         fsm_core::observe::cas_retry(machine, attempt);
     }
+}
+
+/// The outcome of a command whose key the read found recorded: the recorded
+/// transition as a duplicate, or the error of a different command under the same key.
+pub(crate) fn replay_recorded<M: StateMachine>(
+    prepared: &Prepared<M>,
+    id: &str,
+    row: TransitionRow,
+) -> Result<Outcome<M>> {
+    let (original, recorded_fingerprint) = decode_transition::<M>(id, row)?;
+    let recorded_fingerprint = recorded_fingerprint.ok_or_else(|| {
+        Error::corrupt::<M>(
+            "fsm_transitions",
+            id,
+            "keyed row without fingerprint".into(),
+        )
+    })?;
+    prepared.replay(id, original, &recorded_fingerprint)
 }
 
 /// What an attempt of [`fire`] writes through: the connection it read on, or the

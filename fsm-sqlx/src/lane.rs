@@ -1,0 +1,637 @@
+//! SQLite's write lane: a fire's read, decision and write on one connection that a
+//! thread of the store's owns, reached in one hand-off.
+//!
+//! sqlx's SQLite driver runs every call on a worker thread of its connection and sends
+//! each statement's result back as a message, so a fire through it (a read, then a
+//! string of writes) cost about fourteen context switches; a profile of one client
+//! found half its samples in the kernel's wake-up paths and a fire at a quarter of what
+//! C SQLite does with the same statements. The lane runs fsm-core's decision on the
+//! thread that holds the connection instead: a fire is one message there and one back.
+//!
+//! Each transaction starts with `BEGIN IMMEDIATE`, SQLite's write lock, before the read,
+//! so what a command is decided on cannot move before it is written: a fire on the lane
+//! never loses a race, in any [`Concurrency`](crate::Concurrency) mode. The fires that
+//! arrive while a transaction runs go into the next one together (group commit), each
+//! inside a savepoint of its own, so one command's failed guard or error undoes only
+//! its own statements; a store without group commit gives each fire a transaction of
+//! its own. Commands carrying a token, and a store built with
+//! [`from_pool`](crate::SqlStore::from_pool) or over an in-memory database, fire
+//! through sqlx as before.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use fsm_core::kit::Prepared;
+use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
+
+use crate::dialect::{Arg, OUTBOX_ONE, cas_args, outbox_args, record_args, timer_args};
+use crate::engine::rows::{
+    MachineRow, TransitionRow, TransitionWrite, decode_machine, undecodable, write_of,
+};
+
+/// The read of sqlx's path; the writes are its step-by-step statements (`Steps`).
+const READ: &str = crate::dialect::sqlite::READ;
+
+/// Prepared statements the lane's connection keeps: the read, the compare-and-set, the
+/// history, outbox and timer inserts, and the transaction and savepoint statements.
+const CACHED_STATEMENTS: usize = 16;
+
+/// How long the thread stays awake for the next fire after one is done.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// The settings of the store's pooled connections that a write depends on, copied to
+/// the lane's connection.
+const MIRRORED_PRAGMAS: [&str; 4] = [
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+    "wal_autocheckpoint",
+];
+
+/// A store's lane: the sending end of its thread's queue. The thread ends when the last
+/// clone of the store drops this, or when the store's pool closes.
+#[derive(Debug)]
+pub struct Lane {
+    jobs: mpsc::Sender<Message>,
+    _closing: DropGuard,
+}
+
+enum Message {
+    Fire(Job),
+    /// The pool closed: the store is done, and so is its lane.
+    Stop,
+}
+
+/// One fire in the queue.
+struct Job {
+    machine: &'static str,
+    /// Commits on its own rather than with the fires queued beside it.
+    alone: bool,
+    /// The most fires the transaction it opens may hold.
+    max_batch: usize,
+    work: Box<dyn Work>,
+}
+
+/// A fire's part on the lane's thread, erased over its machine type.
+trait Work: Send {
+    /// Reads, decides and writes inside the open transaction; whether it wrote (what
+    /// it did not write its savepoint undoes).
+    fn run(&mut self, conn: &Connection) -> bool;
+
+    /// Answers the caller once the transaction ended: `ended` is the `COMMIT`'s result
+    /// (or why the transaction never began or was undone).
+    fn finish(self: Box<Self>, ended: std::result::Result<(), &LaneError>);
+}
+
+/// What a fire on the lane tells its caller.
+pub(crate) enum Fired<M: StateMachine> {
+    /// The outcome (or error) and the instance as stored afterwards; `effects` when it
+    /// committed outbox rows.
+    Done {
+        result: Result<(Outcome<M>, Snapshot<M>)>,
+        effects: bool,
+    },
+    /// An action panicked while deciding: the caller resumes the panic.
+    Panicked(Box<dyn Any + Send>),
+    /// The lane could not settle the command (it is gone, or the write found a key it
+    /// had not read): the caller fires it through sqlx.
+    Elsewhere(Prepared<M>),
+}
+
+impl Lane {
+    /// Starts the lane of a store whose pool is `pool`, on the database file of
+    /// `options`, with the settings the pool's connections have; `None` (the store then
+    /// fires through sqlx) when the database is not a file in WAL mode or the lane's
+    /// connection cannot be opened.
+    pub(crate) async fn start(options: &SqliteConnectOptions, pool: &SqlitePool) -> Option<Self> {
+        let path = options.get_filename().to_owned();
+        let settings = match mirrored(pool).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::debug!(error = %e, "SQLite write lane not started");
+                return None;
+            }
+        };
+        let conn = match open(&path, &settings) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite write lane not started");
+                return None;
+            }
+        };
+        let (jobs, queue) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("fsm-sqlite-lane".into())
+            .spawn(move || serve(&conn, &queue));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "SQLite write lane not started");
+            return None;
+        }
+        let closing = CancellationToken::new();
+        let (dropped, closed, stop) = (closing.clone(), pool.close_event(), jobs.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = closed => drop(stop.send(Message::Stop)),
+                () = dropped.cancelled() => {}
+            }
+        });
+        Some(Lane {
+            jobs,
+            _closing: closing.drop_guard(),
+        })
+    }
+
+    /// Fires `prepared` at instance `id` on the lane, in a transaction of its own when
+    /// `max_batch` is 1, else with up to `max_batch - 1` others queued beside it. The
+    /// fire runs to its end once queued, even if the caller stops waiting.
+    pub(crate) async fn fire<M: StateMachine>(
+        &self,
+        id: &str,
+        prepared: Prepared<M>,
+        max_batch: usize,
+    ) -> Fired<M> {
+        let (reply, answer) = oneshot::channel();
+        let work = FireWork::<M> {
+            id: id.to_owned(),
+            prepared: Some(prepared),
+            attempt: None,
+            reply,
+        };
+        let job = Job {
+            machine: M::DEFINITION.name,
+            alone: max_batch <= 1,
+            max_batch: max_batch.max(1),
+            work: Box::new(work),
+        };
+        if let Err(mpsc::SendError(Message::Fire(job))) = self.jobs.send(Message::Fire(job)) {
+            // The thread is gone (the pool closed, or it panicked): the unrun fire
+            // answers that sqlx's path should take it.
+            job.work.finish(Ok(()));
+        }
+        match answer.await {
+            Ok(fired) => fired,
+            // Dropped unanswered: the lane stopped (its pool closed) with it queued.
+            Err(_) => Fired::Done {
+                result: Err(Error::database(
+                    format!("fire {} {id}", M::DEFINITION.name),
+                    sqlx::Error::PoolClosed,
+                )),
+                effects: false,
+            },
+        }
+    }
+}
+
+/// Reads the settings of [`MIRRORED_PRAGMAS`] from a connection of `pool`, refusing a
+/// database that is not in WAL mode (in memory, or configured otherwise) or that the
+/// pool's connections cannot write (opened read-only): the lane must not write where
+/// the store could not.
+async fn mirrored(pool: &SqlitePool) -> sqlx::Result<Vec<(&'static str, i64)>> {
+    let mut conn = pool.acquire().await?;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(sqlx::Error::Configuration(
+            format!("journal_mode is {mode}, not wal").into(),
+        ));
+    }
+    // A read-only connection refuses the write lock.
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    let mut settings = Vec::with_capacity(MIRRORED_PRAGMAS.len());
+    for pragma in MIRRORED_PRAGMAS {
+        let value: i64 = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        settings.push((pragma, value));
+    }
+    Ok(settings)
+}
+
+/// The lane's connection: the database file, read-write, never created (the pool
+/// opened it already), with the pool's settings.
+fn open(path: &PathBuf, settings: &[(&str, i64)]) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    for &(pragma, value) in settings {
+        match pragma {
+            "busy_timeout" => conn.busy_timeout(Duration::from_millis(value.max(0) as u64))?,
+            _ => conn.pragma_update(None, pragma, value)?,
+        }
+    }
+    conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
+    Ok(conn)
+}
+
+/// The lane's thread: takes fires in arrival order, as many at once as the first
+/// allows, until the store is dropped or its pool closes.
+fn serve(conn: &Connection, queue: &mpsc::Receiver<Message>) {
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match next(queue) {
+                Ok(Message::Fire(job)) => job,
+                Ok(Message::Stop) | Err(_) => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut stopping = false;
+        if !batch[0].alone {
+            while batch.len() < batch[0].max_batch {
+                match queue.try_recv() {
+                    Ok(Message::Fire(job)) if !job.alone => batch.push(job),
+                    Ok(Message::Fire(job)) => {
+                        held = Some(job);
+                        break;
+                    }
+                    Ok(Message::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            record_batch(&batch);
+        }
+        transact(conn, batch);
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The next message, yielding the CPU for a moment before sleeping: a caller that fires
+/// again as soon as it is answered finds the thread awake, sparing two wake-ups.
+fn next(queue: &mpsc::Receiver<Message>) -> std::result::Result<Message, mpsc::RecvError> {
+    let awake = std::time::Instant::now();
+    while awake.elapsed() < SPIN {
+        match queue.try_recv() {
+            Ok(message) => return Ok(message),
+            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+        }
+    }
+    queue.recv()
+}
+
+/// Records a group-commit batch for each machine type in it.
+fn record_batch(batch: &[Job]) {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for job in batch {
+        match counts
+            .iter_mut()
+            .find(|(machine, _)| *machine == job.machine)
+        {
+            Some((_, n)) => *n += 1,
+            None => counts.push((job.machine, 1)),
+        }
+    }
+    for (machine, n) in counts {
+        fsm_core::observe::group_commit(machine, n);
+    }
+}
+
+/// One transaction: each fire in a savepoint of its own (a lone fire needs none: its
+/// transaction is committed only if it wrote), then `COMMIT`, then every caller's answer.
+fn transact(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+        let e = LaneError::from(e);
+        for job in batch {
+            job.work.finish(Err(&e));
+        }
+        return;
+    }
+    let alone = batch.len() == 1;
+    let mut ran: Vec<Box<dyn Work>> = Vec::with_capacity(batch.len());
+    let mut wrote_any = false;
+    let mut failed: Option<LaneError> = None;
+    for job in batch {
+        let mut work = job.work;
+        if failed.is_none() {
+            let opened = if alone {
+                Ok(())
+            } else {
+                run(conn, "SAVEPOINT fsm_fire")
+            };
+            match opened {
+                Ok(()) => {
+                    // A panic is caught inside `run`; this only keeps the thread alive
+                    // should anything else unwind.
+                    let wrote = catch_unwind(AssertUnwindSafe(|| work.run(conn))).unwrap_or(false);
+                    wrote_any |= wrote;
+                    let closed = match (alone, wrote) {
+                        (true, _) => Ok(()),
+                        (false, true) => run(conn, "RELEASE fsm_fire"),
+                        (false, false) => run(conn, "ROLLBACK TO fsm_fire")
+                            .and_then(|()| run(conn, "RELEASE fsm_fire")),
+                    };
+                    if let Err(e) = closed {
+                        failed = Some(e.into());
+                    }
+                }
+                Err(e) => failed = Some(e.into()),
+            }
+            // An error SQLite answers by rolling the whole transaction back (a full
+            // disk, say) takes the earlier fires' writes with it.
+            if failed.is_none() && conn.is_autocommit() {
+                failed = Some(LaneError(
+                    "SQLite rolled back the transaction at a later command's error".into(),
+                ));
+            }
+        }
+        ran.push(work);
+    }
+    let ended = match failed {
+        Some(e) => Err(e),
+        None if wrote_any => run(conn, "COMMIT").map_err(LaneError::from),
+        None => run(conn, "ROLLBACK").map_err(LaneError::from),
+    };
+    if ended.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = run(conn, "ROLLBACK")
+    {
+        tracing::warn!(error = %e, "ROLLBACK of a failed SQLite lane transaction");
+    }
+    for work in ran {
+        work.finish(ended.as_ref().map(|_| ()));
+    }
+}
+
+/// Runs one statement without parameters, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// A fire of machine type `M`: its command, what its attempt came to, and its caller.
+struct FireWork<M: StateMachine> {
+    id: String,
+    prepared: Option<Prepared<M>>,
+    attempt: Option<Attempt<M>>,
+    reply: oneshot::Sender<Fired<M>>,
+}
+
+/// What the attempt on the lane came to, before the transaction ended.
+enum Attempt<M: StateMachine> {
+    /// Written: committed if the transaction commits.
+    Applied(Outcome<M>, Snapshot<M>, bool),
+    /// Settled without a write: a duplicate's recorded outcome, or an error.
+    Settled(Result<(Outcome<M>, Snapshot<M>)>),
+    Panicked(Box<dyn Any + Send>),
+    /// For sqlx's path.
+    Elsewhere,
+}
+
+impl<M: StateMachine> Work for FireWork<M> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(prepared) = self.prepared.as_ref() else {
+            return false;
+        };
+        let attempt = match catch_unwind(AssertUnwindSafe(|| attempt(conn, &self.id, prepared))) {
+            Ok(Ok(attempt)) => attempt,
+            Ok(Err(e)) => Attempt::Settled(Err(e)),
+            Err(panic) => Attempt::Panicked(panic),
+        };
+        let wrote = matches!(attempt, Attempt::Applied(..));
+        self.attempt = Some(attempt);
+        wrote
+    }
+
+    fn finish(self: Box<Self>, ended: std::result::Result<(), &LaneError>) {
+        let FireWork {
+            id,
+            prepared,
+            attempt,
+            reply,
+        } = *self;
+        let failed = |e: &LaneError| Fired::Done {
+            result: Err(Error::database(
+                format!("fire {} {id}", M::DEFINITION.name),
+                LaneError(e.0.clone()),
+            )),
+            effects: false,
+        };
+        let fired = match (attempt, ended) {
+            (None, Err(e)) => failed(e),
+            (None, Ok(())) => match prepared {
+                Some(prepared) => Fired::Elsewhere(prepared),
+                None => return,
+            },
+            (Some(Attempt::Applied(outcome, snapshot, effects)), Ok(())) => Fired::Done {
+                result: Ok((outcome, snapshot)),
+                effects,
+            },
+            (Some(Attempt::Applied(..)), Err(e)) => failed(e),
+            (Some(Attempt::Settled(result)), _) => Fired::Done {
+                result,
+                effects: false,
+            },
+            (Some(Attempt::Panicked(panic)), _) => Fired::Panicked(panic),
+            (Some(Attempt::Elsewhere), _) => match prepared {
+                Some(prepared) => Fired::Elsewhere(prepared),
+                None => return,
+            },
+        };
+        // A caller that stopped waiting needs no answer.
+        let _ = reply.send(fired);
+    }
+}
+
+/// A SQLite error that ended a lane transaction, kept as its message: one `COMMIT` can
+/// fail many fires, and rusqlite's error is not `Clone`.
+#[derive(Debug)]
+pub(crate) struct LaneError(String);
+
+impl std::fmt::Display for LaneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LaneError {}
+
+impl From<rusqlite::Error> for LaneError {
+    fn from(e: rusqlite::Error) -> Self {
+        LaneError(e.to_string())
+    }
+}
+
+/// Read, decide and write, under the write lock the transaction holds.
+fn attempt<M: StateMachine>(
+    conn: &Connection,
+    id: &str,
+    prepared: &Prepared<M>,
+) -> Result<Attempt<M>> {
+    let machine = M::DEFINITION.name;
+    let (row, recorded) =
+        read(conn, machine, id, prepared)?.ok_or_else(|| Error::not_found::<M>(id))?;
+    let snapshot = decode_machine::<M>(id, row)?;
+    if let Some(row) = recorded {
+        let outcome = crate::engine::replay_recorded(prepared, id, row)?;
+        return Ok(Attempt::Settled(Ok((outcome, snapshot))));
+    }
+    let applied = match catch_unwind(AssertUnwindSafe(|| prepared.apply(&snapshot))) {
+        Ok(applied) => applied?,
+        Err(panic) => return Ok(Attempt::Panicked(panic)),
+    };
+    let write = write_of(id, prepared, &snapshot, true, &applied)?;
+    let failed = |e: rusqlite::Error| Error::database(format!("fire {machine} {id}"), e);
+    match write_rows(conn, &write) {
+        Ok(true) => Ok(Attempt::Applied(
+            Outcome::Applied(applied.transition),
+            applied.snapshot,
+            !write.effects.is_empty(),
+        )),
+        // Under the write lock the version cannot have moved since the read; a key the
+        // read did not find is sqlx's path to sort out (it reads and replays).
+        Ok(false) => Ok(Attempt::Elsewhere),
+        Err(e) if is_unique_violation(&e) => Ok(Attempt::Elsewhere),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// The instance and the transition recorded under the command's key, if any: the read
+/// of sqlx's path, decoded alike.
+fn read<M: StateMachine>(
+    conn: &Connection,
+    machine: &'static str,
+    id: &str,
+    prepared: &Prepared<M>,
+) -> Result<Option<(MachineRow, Option<TransitionRow>)>> {
+    let (stored, legacy) = (prepared.stored_key(), prepared.legacy_key());
+    let args = [
+        Arg::MaybeText(stored),
+        Arg::MaybeText(legacy.or(stored)),
+        Arg::Text(machine),
+        Arg::Text(id),
+    ];
+    let failed = |e: rusqlite::Error| Error::database(format!("read {machine} {id}"), e);
+    let mut statement = conn.prepare_cached(READ).map_err(failed)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(args.iter()))
+        .map_err(failed)?;
+    let Some(row) = rows.next().map_err(failed)? else {
+        return Ok(None);
+    };
+    let machine_row = (|| {
+        Ok::<_, rusqlite::Error>(MachineRow {
+            state: text(row, 0)?,
+            version: row.get(1)?,
+            context: text(row, 2)?,
+            init_fingerprint: bytes(row, 3)?,
+        })
+    })()
+    .map_err(|e| undecodable(machine, id, "fsm_machines", &e))?;
+    let transition = (|| {
+        let Some(version) = row.get::<_, Option<i64>>(4)? else {
+            return Ok(None);
+        };
+        Ok::<_, rusqlite::Error>(Some(TransitionRow {
+            version,
+            from_state: text(row, 5)?,
+            trigger: text(row, 6)?,
+            to_state: text(row, 7)?,
+            idem_key: maybe_text(row, 8)?,
+            fingerprint: maybe_bytes(row, 9)?,
+            at_ms: row.get(10)?,
+        }))
+    })()
+    // As sqlx's path reports it: the read is of the instance.
+    .map_err(|e| undecodable(machine, id, "fsm_machines", &e))?;
+    Ok(Some((machine_row, transition)))
+}
+
+/// A `TEXT` column (as sqlx decodes one: text only, valid UTF-8).
+fn text(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<String> {
+    row.get(index)
+}
+
+fn maybe_text(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    row.get(index)
+}
+
+/// A binary column, which sqlx also reads from text.
+fn bytes(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Vec<u8>> {
+    maybe_bytes(row, index)?.ok_or(rusqlite::Error::InvalidColumnType(
+        index,
+        "NULL where bytes were expected".into(),
+        rusqlite::types::Type::Null,
+    ))
+}
+
+fn maybe_bytes(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<Vec<u8>>> {
+    match row.get_ref(index)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            index,
+            "bytes".into(),
+            other.data_type(),
+        )),
+    }
+}
+
+/// The transition's rows, as sqlx's step-by-step path writes them: the compare-and-set,
+/// the history row, the outbox rows and the timers; `false` when the compare-and-set
+/// found the version moved.
+fn write_rows(conn: &Connection, w: &TransitionWrite<'_>) -> rusqlite::Result<bool> {
+    let steps = crate::dialect::steps::<sqlx::Sqlite>();
+    let updated = conn
+        .prepare_cached(steps.compare_and_set)?
+        .execute(rusqlite::params_from_iter(cas_args(w).iter()))?;
+    if updated != 1 {
+        return Ok(false);
+    }
+    conn.prepare_cached(steps.record)?
+        .execute(rusqlite::params_from_iter(record_args(w).iter()))?;
+    if !w.effects.is_empty() {
+        let mut outbox = conn.prepare_cached(OUTBOX_ONE)?;
+        for (seq, effect) in (0i32..).zip(&w.effects) {
+            outbox.execute(rusqlite::params_from_iter(
+                outbox_args(w, seq, effect).iter(),
+            ))?;
+        }
+    }
+    if !w.timers.is_empty() {
+        let mut arm = conn.prepare_cached(steps.arm_timer)?;
+        for timer in &w.timers {
+            let args = timer_args(w.machine, w.id, w.version, w.to_state, timer);
+            arm.execute(rusqlite::params_from_iter(args.iter()))?;
+        }
+    }
+    Ok(true)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let value = match *self {
+            Arg::Text(s) | Arg::MaybeText(Some(s)) => ValueRef::Text(s.as_bytes()),
+            Arg::Int(n) | Arg::MaybeInt(Some(n)) => ValueRef::Integer(n),
+            Arg::Small(n) => ValueRef::Integer(i64::from(n)),
+            Arg::Bytes(b) | Arg::MaybeBytes(Some(b)) => ValueRef::Blob(b),
+            Arg::MaybeText(None) | Arg::MaybeInt(None) | Arg::MaybeBytes(None) => ValueRef::Null,
+        };
+        Ok(ToSqlOutput::Borrowed(value))
+    }
+}
