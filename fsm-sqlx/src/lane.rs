@@ -1,27 +1,36 @@
-//! SQLite's write lane: a fire's read, decision and write on one connection that a
-//! thread of the store's owns, reached in one hand-off.
+//! SQLite's write lane: a fire's read, decision and write on one connection of the
+//! store's own (rusqlite, the same bundled SQLite), run by the caller itself when the
+//! lane is idle and by a thread of the lane's otherwise.
 //!
 //! sqlx's SQLite driver runs every call on a worker thread of its connection and sends
 //! each statement's result back as a message, so a fire through it (a read, then a
 //! string of writes) cost about fourteen context switches; a profile of one client
 //! found half its samples in the kernel's wake-up paths and a fire at a quarter of what
-//! C SQLite does with the same statements. The lane runs fsm-core's decision on the
-//! thread that holds the connection instead: a fire is one message there and one back.
+//! C SQLite does with the same statements. On the lane, fsm-core's decision runs where
+//! the connection is:
 //!
-//! Each transaction starts with `BEGIN IMMEDIATE`, SQLite's write lock, before the read,
-//! so what a command is decided on cannot move before it is written: a fire on the lane
-//! never loses a race, in any [`Concurrency`](crate::Concurrency) mode. The fires that
-//! arrive while a transaction runs go into the next one together (group commit), each
-//! inside a savepoint of its own, so one command's failed guard or error undoes only
-//! its own statements; a store without group commit gives each fire a transaction of
-//! its own. Commands carrying a token, and a store built with
-//! [`from_pool`](crate::SqlStore::from_pool) or over an in-memory database, fire
-//! through sqlx as before.
+//! * A caller that finds nothing queued, the connection free and no other connection
+//!   holding SQLite's write lock runs its fire in its own thread: SQLite's work alone,
+//!   some 50 us, which never waits for the disk under `synchronous = NORMAL` (with
+//!   `FULL`, where each commit syncs, every fire goes to the thread).
+//! * Otherwise the fire goes to the lane's thread, one message there and one back. The
+//!   thread waits for the write lock as the pool's busy timeout allows. The fires that
+//!   arrive while a transaction runs go into the next one together (group commit), each
+//!   inside a savepoint of its own, so one command's failed guard or error undoes only
+//!   its own statements; a store without group commit gives each fire a transaction of
+//!   its own.
+//!
+//! Each transaction takes the write lock (`BEGIN IMMEDIATE`) before it reads, so what a
+//! command is decided on cannot move before it is written: a fire on the lane never
+//! loses a race, in any [`Concurrency`](crate::Concurrency) mode. Commands carrying a
+//! token, and stores built with [`from_pool`](crate::SqlStore::from_pool), over an
+//! in-memory database or opened read-only, fire through sqlx as before.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -61,8 +70,33 @@ const MIRRORED_PRAGMAS: [&str; 4] = [
 /// clone of the store drops this, or when the store's pool closes.
 #[derive(Debug)]
 pub struct Lane {
+    shared: Arc<Shared>,
     jobs: mpsc::Sender<Message>,
     _closing: DropGuard,
+}
+
+/// What the lane's thread and its callers share.
+struct Shared {
+    /// The connection; `None` once the pool closed.
+    conn: Mutex<Option<Connection>>,
+    /// Fires sent to the thread and not yet taken into a transaction.
+    queued: AtomicUsize,
+    /// How long the thread waits for another connection's write lock (the pool's
+    /// busy timeout).
+    patience: Duration,
+    /// Whether a caller that finds the lane idle runs its fire itself: only where a
+    /// commit never waits for the disk (`synchronous` `NORMAL` or `OFF` in WAL mode).
+    inline: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("queued", &self.queued)
+            .field("patience", &self.patience)
+            .field("inline", &self.inline)
+            .finish_non_exhaustive()
+    }
 }
 
 enum Message {
@@ -128,10 +162,18 @@ impl Lane {
                 return None;
             }
         };
+        let setting = |name| settings.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(Some(conn)),
+            queued: AtomicUsize::new(0),
+            patience: Duration::from_millis(setting("busy_timeout").unwrap_or(0).max(0) as u64),
+            inline: setting("synchronous").is_some_and(|level| level <= 1),
+        });
         let (jobs, queue) = mpsc::channel();
+        let served = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("fsm-sqlite-lane".into())
-            .spawn(move || serve(&conn, &queue));
+            .spawn(move || serve(&served, &queue));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "SQLite write lane not started");
             return None;
@@ -145,6 +187,7 @@ impl Lane {
             }
         });
         Some(Lane {
+            shared,
             jobs,
             _closing: closing.drop_guard(),
         })
@@ -172,10 +215,14 @@ impl Lane {
             max_batch: max_batch.max(1),
             work: Box::new(work),
         };
-        if let Err(mpsc::SendError(Message::Fire(job))) = self.jobs.send(Message::Fire(job)) {
-            // The thread is gone (the pool closed, or it panicked): the unrun fire
-            // answers that sqlx's path should take it.
-            job.work.finish(Ok(()));
+        if let Some(job) = self.inline(job) {
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            if let Err(mpsc::SendError(Message::Fire(job))) = self.jobs.send(Message::Fire(job)) {
+                // The thread is gone (the pool closed): the unrun fire answers that
+                // sqlx's path should take it.
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                job.work.finish(Ok(()));
+            }
         }
         match answer.await {
             Ok(fired) => fired,
@@ -188,6 +235,35 @@ impl Lane {
                 effects: false,
             },
         }
+    }
+}
+
+impl Lane {
+    /// Runs `job` in the caller's thread when nothing is queued, no transaction of the
+    /// lane's is running and no other connection holds the write lock: then the fire
+    /// is SQLite's work alone (some 50 us, no `fsync`), with no hand-off at all. Hands
+    /// the job back otherwise, for the thread, which waits for the lock.
+    fn inline(&self, job: Job) -> Option<Job> {
+        let shared = &*self.shared;
+        if !shared.inline || shared.queued.load(Ordering::Acquire) > 0 {
+            return Some(job);
+        }
+        let guard = match shared.conn.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Some(job),
+        };
+        let Some(conn) = guard.as_ref() else {
+            return Some(job);
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return Some(job);
+        }
+        let left = transact(conn, vec![job], false);
+        if let Err(e) = conn.busy_timeout(shared.patience) {
+            tracing::warn!(error = %e, "restoring the SQLite lane's busy timeout");
+        }
+        left.and_then(|mut jobs| jobs.pop())
     }
 }
 
@@ -205,9 +281,17 @@ async fn mirrored(pool: &SqlitePool) -> sqlx::Result<Vec<(&'static str, i64)>> {
             format!("journal_mode is {mode}, not wal").into(),
         ));
     }
-    // A read-only connection refuses the write lock.
+    // A read-only connection takes the write lock but refuses any write, even one of
+    // the value already there (rolled back either way).
+    let user_version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let written = sqlx::query(&format!("PRAGMA user_version = {user_version}"))
+        .execute(&mut *conn)
+        .await;
     sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    written?;
     let mut settings = Vec::with_capacity(MIRRORED_PRAGMAS.len());
     for pragma in MIRRORED_PRAGMAS {
         let value: i64 = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
@@ -237,16 +321,17 @@ fn open(path: &PathBuf, settings: &[(&str, i64)]) -> rusqlite::Result<Connection
 
 /// The lane's thread: takes fires in arrival order, as many at once as the first
 /// allows, until the store is dropped or its pool closes.
-fn serve(conn: &Connection, queue: &mpsc::Receiver<Message>) {
+fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>) {
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
             Some(job) => job,
             None => match next(queue) {
                 Ok(Message::Fire(job)) => job,
-                Ok(Message::Stop) | Err(_) => return,
+                Ok(Message::Stop) | Err(_) => break,
             },
         };
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
         let mut batch = vec![first];
         let mut stopping = false;
         if !batch[0].alone {
@@ -264,13 +349,26 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Message>) {
                     Err(_) => break,
                 }
             }
+            shared.queued.fetch_sub(batch.len() - 1, Ordering::AcqRel);
             record_batch(&batch);
         }
-        transact(conn, batch);
+        let guard = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        // Unanswered, the batch's callers learn that the pool closed.
+        let Some(conn) = guard.as_ref() else { break };
+        transact(conn, batch, true);
+        drop(guard);
         if stopping {
-            return;
+            break;
         }
     }
+    // Closes the connection now rather than with the store's last clone.
+    drop(
+        shared
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
 }
 
 /// The next message, yielding the CPU for a moment before sleeping: a caller that fires
@@ -306,13 +404,17 @@ fn record_batch(batch: &[Job]) {
 
 /// One transaction: each fire in a savepoint of its own (a lone fire needs none: its
 /// transaction is committed only if it wrote), then `COMMIT`, then every caller's answer.
-fn transact(conn: &Connection, batch: Vec<Job>) {
+/// Without `patient`, a write lock held elsewhere hands the batch back untouched.
+fn transact(conn: &Connection, batch: Vec<Job>, patient: bool) -> Option<Vec<Job>> {
     if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+        if !patient && is_busy(&e) {
+            return Some(batch);
+        }
         let e = LaneError::from(e);
         for job in batch {
             job.work.finish(Err(&e));
         }
-        return;
+        return None;
     }
     let alone = batch.len() == 1;
     let mut ran: Vec<Box<dyn Work>> = Vec::with_capacity(batch.len());
@@ -368,6 +470,7 @@ fn transact(conn: &Connection, batch: Vec<Job>) {
     for work in ran {
         work.finish(ended.as_ref().map(|_| ()));
     }
+    None
 }
 
 /// Runs one statement without parameters, prepared once per connection.
@@ -612,6 +715,18 @@ fn write_rows(conn: &Connection, w: &TransitionWrite<'_>) -> rusqlite::Result<bo
         }
     }
     Ok(true)
+}
+
+/// Another connection holds the write lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+    )
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {

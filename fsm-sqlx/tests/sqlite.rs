@@ -31,6 +31,18 @@ mod file_grouped {
     common::group::group_commit_tests!(SqliteFile::grouped(Concurrency::Adaptive));
 }
 
+// Fires through sqlx's path on a file, as a store built with `from_pool` makes them.
+mod file_through_sqlx {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::through_sqlx(Concurrency::Adaptive));
+    fsm_core::durable_store_tests!(SqliteFile::through_sqlx(Concurrency::Adaptive));
+}
+
+mod file_through_sqlx_pessimistic {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::through_sqlx(Concurrency::Pessimistic));
+}
+
 mod memory_grouped {
     use super::*;
     fsm_core::store_conformance_tests!(async {
@@ -188,4 +200,125 @@ async fn the_checkpointing_task_ends_when_the_stores_pool_closes() {
     conn.close().await.expect("close");
     drop(store);
     common::sqlite::remove_files(&path);
+}
+
+/// A fire that finds another connection holding SQLite's write lock waits for it on the
+/// store's write lane, as long as the busy timeout allows, and applies once the lock
+/// is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
+    use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
+    use fsm_core::{Command, Store};
+    use sqlx::Connection;
+
+    let fixture = SqliteFile::new().await;
+    let store = fsm_core::testing::Fixture::store(&fixture);
+    store
+        .create::<Order>("o-1", OrderData::default())
+        .await
+        .expect("create");
+    let url = format!("sqlite:{}", fixture.path().display());
+    let mut other = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("second connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("take the write lock");
+    let firing = Arc::clone(&store);
+    let fire = tokio::spawn(async move {
+        firing
+            .fire("o-1", Command::<Order>::new(OrderEvent::Cancel))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !fire.is_finished(),
+        "the fire went ahead while another connection held the write lock"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("release the write lock");
+    let outcome = fire.await.expect("fire task").expect("fire");
+    assert_eq!(outcome.transition().to, OrderState::Cancelled);
+    let history = store.history::<Order>("o-1").await.expect("history");
+    assert_eq!(history.len(), 1);
+    drop(other);
+    fsm_core::testing::Fixture::cleanup(fixture).await;
+}
+
+/// A file store reads what a fire decides on under SQLite's write lock: even an
+/// optimistic store that never retries a lost race loses none when 32 callers fire at
+/// one instance at once. Every fire applies, in a gapless history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_racing_fires_at_one_instance_all_apply_without_retries() {
+    use fsm_core::testing::{Note, Order, OrderData, OrderEvent};
+    use fsm_core::{Command, RetryPolicy, Store};
+
+    for grouped in [false, true] {
+        let fixture = match grouped {
+            false => SqliteFile::with(Concurrency::Optimistic).await,
+            true => SqliteFile::grouped(Concurrency::Optimistic).await,
+        };
+        let store = fsm_core::testing::Fixture::store(&fixture);
+        let store = Arc::new(SqliteStore::clone(&store).with_retry(RetryPolicy::NONE));
+        store
+            .create::<Order>("o-1", OrderData::default())
+            .await
+            .expect("create");
+        let fires: Vec<_> = (0..32)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let note = OrderEvent::Annotate(Note(format!("note {n}")));
+                    store
+                        .fire(
+                            "o-1",
+                            Command::<Order>::new(note).with_key(format!("k-{n}")),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for fire in fires {
+            fire.await
+                .expect("fire task")
+                .unwrap_or_else(|e| panic!("grouped={grouped}: {e:?}"));
+        }
+        let history = store.history::<Order>("o-1").await.expect("history");
+        let versions: Vec<u64> = history.iter().map(|t| t.version).collect();
+        assert_eq!(
+            versions,
+            (1..=32).collect::<Vec<u64>>(),
+            "grouped={grouped}"
+        );
+        drop(store);
+        fsm_core::testing::Fixture::cleanup(fixture).await;
+    }
+}
+
+/// A store opened read-only writes nothing, whatever path its fires take.
+#[tokio::test]
+async fn a_read_only_store_refuses_to_fire() {
+    use fsm_core::testing::{Order, OrderData, OrderEvent};
+    use fsm_core::{Command, Error, Store};
+
+    let fixture = SqliteFile::new().await;
+    let store = fsm_core::testing::Fixture::store(&fixture);
+    store
+        .create::<Order>("o-1", OrderData::default())
+        .await
+        .expect("create");
+    let url = format!("sqlite:{}?mode=ro", fixture.path().display());
+    let read_only = SqliteStore::connect(&url).await.expect("read-only store");
+    let err = read_only
+        .fire("o-1", Command::<Order>::new(OrderEvent::Cancel))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    let snapshot = store.load::<Order>("o-1").await.expect("load");
+    assert_eq!(snapshot.version, 0, "the read-only store wrote");
+    read_only.pool().close().await;
+    fsm_core::testing::Fixture::cleanup(fixture).await;
 }

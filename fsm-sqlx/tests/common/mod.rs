@@ -644,6 +644,30 @@ pub(crate) mod sqlite {
             }
         }
 
+        /// As [`new`](Self::new), through sqlx alone: a store built with
+        /// [`from_pool`](SqliteStore::from_pool) has no write lane, so its fires take
+        /// the path in-memory stores and commands with tokens take.
+        pub(crate) async fn through_sqlx(concurrency: Concurrency) -> Self {
+            let path = std::env::temp_dir().join(format!("{}.db", super::unique_name()));
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            let pool = SqliteStore::pool_options()
+                .connect_with(options)
+                .await
+                .expect("open SQLite file");
+            let store = SqliteStore::from_pool(pool)
+                .with_concurrency(concurrency)
+                .without_group_commit();
+            store.migrate().await.expect("migrate");
+            SqliteFile {
+                store: Arc::new(store),
+                path,
+            }
+        }
+
         /// As [`with`](Self::with), with group commit.
         pub(crate) async fn grouped(concurrency: Concurrency) -> Self {
             let mut fixture = Self::with(concurrency).await;
