@@ -2,6 +2,11 @@
 
 /// How a store serialises writers of one instance.
 ///
+/// A SQLite file store's write lane reads under SQLite's write lock in every mode, with
+/// no round trip to hold it across, so there the three modes fire alike; they differ
+/// only for commands carrying a token, which fire through sqlx
+/// ([`SqliteStore::open`](crate::SqliteStore::open)).
+///
 /// # Examples
 ///
 /// ```

@@ -11,8 +11,9 @@
 //!
 //! * A caller that finds nothing queued, the connection free and no other connection
 //!   holding SQLite's write lock runs its fire in its own thread: SQLite's work alone,
-//!   some 50 us, which never waits for the disk under `synchronous = NORMAL` (with
-//!   `FULL`, where each commit syncs, every fire goes to the thread).
+//!   some 50 us, which under `synchronous = NORMAL` waits for the disk only for a page
+//!   not in the OS cache or when the WAL reached the checkpoint backstop (with `FULL`,
+//!   where each commit syncs, every fire goes to the thread).
 //! * Otherwise the fire goes to the lane's thread, one message there and one back. The
 //!   thread waits for the write lock as the pool's busy timeout allows. The fires that
 //!   arrive while a transaction runs go into the next one together (group commit), each
@@ -27,15 +28,18 @@
 //! in-memory database or opened read-only, fire through sqlx as before.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
+use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -44,7 +48,7 @@ use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
 
 use crate::dialect::{Arg, OUTBOX_ONE, cas_args, outbox_args, record_args, timer_args};
 use crate::engine::rows::{
-    MachineRow, TransitionRow, TransitionWrite, decode_machine, undecodable, write_of,
+    MachineRow, TransitionRow, TransitionWrite, WriteOutcome, decode_machine, undecodable, write_of,
 };
 
 /// The read of sqlx's path; the writes are its step-by-step statements (`Steps`).
@@ -79,8 +83,10 @@ pub struct Lane {
 struct Shared {
     /// The connection; `None` once the pool closed.
     conn: Mutex<Option<Connection>>,
-    /// Fires sent to the thread and not yet taken into a transaction.
+    /// Fires sent to the thread and not yet in a transaction.
     queued: AtomicUsize,
+    /// The pool closed.
+    closed: AtomicBool,
     /// How long the thread waits for another connection's write lock (the pool's
     /// busy timeout).
     patience: Duration,
@@ -147,11 +153,24 @@ impl Lane {
     /// fires through sqlx) when the database is not a file in WAL mode or the lane's
     /// connection cannot be opened.
     pub(crate) async fn start(options: &SqliteConnectOptions, pool: &SqlitePool) -> Option<Self> {
+        // Another VFS may lock the file otherwise than the lane's connection would.
+        if options
+            .to_url_lossy()
+            .query_pairs()
+            .any(|(key, _)| key == "vfs")
+        {
+            tracing::debug!("SQLite write lane not started: a VFS of its own");
+            return None;
+        }
         let path = options.get_filename().to_owned();
         let settings = match mirrored(pool).await {
             Ok(settings) => settings,
-            Err(e) => {
-                tracing::debug!(error = %e, "SQLite write lane not started");
+            Err(Refused(why)) => {
+                tracing::debug!(why, "SQLite write lane not started");
+                return None;
+            }
+            Err(Failed(e)) => {
+                tracing::warn!(error = %e, "SQLite write lane not started");
                 return None;
             }
         };
@@ -166,6 +185,7 @@ impl Lane {
         let shared = Arc::new(Shared {
             conn: Mutex::new(Some(conn)),
             queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             patience: Duration::from_millis(setting("busy_timeout").unwrap_or(0).max(0) as u64),
             inline: setting("synchronous").is_some_and(|level| level <= 1),
         });
@@ -180,9 +200,13 @@ impl Lane {
         }
         let closing = CancellationToken::new();
         let (dropped, closed, stop) = (closing.clone(), pool.close_event(), jobs.clone());
+        let marked = Arc::clone(&shared);
         tokio::spawn(async move {
             tokio::select! {
-                () = closed => drop(stop.send(Message::Stop)),
+                () = closed => {
+                    marked.closed.store(true, Ordering::Release);
+                    drop(stop.send(Message::Stop));
+                }
                 () = dropped.cancelled() => {}
             }
         });
@@ -205,7 +229,7 @@ impl Lane {
         let (reply, answer) = oneshot::channel();
         let work = FireWork::<M> {
             id: id.to_owned(),
-            prepared: Some(prepared),
+            prepared,
             attempt: None,
             reply,
         };
@@ -224,17 +248,26 @@ impl Lane {
                 job.work.finish(Ok(()));
             }
         }
-        match answer.await {
-            Ok(fired) => fired,
-            // Dropped unanswered: the lane stopped (its pool closed) with it queued.
-            Err(_) => Fired::Done {
-                result: Err(Error::database(
-                    format!("fire {} {id}", M::DEFINITION.name),
+        let Ok(fired) = answer.await else {
+            // Dropped unanswered, never run: the lane stopped with it queued.
+            let machine = M::DEFINITION.name;
+            let result = match self.shared.closed.load(Ordering::Acquire) {
+                true => Err(Error::database(
+                    format!("fire {machine} {id}"),
                     sqlx::Error::PoolClosed,
                 )),
+                false => Err(Error::WorkerDied {
+                    machine,
+                    worker: "SQLite write lane",
+                    detail: "the lane stopped before running the command".into(),
+                }),
+            };
+            return Fired::Done {
+                result,
                 effects: false,
-            },
-        }
+            };
+        };
+        fired
     }
 }
 
@@ -263,35 +296,57 @@ impl Lane {
         if let Err(e) = conn.busy_timeout(shared.patience) {
             tracing::warn!(error = %e, "restoring the SQLite lane's busy timeout");
         }
+        let mut guard = guard;
+        retire_if_stuck(&mut guard);
         left.and_then(|mut jobs| jobs.pop())
     }
 }
 
+/// Why [`mirrored`] gave no settings: a database the lane must not serve, or an error.
+enum NoLane {
+    Refused(&'static str),
+    Failed(sqlx::Error),
+}
+use NoLane::{Failed, Refused};
+
+impl From<sqlx::Error> for NoLane {
+    fn from(e: sqlx::Error) -> Self {
+        Failed(e)
+    }
+}
+
 /// Reads the settings of [`MIRRORED_PRAGMAS`] from a connection of `pool`, refusing a
-/// database that is not in WAL mode (in memory, or configured otherwise) or that the
-/// pool's connections cannot write (opened read-only): the lane must not write where
-/// the store could not.
-async fn mirrored(pool: &SqlitePool) -> sqlx::Result<Vec<(&'static str, i64)>> {
+/// database that is not in WAL mode (in memory, or configured otherwise), one locked
+/// exclusively, or one the pool's connections cannot write (opened read-only): the lane
+/// must not write where the store could not.
+async fn mirrored(pool: &SqlitePool) -> std::result::Result<Vec<(&'static str, i64)>, NoLane> {
     let mut conn = pool.acquire().await?;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
         .await?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(sqlx::Error::Configuration(
-            format!("journal_mode is {mode}, not wal").into(),
-        ));
+        return Err(Refused("not in WAL mode"));
+    }
+    let locking: String = sqlx::query_scalar("PRAGMA locking_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locking.eq_ignore_ascii_case("normal") {
+        return Err(Refused("locking_mode is not normal"));
     }
     // A read-only connection takes the write lock but refuses any write, even one of
-    // the value already there (rolled back either way).
+    // the value already there. The transaction rolls back as it drops, even if this
+    // future is dropped first.
     let user_version: i64 = sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(&mut *conn)
         .await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let mut probe = conn.begin_with("BEGIN IMMEDIATE").await?;
     let written = sqlx::query(&format!("PRAGMA user_version = {user_version}"))
-        .execute(&mut *conn)
+        .execute(&mut *probe)
         .await;
-    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-    written?;
+    probe.rollback().await?;
+    if written.is_err() {
+        return Err(Refused("the pool's connections cannot write"));
+    }
     let mut settings = Vec::with_capacity(MIRRORED_PRAGMAS.len());
     for pragma in MIRRORED_PRAGMAS {
         let value: i64 = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
@@ -304,7 +359,7 @@ async fn mirrored(pool: &SqlitePool) -> sqlx::Result<Vec<(&'static str, i64)>> {
 
 /// The lane's connection: the database file, read-write, never created (the pool
 /// opened it already), with the pool's settings.
-fn open(path: &PathBuf, settings: &[(&str, i64)]) -> rusqlite::Result<Connection> {
+fn open(path: &Path, settings: &[(&str, i64)]) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -331,7 +386,6 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>) {
                 Ok(Message::Stop) | Err(_) => break,
             },
         };
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
         let mut batch = vec![first];
         let mut stopping = false;
         if !batch[0].alone {
@@ -349,15 +403,16 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>) {
                     Err(_) => break,
                 }
             }
-            shared.queued.fetch_sub(batch.len() - 1, Ordering::AcqRel);
             record_batch(&batch);
         }
-        let guard = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        // Unanswered, the batch's callers learn that the pool closed.
+        let mut guard = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        // Counted as queued until the lock is the thread's, so that no caller runs
+        // inline ahead of them meanwhile.
+        shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        // Unanswered, the batch's callers learn that the lane stopped.
         let Some(conn) = guard.as_ref() else { break };
         transact(conn, batch, true);
-        drop(guard);
-        if stopping {
+        if retire_if_stuck(&mut guard) || stopping {
             break;
         }
     }
@@ -369,6 +424,18 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>) {
             .unwrap_or_else(PoisonError::into_inner)
             .take(),
     );
+}
+
+/// Drops the connection if a transaction is still open on it (its `ROLLBACK` failed):
+/// closing it ends the transaction and frees SQLite's write lock, and the store's
+/// fires go through sqlx from then on. Whether it did.
+fn retire_if_stuck(conn: &mut Option<Connection>) -> bool {
+    if conn.as_ref().is_none_or(Connection::is_autocommit) {
+        return false;
+    }
+    tracing::error!("a transaction stayed open on the SQLite write lane; lane closed");
+    drop(conn.take());
+    true
 }
 
 /// The next message, yielding the CPU for a moment before sleeping: a caller that fires
@@ -410,7 +477,7 @@ fn transact(conn: &Connection, batch: Vec<Job>, patient: bool) -> Option<Vec<Job
         if !patient && is_busy(&e) {
             return Some(batch);
         }
-        let e = LaneError::from(e);
+        let e = LaneError::from(&e);
         for job in batch {
             job.work.finish(Err(&e));
         }
@@ -441,25 +508,26 @@ fn transact(conn: &Connection, batch: Vec<Job>, patient: bool) -> Option<Vec<Job
                             .and_then(|()| run(conn, "RELEASE fsm_fire")),
                     };
                     if let Err(e) = closed {
-                        failed = Some(e.into());
+                        failed = Some(LaneError::from(&e));
                     }
                 }
-                Err(e) => failed = Some(e.into()),
+                Err(e) => failed = Some(LaneError::from(&e)),
             }
             // An error SQLite answers by rolling the whole transaction back (a full
             // disk, say) takes the earlier fires' writes with it.
             if failed.is_none() && conn.is_autocommit() {
-                failed = Some(LaneError(
-                    "SQLite rolled back the transaction at a later command's error".into(),
-                ));
+                failed = Some(LaneError {
+                    message: "SQLite rolled the transaction back at a command's error".into(),
+                    code: None,
+                });
             }
         }
         ran.push(work);
     }
     let ended = match failed {
         Some(e) => Err(e),
-        None if wrote_any => run(conn, "COMMIT").map_err(LaneError::from),
-        None => run(conn, "ROLLBACK").map_err(LaneError::from),
+        None if wrote_any => run(conn, "COMMIT").map_err(|e| LaneError::from(&e)),
+        None => run(conn, "ROLLBACK").map_err(|e| LaneError::from(&e)),
     };
     if ended.is_err()
         && !conn.is_autocommit()
@@ -468,7 +536,11 @@ fn transact(conn: &Connection, batch: Vec<Job>, patient: bool) -> Option<Vec<Job
         tracing::warn!(error = %e, "ROLLBACK of a failed SQLite lane transaction");
     }
     for work in ran {
-        work.finish(ended.as_ref().map(|_| ()));
+        // Dropping a caller's values runs their code: it must not end the thread.
+        let answered = catch_unwind(AssertUnwindSafe(|| work.finish(ended.as_ref().map(|_| ()))));
+        if answered.is_err() {
+            tracing::error!("a panic while answering a SQLite lane fire");
+        }
     }
     None
 }
@@ -481,7 +553,7 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// A fire of machine type `M`: its command, what its attempt came to, and its caller.
 struct FireWork<M: StateMachine> {
     id: String,
-    prepared: Option<Prepared<M>>,
+    prepared: Prepared<M>,
     attempt: Option<Attempt<M>>,
     reply: oneshot::Sender<Fired<M>>,
 }
@@ -499,10 +571,8 @@ enum Attempt<M: StateMachine> {
 
 impl<M: StateMachine> Work for FireWork<M> {
     fn run(&mut self, conn: &Connection) -> bool {
-        let Some(prepared) = self.prepared.as_ref() else {
-            return false;
-        };
-        let attempt = match catch_unwind(AssertUnwindSafe(|| attempt(conn, &self.id, prepared))) {
+        let ran = catch_unwind(AssertUnwindSafe(|| attempt(conn, &self.id, &self.prepared)));
+        let attempt = match ran {
             Ok(Ok(attempt)) => attempt,
             Ok(Err(e)) => Attempt::Settled(Err(e)),
             Err(panic) => Attempt::Panicked(panic),
@@ -519,55 +589,111 @@ impl<M: StateMachine> Work for FireWork<M> {
             attempt,
             reply,
         } = *self;
-        let failed = |e: &LaneError| Fired::Done {
-            result: Err(Error::database(
-                format!("fire {} {id}", M::DEFINITION.name),
-                LaneError(e.0.clone()),
-            )),
+        let done = |result| Fired::Done {
+            result,
             effects: false,
         };
+        let failed = |e: &LaneError| {
+            done(Err(Error::database(
+                format!("fire {} {id}", M::DEFINITION.name),
+                e.to_sqlx(),
+            )))
+        };
         let fired = match (attempt, ended) {
+            // Never run: sent to a thread that was gone, or the transaction never began.
+            (None, Ok(())) => Fired::Elsewhere(prepared),
             (None, Err(e)) => failed(e),
-            (None, Ok(())) => match prepared {
-                Some(prepared) => Fired::Elsewhere(prepared),
-                None => return,
-            },
             (Some(Attempt::Applied(outcome, snapshot, effects)), Ok(())) => Fired::Done {
                 result: Ok((outcome, snapshot)),
                 effects,
             },
             (Some(Attempt::Applied(..)), Err(e)) => failed(e),
-            (Some(Attempt::Settled(result)), _) => Fired::Done {
-                result,
-                effects: false,
-            },
+            (Some(Attempt::Settled(result)), Ok(())) => done(result),
+            // Decided in a transaction that was undone, maybe on another command's
+            // write that is gone with it (a duplicate of it, a guard it failed): sqlx's
+            // path decides again on what is committed.
+            (Some(Attempt::Settled(_)), Err(_)) => Fired::Elsewhere(prepared),
             (Some(Attempt::Panicked(panic)), _) => Fired::Panicked(panic),
-            (Some(Attempt::Elsewhere), _) => match prepared {
-                Some(prepared) => Fired::Elsewhere(prepared),
-                None => return,
-            },
+            (Some(Attempt::Elsewhere), _) => Fired::Elsewhere(prepared),
         };
         // A caller that stopped waiting needs no answer.
         let _ = reply.send(fired);
     }
 }
 
-/// A SQLite error that ended a lane transaction, kept as its message: one `COMMIT` can
-/// fail many fires, and rusqlite's error is not `Clone`.
-#[derive(Debug)]
-pub(crate) struct LaneError(String);
+/// A SQLite error on the lane, as sqlx's SQLite driver reports one (its message and
+/// extended result code), so that an [`Error::Database`] keeps a [`sqlx::Error`] as its
+/// source whichever path the fire took. Kept by value: one `COMMIT` can fail many fires.
+#[derive(Debug, Clone)]
+pub(crate) struct LaneError {
+    message: String,
+    code: Option<i32>,
+}
+
+impl LaneError {
+    fn to_sqlx(&self) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(self.clone()))
+    }
+}
+
+impl From<&rusqlite::Error> for LaneError {
+    fn from(e: &rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(failure, message) => LaneError {
+                message: message.clone().unwrap_or_else(|| failure.to_string()),
+                code: Some(failure.extended_code),
+            },
+            other => LaneError {
+                message: other.to_string(),
+                code: None,
+            },
+        }
+    }
+}
 
 impl std::fmt::Display for LaneError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self.code {
+            Some(code) => write!(f, "(code: {code}) {}", self.message),
+            None => f.write_str(&self.message),
+        }
     }
 }
 
 impl std::error::Error for LaneError {}
 
-impl From<rusqlite::Error> for LaneError {
-    fn from(e: rusqlite::Error) -> Self {
-        LaneError(e.to_string())
+impl DatabaseError for LaneError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.code.map(|code| code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        use rusqlite::ffi;
+        match self.code {
+            Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                ErrorKind::UniqueViolation
+            }
+            Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => ErrorKind::ForeignKeyViolation,
+            Some(ffi::SQLITE_CONSTRAINT_NOTNULL) => ErrorKind::NotNullViolation,
+            Some(ffi::SQLITE_CONSTRAINT_CHECK) => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
     }
 }
 
@@ -590,18 +716,19 @@ fn attempt<M: StateMachine>(
         Err(panic) => return Ok(Attempt::Panicked(panic)),
     };
     let write = write_of(id, prepared, &snapshot, true, &applied)?;
-    let failed = |e: rusqlite::Error| Error::database(format!("fire {machine} {id}"), e);
     match write_rows(conn, &write) {
-        Ok(true) => Ok(Attempt::Applied(
+        Ok(WriteOutcome::Committed) => Ok(Attempt::Applied(
             Outcome::Applied(applied.transition),
             applied.snapshot,
             !write.effects.is_empty(),
         )),
         // Under the write lock the version cannot have moved since the read; a key the
         // read did not find is sqlx's path to sort out (it reads and replays).
-        Ok(false) => Ok(Attempt::Elsewhere),
-        Err(e) if is_unique_violation(&e) => Ok(Attempt::Elsewhere),
-        Err(e) => Err(failed(e)),
+        Ok(_) => Ok(Attempt::Elsewhere),
+        Err(e) => Err(Error::database(
+            format!("fire {machine} {id}"),
+            LaneError::from(&e).to_sqlx(),
+        )),
     }
 }
 
@@ -620,7 +747,12 @@ fn read<M: StateMachine>(
         Arg::Text(machine),
         Arg::Text(id),
     ];
-    let failed = |e: rusqlite::Error| Error::database(format!("read {machine} {id}"), e);
+    let failed = |e: rusqlite::Error| {
+        Error::database(
+            format!("read {machine} {id}"),
+            LaneError::from(&e).to_sqlx(),
+        )
+    };
     let mut statement = conn.prepare_cached(READ).map_err(failed)?;
     let mut rows = statement
         .query(rusqlite::params_from_iter(args.iter()))
@@ -687,18 +819,24 @@ fn maybe_bytes(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option
 }
 
 /// The transition's rows, as sqlx's step-by-step path writes them: the compare-and-set,
-/// the history row, the outbox rows and the timers; `false` when the compare-and-set
-/// found the version moved.
-fn write_rows(conn: &Connection, w: &TransitionWrite<'_>) -> rusqlite::Result<bool> {
+/// the history row, the outbox rows and the timers. A moved version or a key taken by
+/// the history row is an outcome; any other failure (a unique violation elsewhere
+/// included) an error.
+fn write_rows(conn: &Connection, w: &TransitionWrite<'_>) -> rusqlite::Result<WriteOutcome> {
     let steps = crate::dialect::steps::<sqlx::Sqlite>();
     let updated = conn
         .prepare_cached(steps.compare_and_set)?
         .execute(rusqlite::params_from_iter(cas_args(w).iter()))?;
     if updated != 1 {
-        return Ok(false);
+        return Ok(WriteOutcome::VersionMoved);
     }
-    conn.prepare_cached(steps.record)?
-        .execute(rusqlite::params_from_iter(record_args(w).iter()))?;
+    let recorded = conn
+        .prepare_cached(steps.record)?
+        .execute(rusqlite::params_from_iter(record_args(w).iter()));
+    match recorded {
+        Err(e) if is_unique_violation(&e) => return Ok(WriteOutcome::KeyTaken),
+        other => other?,
+    };
     if !w.effects.is_empty() {
         let mut outbox = conn.prepare_cached(OUTBOX_ONE)?;
         for (seq, effect) in (0i32..).zip(&w.effects) {
@@ -714,7 +852,7 @@ fn write_rows(conn: &Connection, w: &TransitionWrite<'_>) -> rusqlite::Result<bo
             arm.execute(rusqlite::params_from_iter(args.iter()))?;
         }
     }
-    Ok(true)
+    Ok(WriteOutcome::Committed)
 }
 
 /// Another connection holds the write lock.

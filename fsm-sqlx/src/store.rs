@@ -215,8 +215,10 @@ impl<D: Dialect> SqlStore<D> {
 
     /// Combines concurrent fires into one transaction per batch ([`GroupCommit`]): on
     /// PostgreSQL one read statement and one write statement for the whole batch, on
-    /// SQLite one read statement and then one transaction writing each table's rows, on
-    /// MySQL one transaction holding every command's statements. Under load
+    /// a SQLite file store the fires queued on its write lane while a transaction runs
+    /// (see [`SqliteStore::open`](crate::SqliteStore::open)), each in a savepoint of its
+    /// own, elsewhere on SQLite one read statement and then one transaction writing
+    /// each table's rows, on MySQL one transaction holding every command's statements. Under load
     /// this multiplies throughput; a fire that finds nothing running or waiting runs
     /// alone at once, so a lone caller pays nothing for it. SQLite and PostgreSQL
     /// stores group with [`GroupCommit::new`] by default; MySQL stores do not, since

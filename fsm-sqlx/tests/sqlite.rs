@@ -322,3 +322,67 @@ async fn a_read_only_store_refuses_to_fire() {
     read_only.pool().close().await;
     fsm_core::testing::Fixture::cleanup(fixture).await;
 }
+
+/// A write SQLite refuses (here a trigger on the history) fails that fire alone, with a
+/// database error that keeps sqlx's error as its source, and leaves its instance as it
+/// was; fires at other instances, batched with it or not, apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
+    use fsm_core::testing::{Order, OrderData, OrderEvent};
+    use fsm_core::{Command, Store};
+
+    for grouped in [false, true] {
+        let fixture = match grouped {
+            false => SqliteFile::new().await,
+            true => SqliteFile::grouped(Concurrency::Adaptive).await,
+        };
+        let store = fsm_core::testing::Fixture::store(&fixture);
+        let ids: Vec<String> = (0..16).map(|n| format!("o-{n}")).collect();
+        for id in &ids {
+            store
+                .create::<Order>(id, OrderData::default())
+                .await
+                .expect("create");
+        }
+        sqlx::query(
+            "CREATE TRIGGER refuse_o_7 BEFORE INSERT ON fsm_transitions
+             WHEN NEW.machine_id = 'o-7'
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+        )
+        .execute(store.pool())
+        .await
+        .expect("trigger");
+        let fires: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, id) = (Arc::clone(&store), id.clone());
+                tokio::spawn(async move {
+                    store
+                        .fire(&id, Command::<Order>::new(OrderEvent::Cancel))
+                        .await
+                })
+            })
+            .collect();
+        for (id, fire) in ids.iter().zip(fires) {
+            let fired = fire.await.expect("fire task");
+            let version = store.load::<Order>(id).await.expect("load").version;
+            if id == "o-7" {
+                let err = fired.expect_err("a refused write applied");
+                common::faults::assert_transient_database_error(&err);
+                let fsm_core::Error::Database { source, .. } = &err else {
+                    unreachable!()
+                };
+                assert!(
+                    source.to_string().contains("refused by a trigger"),
+                    "grouped={grouped}: {source}"
+                );
+                assert_eq!(version, 0, "grouped={grouped}: the refused fire wrote");
+            } else {
+                fired.unwrap_or_else(|e| panic!("grouped={grouped}, {id}: {e:?}"));
+                assert_eq!(version, 1, "grouped={grouped}, {id}");
+            }
+        }
+        drop(store);
+        fsm_core::testing::Fixture::cleanup(fixture).await;
+    }
+}

@@ -492,6 +492,28 @@ impl SqlStore<Sqlite> {
     /// SQLite's `synchronous = NORMAL` in WAL mode either way: a commit survives the
     /// process crashing, and may be lost with the machine's power.
     ///
+    /// Fires run on the store's **write lane**, one more connection of its own
+    /// (rusqlite, the same bundled SQLite): a fire that finds the lane idle runs its
+    /// read, decision and write right away in the caller's thread (SQLite's own work,
+    /// some 50 us, which under `synchronous = NORMAL` syncs nothing unless the WAL
+    /// reached the backstop);
+    /// otherwise it goes to the lane's thread, which takes the fires queued meanwhile
+    /// into one transaction (group commit, one savepoint each) or, without group
+    /// commit, one transaction each. Every fire on the lane reads under SQLite's write
+    /// lock, so none loses a race or gives up with `Conflict`, whatever the
+    /// [`Concurrency`](crate::Concurrency). Commands carrying a token go through sqlx,
+    /// and so does a fire the lane cannot settle (a transaction that failed to commit,
+    /// the lane stopped). An error of either path keeps a [`sqlx::Error`] as its source.
+    /// The lane's connection is not one of the pool's: `pool.close()` stops the lane,
+    /// which closes its connection once its current transaction ends. It copies the
+    /// pool's `synchronous`, `foreign_keys`, `busy_timeout` and `wal_autocheckpoint`,
+    /// and the lane does not start for a database in another journal mode, locked
+    /// exclusively, on a VFS of its own or that the pool cannot write.
+    /// A store connected with [`connect`](SqlStore::connect) has the lane too (its
+    /// fires go to the thread when its commits sync, as with the default
+    /// `synchronous = FULL`), unless opened read-only; one built with
+    /// [`from_pool`](SqlStore::from_pool) or [`memory`](Self::memory) fires through sqlx.
+    ///
     /// # Examples
     ///
     /// ```no_run

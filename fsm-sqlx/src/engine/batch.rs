@@ -73,9 +73,7 @@ impl GroupCommit {
         self.max_batch = if commands == 0 { 1 } else { commands };
         self
     }
-}
 
-impl GroupCommit {
     /// The most commands one batch takes.
     pub(crate) const fn batch_limit(&self) -> usize {
         self.max_batch
