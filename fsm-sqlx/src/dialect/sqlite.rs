@@ -493,7 +493,7 @@ impl SqlStore<Sqlite> {
     /// process crashing, and may be lost with the machine's power.
     ///
     /// Fires run on the store's **write lane**, one more connection of its own
-    /// (rusqlite, the same bundled SQLite): a fire that finds the lane idle runs its
+    /// (rusqlite, the same bundled SQLite): a fire that finds no other under way runs its
     /// read, decision and write right away in the caller's thread (SQLite's own work,
     /// some 50 us, which under `synchronous = NORMAL` syncs nothing unless the WAL
     /// reached the backstop);
