@@ -26,7 +26,7 @@ use sqlx::{Connection, Database, Pool};
 pub(crate) const IDLE_PING: Duration = Duration::from_secs(1);
 
 /// Connections kept out of the pool between fires; clones share them.
-pub(crate) struct ConnCache<D: Database> {
+pub struct ConnCache<D: Database> {
     shared: Arc<Shared<D>>,
 }
 
@@ -47,6 +47,14 @@ impl<D: Database> Drop for Shared<D> {
                 drop(conn.detach());
             }
         }
+    }
+}
+
+impl<D: Database> std::fmt::Debug for ConnCache<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCache")
+            .field("held", &self.held())
+            .finish()
     }
 }
 
@@ -108,6 +116,11 @@ impl<D: Database> ConnCache<D> {
                 idle.clear();
             }
         }
+    }
+
+    /// How many connections the cache holds out of the pool now.
+    pub(crate) fn held(&self) -> usize {
+        self.idle().len()
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<(PoolConnection<D>, Instant)>> {

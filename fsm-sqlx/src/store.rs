@@ -153,7 +153,9 @@ impl<D: Dialect> SqlStore<D> {
         store.background = D::background(&options, &store.pool).await.map(Arc::new);
         #[cfg(feature = "sqlite")]
         {
-            store.lane = D::lane(&options, &store.pool).await.map(Arc::new);
+            store.lane = D::lane(&options, &store.pool, &store.conns)
+                .await
+                .map(Arc::new);
         }
         Ok(store)
     }

@@ -87,6 +87,7 @@ pub(crate) mod sealed {
         fn lane(
             _options: &ConnectOptionsOf<Self>,
             _pool: &Pool<Self>,
+            _conns: &crate::conns::ConnCache<Self>,
         ) -> impl Future<Output = Option<crate::lane::Lane>> + Send {
             async { None }
         }

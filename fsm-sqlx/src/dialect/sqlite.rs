@@ -148,8 +148,9 @@ DELETE FROM fsm_timers WHERE machine_type = ?1 AND machine_id = ?2 AND version =
     async fn lane(
         options: &SqliteConnectOptions,
         pool: &Pool<Sqlite>,
+        conns: &crate::conns::ConnCache<Sqlite>,
     ) -> Option<crate::lane::Lane> {
-        crate::lane::Lane::start(options, pool).await
+        crate::lane::Lane::start(options, pool, conns).await
     }
 
     fn migrator() -> &'static Migrator {
