@@ -233,6 +233,10 @@ impl<D: Dialect> SqlStore<D> {
     /// One batch holds at most one command per instance (the next waits for the next
     /// batch, in order). Commands carrying a token, [`fire_with`](Store::fire_with),
     /// pessimistic stores and instances that lost a race lately fire alone as before.
+    /// On a SQLite file store's write lane the batches are the lane's instead: each
+    /// command decided in turn under the write lock, several of one instance in order,
+    /// `fire_with` and every concurrency mode included, one batch at a time
+    /// (`in_flight` does not apply there).
     ///
     /// # Examples
     ///
