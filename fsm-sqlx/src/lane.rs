@@ -21,6 +21,9 @@
 //!   its own statements; a store without group commit gives each fire a transaction of
 //!   its own.
 //!
+//! The store's other work goes through sqlx and waits for the write lock in SQLite's
+//! busy handler; the lane gives way to it ([`Others`], [`Courtesy`]).
+//!
 //! Each transaction takes the write lock (`BEGIN IMMEDIATE`) before it reads, so what a
 //! command is decided on cannot move before it is written: a fire on the lane never
 //! loses a race, in any [`Concurrency`](crate::Concurrency) mode. Commands carrying a
@@ -47,7 +50,7 @@ use fsm_core::kit::Prepared;
 use fsm_core::{Error, Outcome, Result, Snapshot, StateMachine};
 
 use crate::conns::ConnCache;
-use crate::dialect::{Arg, OUTBOX_ONE, cas_args, outbox_args, record_args, timer_args};
+use crate::dialect::{Arg, OUTBOX_ONE, cas_args, outbox_args, read_args, record_args, timer_args};
 use crate::engine::rows::{
     MachineRow, TransitionRow, TransitionWrite, WriteOutcome, decode_machine, undecodable, write_of,
 };
@@ -90,6 +93,8 @@ struct Shared {
     closed: AtomicBool,
     /// Fires in [`Lane::fire`] now, run or waiting.
     callers: AtomicUsize,
+    /// The store's work through sqlx, which the lane gives way to.
+    others: Others,
     /// How long the thread waits for another connection's write lock (the pool's
     /// busy timeout).
     patience: Duration,
@@ -194,19 +199,18 @@ impl Lane {
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             callers: AtomicUsize::new(0),
+            others: Others {
+                pool: pool.clone(),
+                conns: conns.clone(),
+            },
             patience: Duration::from_millis(setting("busy_timeout").unwrap_or(0).max(0) as u64),
             inline: setting("synchronous").is_some_and(|level| level <= 1),
         });
         let (jobs, queue) = mpsc::channel();
         let served = Arc::clone(&shared);
-        let others = Others {
-            pool: pool.clone(),
-            conns: conns.clone(),
-            gave_way: None,
-        };
         let spawned = std::thread::Builder::new()
             .name("fsm-sqlite-lane".into())
-            .spawn(move || serve(&served, &queue, others));
+            .spawn(move || serve(&served, &queue));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "SQLite write lane not started");
             return None;
@@ -286,18 +290,21 @@ impl Lane {
 }
 
 impl Lane {
-    /// Runs `job` in the caller's thread when no other fire is under way on the lane
-    /// and no other connection holds the write lock: then the fire is SQLite's work
-    /// alone (some 50 us, no `fsync`), with no hand-off at all. Hands the job back
-    /// otherwise, for the thread, which waits for the lock.
+    /// Runs `job` in the caller's thread when no other fire is under way on the lane,
+    /// the store has no work under way through sqlx ([`Others`]) and no other
+    /// connection holds the write lock: then the fire is SQLite's work alone (some
+    /// 50 us, no `fsync`), with no hand-off at all. Hands the job back otherwise, for
+    /// the thread, which waits for the lock.
     fn inline(&self, job: Job) -> Option<Job> {
         let shared = &*self.shared;
         // With other fires under way, the thread takes this one into a transaction
         // with theirs: fires run inline under load would each commit alone (measured:
         // 0.75x the thread's throughput at 8 and 32 clients).
+        // Nor while the store works through sqlx: the thread gives way to that.
         if !shared.inline
             || shared.callers.load(Ordering::Acquire) > 1
             || shared.queued.load(Ordering::Acquire) > 0
+            || shared.others.busy()
         {
             return Some(job);
         }
@@ -322,8 +329,8 @@ impl Lane {
     }
 }
 
-/// One fire under way on the lane, counted while it lives (a caller that stops waiting
-/// included).
+/// One fire under way on the lane, counted until its caller's future ends (a queued fire
+/// whose caller stopped waiting is still counted as queued, until the thread takes it).
 struct Caller<'a>(&'a AtomicUsize);
 
 impl<'a> Caller<'a> {
@@ -413,7 +420,8 @@ fn open(path: &Path, settings: &[(&str, i64)]) -> rusqlite::Result<Connection> {
 
 /// The lane's thread: takes fires in arrival order, as many at once as the first
 /// allows, until the store is dropped or its pool closes.
-fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>, mut others: Others) {
+fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>) {
+    let mut courtesy = Courtesy::new();
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
@@ -423,6 +431,8 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>, mut others: Others) {
                 Ok(Message::Stop) | Err(_) => break,
             },
         };
+        // Before gathering, so that the fires arriving meanwhile join this batch.
+        courtesy.give_way(&shared.others);
         let mut batch = vec![first];
         let mut stopping = false;
         if !batch[0].alone {
@@ -442,7 +452,6 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>, mut others: Others) {
             }
             record_batch(&batch);
         }
-        others.give_way();
         let mut guard = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
         // Counted as queued until the lock is the thread's, so that no caller runs
         // inline ahead of them meanwhile.
@@ -465,45 +474,63 @@ fn serve(shared: &Shared, queue: &mpsc::Receiver<Message>, mut others: Others) {
 }
 
 /// The store's work through sqlx: a create, a token's fire, the dispatcher's claims and
-/// settlements, the timer worker, the intake, a read. A writer among it waits for
-/// SQLite's write lock in the busy handler, which sleeps 1, 2, 5 ms and up to 100 ms
-/// between tries; a thread committing one transaction after the other would leave it
-/// no moment to get in (measured: creates beside 32 firing clients took up to 2.2 s).
-/// So the thread gives way while any of that work is under way.
+/// settlements, the timer worker, the intake, but also a read or the application's own
+/// use of the pool. A writer among it waits for SQLite's write lock in the busy handler,
+/// which sleeps 1, 2, 5 ms and up to 100 ms between tries; a lane committing one
+/// transaction after the other would leave it no moment to get in (measured: creates
+/// beside 32 firing clients took up to 2.2 s). So the lane gives way while any such work
+/// is under way: the thread waits before its next transaction ([`Courtesy`]), and a
+/// fire goes to the thread rather than inline.
 struct Others {
     pool: SqlitePool,
     conns: ConnCache<sqlx::Sqlite>,
-    /// When the thread last waited out [`GIVE_WAY`] without the work ending.
-    gave_way: Option<Instant>,
 }
-
-/// The longest the thread waits for the store's work through sqlx at once; after
-/// waiting that long (work that holds a connection without writing, say) it does not
-/// wait again for four times as long, so such work costs fires a fifth of the time at
-/// most.
-const GIVE_WAY: Duration = Duration::from_millis(100);
 
 impl Others {
     /// Connections out of the pool, but for those the store keeps between fires: some
-    /// work through sqlx is under way.
+    /// work through sqlx is under way (or a connection's return, a moment later).
     fn busy(&self) -> bool {
         let out = (self.pool.size() as usize).saturating_sub(self.pool.num_idle());
         out > self.conns.held()
     }
+}
 
-    /// Waits, before the next transaction, for the store's work through sqlx to end.
-    fn give_way(&mut self) {
-        if !self.busy() || self.gave_way.is_some_and(|at| at.elapsed() < 4 * GIVE_WAY) {
+/// How long the thread may wait for the store's work through sqlx: [`BUDGET`] in any
+/// [`WINDOW`], so that work which holds a connection without writing (steady reads, a
+/// connection the application keeps) costs fires a fifth of the time at most.
+struct Courtesy {
+    window: Instant,
+    waited: Duration,
+}
+
+const WINDOW: Duration = Duration::from_millis(500);
+const BUDGET: Duration = Duration::from_millis(100);
+
+impl Courtesy {
+    fn new() -> Self {
+        Courtesy {
+            window: Instant::now(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Waits, before the next transaction, for the store's work through sqlx to end,
+    /// within what is left of the budget; polls from 50 us, backing off to 1 ms.
+    fn give_way(&mut self, others: &Others) {
+        if !others.busy() {
             return;
         }
-        let waiting = Instant::now();
-        while self.busy() {
-            if waiting.elapsed() >= GIVE_WAY {
-                self.gave_way = Some(Instant::now());
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(100));
+        if self.window.elapsed() >= WINDOW {
+            (self.window, self.waited) = (Instant::now(), Duration::ZERO);
         }
+        let left = BUDGET.saturating_sub(self.waited);
+        let waiting = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        while others.busy() && waiting.elapsed() < left {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        self.waited += waiting.elapsed();
     }
 }
 
@@ -806,10 +833,7 @@ fn attempt<M: StateMachine>(
         // Under the write lock the version cannot have moved since the read; a key the
         // read did not find is sqlx's path to sort out (it reads and replays).
         Ok(_) => Ok(Attempt::Elsewhere),
-        Err(e) => Err(Error::database(
-            format!("fire {machine} {id}"),
-            LaneError::from(&e).to_sqlx(),
-        )),
+        Err(e) => Err(database_error(format!("fire {machine} {id}"), &e)),
     }
 }
 
@@ -821,19 +845,8 @@ fn read<M: StateMachine>(
     id: &str,
     prepared: &Prepared<M>,
 ) -> Result<Option<(MachineRow, Option<TransitionRow>)>> {
-    let (stored, legacy) = (prepared.stored_key(), prepared.legacy_key());
-    let args = [
-        Arg::MaybeText(stored),
-        Arg::MaybeText(legacy.or(stored)),
-        Arg::Text(machine),
-        Arg::Text(id),
-    ];
-    let failed = |e: rusqlite::Error| {
-        Error::database(
-            format!("read {machine} {id}"),
-            LaneError::from(&e).to_sqlx(),
-        )
-    };
+    let args = read_args(machine, id, prepared.stored_key(), prepared.legacy_key());
+    let failed = |e: rusqlite::Error| database_error(format!("read {machine} {id}"), &e);
     let mut statement = conn.prepare_cached(READ).map_err(failed)?;
     let mut rows = statement
         .query(rusqlite::params_from_iter(args.iter()))
@@ -949,12 +962,12 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(failure, _)
-            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-    )
+    LaneError::from(e).kind() == ErrorKind::UniqueViolation
+}
+
+/// An [`Error::Database`] of `operation` for a SQLite error on the lane.
+fn database_error(operation: String, e: &rusqlite::Error) -> Error {
+    Error::database(operation, LaneError::from(e).to_sqlx())
 }
 
 impl ToSql for Arg<'_> {
@@ -967,5 +980,39 @@ impl ToSql for Arg<'_> {
             Arg::MaybeText(None) | Arg::MaybeInt(None) | Arg::MaybeBytes(None) => ValueRef::Null,
         };
         Ok(ToSqlOutput::Borrowed(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lane counts a connection out of the store's pool as work under way, unless
+    /// the store keeps it between fires.
+    #[tokio::test]
+    async fn work_through_sqlx_is_a_pool_connection_out_but_not_one_kept_between_fires() {
+        let path = std::env::temp_dir().join(format!(
+            "fsm-lane-others-{}-{}.db",
+            std::process::id(),
+            fsm_core::kit::now_ms()
+        ));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.expect("pool");
+        let others = Others {
+            pool: pool.clone(),
+            conns: ConnCache::default(),
+        };
+        assert!(!others.busy(), "an idle pool");
+        let conn = pool.acquire().await.expect("connection");
+        assert!(others.busy(), "a connection out of the pool");
+        others.conns.keep(&pool, conn);
+        assert_eq!(others.conns.held(), 1);
+        assert!(!others.busy(), "a connection kept between fires");
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

@@ -38,6 +38,13 @@ mod file_through_sqlx {
     fsm_core::durable_store_tests!(SqliteFile::through_sqlx(Concurrency::Adaptive));
 }
 
+mod file_through_sqlx_grouped {
+    use super::*;
+    fsm_core::store_conformance_tests!(SqliteFile::through_sqlx_grouped());
+    fsm_core::durable_store_tests!(SqliteFile::through_sqlx_grouped());
+    common::group::group_commit_tests!(SqliteFile::through_sqlx_grouped());
+}
+
 mod file_through_sqlx_pessimistic {
     use super::*;
     fsm_core::store_conformance_tests!(SqliteFile::through_sqlx(Concurrency::Pessimistic));
@@ -204,8 +211,9 @@ async fn the_checkpointing_task_ends_when_the_stores_pool_closes() {
 
 /// A fire that finds another connection holding SQLite's write lock waits for it on the
 /// store's write lane, as long as the busy timeout allows, and applies once the lock
-/// is released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// is released; meanwhile the caller's thread is free (on a runtime of one thread, the
+/// test's own sleep would not end otherwise).
+#[tokio::test(flavor = "current_thread")]
 async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
     use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
     use fsm_core::{Command, Store};
@@ -325,11 +333,14 @@ async fn a_read_only_store_refuses_to_fire() {
 
 /// A write SQLite refuses (here a trigger on the history) fails that fire alone, with a
 /// database error that keeps sqlx's error as its source, and leaves its instance as it
-/// was; fires at other instances, batched with it or not, apply.
+/// was; fires at other instances, in one transaction with it or not, apply. The fires
+/// are sent while another connection holds the write lock, so that with group commit
+/// they queue into one transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
     use fsm_core::testing::{Order, OrderData, OrderEvent};
     use fsm_core::{Command, Store};
+    use sqlx::Connection;
 
     for grouped in [false, true] {
         let fixture = match grouped {
@@ -352,6 +363,14 @@ async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
         .execute(store.pool())
         .await
         .expect("trigger");
+        let url = format!("sqlite:{}", fixture.path().display());
+        let mut other = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("second connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .expect("take the write lock");
         let fires: Vec<_> = ids
             .iter()
             .map(|id| {
@@ -363,6 +382,12 @@ async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
                 })
             })
             .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        sqlx::query("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("release the write lock");
+        drop(other);
         for (id, fire) in ids.iter().zip(fires) {
             let fired = fire.await.expect("fire task");
             let version = store.load::<Order>(id).await.expect("load").version;
@@ -385,4 +410,71 @@ async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
         drop(store);
         fsm_core::testing::Fixture::cleanup(fixture).await;
     }
+}
+
+/// Not a test but a measurement, run by hand (`cargo test --release -p fsm-sqlx --test
+/// sqlite -- --ignored --nocapture creates_beside`): 32 tasks fire at 256 instances for
+/// 8 s while one task creates an instance every 5 ms through sqlx's path, which waits
+/// for SQLite's write lock in the busy handler. Prints the fires, the creates and the
+/// slowest create (BENCHMARKS.md, "SQLite's write lane").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints figures"]
+async fn creates_beside_32_firing_clients() {
+    use std::time::{Duration, Instant};
+
+    use fsm_core::testing::{Note, Order, OrderData, OrderEvent};
+    use fsm_core::{Command, Store};
+
+    let fixture = SqliteFile::grouped(Concurrency::Adaptive).await;
+    let store = fsm_core::testing::Fixture::store(&fixture);
+    for n in 0..256 {
+        store
+            .create::<Order>(&format!("o-{n}"), OrderData::default())
+            .await
+            .expect("create");
+    }
+    let stop = Instant::now() + Duration::from_secs(8);
+    let firing: Vec<_> = (0..32)
+        .map(|client| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut fires = 0u64;
+                while Instant::now() < stop {
+                    let id = format!("o-{}", (client * 8 + fires % 8) % 256);
+                    let note = OrderEvent::Annotate(Note("n".into()));
+                    store
+                        .fire(&id, Command::<Order>::new(note))
+                        .await
+                        .expect("fire");
+                    fires += 1;
+                }
+                fires
+            })
+        })
+        .collect();
+    let creating = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let (mut creates, mut slowest) = (0u64, Duration::ZERO);
+            while Instant::now() < stop {
+                let started = Instant::now();
+                store
+                    .create::<Order>(&format!("c-{creates}"), OrderData::default())
+                    .await
+                    .expect("create");
+                slowest = slowest.max(started.elapsed());
+                creates += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (creates, slowest)
+        })
+    };
+    let mut fires = 0;
+    for task in firing {
+        fires += task.await.expect("firing task");
+    }
+    let (creates, slowest) = creating.await.expect("creating task");
+    eprintln!("{fires} fires, {creates} creates, the slowest create {slowest:?}");
+    drop(store);
+    fsm_core::testing::Fixture::cleanup(fixture).await;
 }

@@ -176,12 +176,7 @@ pub(crate) mod sealed {
             async move {
                 let mut rows = Vec::with_capacity(lookups.len());
                 for lookup in lookups {
-                    let args = [
-                        Arg::MaybeText(lookup.key),
-                        Arg::MaybeText(lookup.legacy.or(lookup.key)),
-                        Arg::Text(machine),
-                        Arg::Text(lookup.id),
-                    ];
+                    let args = read_args(machine, lookup.id, lookup.key, lookup.legacy);
                     rows.push(Self::row(conn, Self::SQL.read, &args).await?);
                 }
                 Ok(rows)
@@ -848,6 +843,22 @@ mod transaction {
         }
         Ok(())
     }
+}
+
+/// The read's binds: the key as stored, the key in fsm 0.1.0's form (else as stored
+/// again), the machine type and the id.
+pub(crate) fn read_args<'a>(
+    machine: &'a str,
+    id: &'a str,
+    key: Option<&'a str>,
+    legacy: Option<&'a str>,
+) -> [Arg<'a>; 4] {
+    [
+        Arg::MaybeText(key),
+        Arg::MaybeText(legacy.or(key)),
+        Arg::Text(machine),
+        Arg::Text(id),
+    ]
 }
 
 /// The compare-and-set's binds for `w`: state, version, context, updated, entered,

@@ -505,11 +505,15 @@ impl SqlStore<Sqlite> {
     /// [`Concurrency`](crate::Concurrency). Commands carrying a token go through sqlx,
     /// and so does a fire the lane cannot settle (a transaction that failed to commit,
     /// the lane stopped). An error of either path keeps a [`sqlx::Error`] as its source.
-    /// The lane's connection is not one of the pool's: `pool.close()` stops the lane,
-    /// which closes its connection once its current transaction ends. It copies the
-    /// pool's `synchronous`, `foreign_keys`, `busy_timeout` and `wal_autocheckpoint`,
-    /// and the lane does not start for a database in another journal mode, locked
-    /// exclusively, on a VFS of its own or that the pool cannot write.
+    /// The lane's connection is not one of the pool's: `pool.close()` stops the lane
+    /// once the fires already queued are done, without waiting for its connection to
+    /// close. It copies the pool's `synchronous`, `foreign_keys`, `busy_timeout` and
+    /// `wal_autocheckpoint` (not an `after_connect`), and the lane does not start for a
+    /// database in another journal mode, locked exclusively, on a VFS of its own or that
+    /// the pool cannot write. While the pool has connections out (the store's work
+    /// through sqlx, which waits for the write lock in SQLite's busy handler, or
+    /// yours), fires go to the lane's thread, which gives way before its next
+    /// transaction for at most 100 ms in any 500 ms.
     /// A store connected with [`connect`](SqlStore::connect) has the lane too (its
     /// fires go to the thread when its commits sync, as with the default
     /// `synchronous = FULL`), unless opened read-only; one built with
@@ -533,6 +537,7 @@ impl SqlStore<Sqlite> {
 
     /// [`open`](Self::open) with pool options of your own (another size, an
     /// `after_connect`), keeping the connection settings and the checkpointing task.
+    /// An `after_connect` runs on the pool's connections only, not on the write lane's.
     ///
     /// # Examples
     ///

@@ -21,7 +21,7 @@ use fsm_core::{Created, Error, Outcome, Result, Snapshot, StateMachine, Transiti
 use crate::Concurrency;
 use crate::dialect::{
     Arg, Dialect, LOST_RACE_RUNS, begin_write, connection_lost, db_error, fetch, lost_race,
-    lost_race_pause, retrying,
+    lost_race_pause, read_args, retrying,
 };
 use rows::{
     InstanceRead, MachineRow, NewMachine, TimerRow, TransitionRow, WriteOutcome, decode_machine,
@@ -76,12 +76,7 @@ async fn read_on<D: Dialect>(
     id: &str,
     key: KeyLookup<'_>,
 ) -> Result<InstanceRead> {
-    let args = [
-        Arg::MaybeText(key.stored),
-        Arg::MaybeText(key.legacy.or(key.stored)),
-        Arg::Text(machine),
-        Arg::Text(id),
-    ];
+    let args = read_args(machine, id, key.stored, key.legacy);
     let row = D::row(conn, D::SQL.read, &args)
         .await
         .map_err(db_error(|| format!("read {machine} {id}")))?;

@@ -668,6 +668,14 @@ pub(crate) mod sqlite {
             }
         }
 
+        /// As [`through_sqlx`](Self::through_sqlx) (adaptive), with group commit:
+        /// sqlx's SQLite batches, as a grouped store from `from_pool` makes them.
+        pub(crate) async fn through_sqlx_grouped() -> Self {
+            let mut fixture = Self::through_sqlx(Concurrency::Adaptive).await;
+            fixture.store = super::grouped(fixture.store);
+            fixture
+        }
+
         /// As [`with`](Self::with), with group commit.
         pub(crate) async fn grouped(concurrency: Concurrency) -> Self {
             let mut fixture = Self::with(concurrency).await;
