@@ -497,14 +497,14 @@ impl Others {
 
 /// How long the thread may wait for the store's work through sqlx: [`BUDGET`] in any
 /// [`WINDOW`], so that work which holds a connection without writing (steady reads, a
-/// connection the application keeps) costs fires a fifth of the time at most.
+/// connection the application keeps) costs fires half the time at most.
 struct Courtesy {
     window: Instant,
     waited: Duration,
 }
 
 const WINDOW: Duration = Duration::from_millis(500);
-const BUDGET: Duration = Duration::from_millis(100);
+const BUDGET: Duration = Duration::from_millis(250);
 
 impl Courtesy {
     fn new() -> Self {

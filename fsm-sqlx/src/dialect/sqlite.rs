@@ -513,7 +513,7 @@ impl SqlStore<Sqlite> {
     /// the pool cannot write. While the pool has connections out (the store's work
     /// through sqlx, which waits for the write lock in SQLite's busy handler, or
     /// yours), fires go to the lane's thread, which gives way before its next
-    /// transaction for at most 100 ms in any 500 ms.
+    /// transaction for at most 250 ms in any 500 ms.
     /// A store connected with [`connect`](SqlStore::connect) has the lane too (its
     /// fires go to the thread when its commits sync, as with the default
     /// `synchronous = FULL`), unless opened read-only; one built with
