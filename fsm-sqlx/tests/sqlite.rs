@@ -209,15 +209,10 @@ async fn the_checkpointing_task_ends_when_the_stores_pool_closes() {
     common::sqlite::remove_files(&path);
 }
 
-/// A fire that finds another connection holding SQLite's write lock waits for it on the
-/// store's write lane, as long as the busy timeout allows, and applies once the lock
-/// is released; meanwhile the caller's thread is free (on a runtime of one thread, the
-/// test's own sleep would not end otherwise).
-#[tokio::test(flavor = "current_thread")]
-async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
-    use fsm_core::testing::{Order, OrderData, OrderEvent, OrderState};
-    use fsm_core::{Command, Store};
-    use sqlx::Connection;
+/// A file store holding instance `o-1` of `Order`, as created.
+async fn a_store_with_one_order() -> (SqliteFile, Arc<SqliteStore>) {
+    use fsm_core::Store;
+    use fsm_core::testing::{Order, OrderData};
 
     let fixture = SqliteFile::new().await;
     let store = fsm_core::testing::Fixture::store(&fixture);
@@ -225,6 +220,14 @@ async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
         .create::<Order>("o-1", OrderData::default())
         .await
         .expect("create");
+    (fixture, store)
+}
+
+/// Another connection to the fixture's file, holding SQLite's write lock until it
+/// commits.
+async fn hold_the_write_lock(fixture: &SqliteFile) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+
     let url = format!("sqlite:{}", fixture.path().display());
     let mut other = sqlx::SqliteConnection::connect(&url)
         .await
@@ -233,6 +236,20 @@ async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
         .execute(&mut other)
         .await
         .expect("take the write lock");
+    other
+}
+
+/// A fire that finds another connection holding SQLite's write lock waits for it on the
+/// store's write lane, as long as the busy timeout allows, and applies once the lock
+/// is released; meanwhile the caller's thread is free (on a runtime of one thread, the
+/// test's own sleep would not end otherwise).
+#[tokio::test(flavor = "current_thread")]
+async fn a_fire_waits_for_a_write_lock_held_elsewhere_and_then_applies() {
+    use fsm_core::testing::{Order, OrderEvent, OrderState};
+    use fsm_core::{Command, Store};
+
+    let (fixture, store) = a_store_with_one_order().await;
+    let mut other = hold_the_write_lock(&fixture).await;
     let firing = Arc::clone(&store);
     let fire = tokio::spawn(async move {
         firing
@@ -309,15 +326,10 @@ async fn thirty_two_racing_fires_at_one_instance_all_apply_without_retries() {
 /// A store opened read-only writes nothing, whatever path its fires take.
 #[tokio::test]
 async fn a_read_only_store_refuses_to_fire() {
-    use fsm_core::testing::{Order, OrderData, OrderEvent};
+    use fsm_core::testing::{Order, OrderEvent};
     use fsm_core::{Command, Error, Store};
 
-    let fixture = SqliteFile::new().await;
-    let store = fsm_core::testing::Fixture::store(&fixture);
-    store
-        .create::<Order>("o-1", OrderData::default())
-        .await
-        .expect("create");
+    let (fixture, store) = a_store_with_one_order().await;
     let url = format!("sqlite:{}?mode=ro", fixture.path().display());
     let read_only = SqliteStore::connect(&url).await.expect("read-only store");
     let err = read_only
@@ -340,7 +352,6 @@ async fn a_read_only_store_refuses_to_fire() {
 async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
     use fsm_core::testing::{Order, OrderData, OrderEvent};
     use fsm_core::{Command, Store};
-    use sqlx::Connection;
 
     for grouped in [false, true] {
         let fixture = match grouped {
@@ -363,14 +374,7 @@ async fn a_write_sqlite_refuses_fails_only_its_own_fire_and_changes_nothing() {
         .execute(store.pool())
         .await
         .expect("trigger");
-        let url = format!("sqlite:{}", fixture.path().display());
-        let mut other = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("second connection");
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut other)
-            .await
-            .expect("take the write lock");
+        let mut other = hold_the_write_lock(&fixture).await;
         let fires: Vec<_> = ids
             .iter()
             .map(|id| {
