@@ -11,7 +11,7 @@
 //!
 //! * A caller that finds no other fire under way on the lane and no other connection
 //!   holding SQLite's write lock runs its fire in its own thread: SQLite's work alone,
-//!   some 50 us, which under `synchronous = NORMAL` waits for the disk only for a page
+//!   about what C SQLite takes for the same statements, which under `synchronous = NORMAL` waits for the disk only for a page
 //!   not in the OS cache or when the WAL reached the checkpoint backstop (with `FULL`,
 //!   where each commit syncs, every fire goes to the thread).
 //! * Otherwise the fire goes to the lane's thread, one message there and one back. The
@@ -67,12 +67,12 @@ const SPIN: Duration = Duration::from_micros(100);
 
 /// The settings of the store's pooled connections that a write depends on, copied to
 /// the lane's connection.
-const MIRRORED_PRAGMAS: [&str; 4] = [
-    "synchronous",
-    "foreign_keys",
-    "busy_timeout",
-    "wal_autocheckpoint",
-];
+struct PoolSettings {
+    synchronous: i64,
+    foreign_keys: i64,
+    busy_timeout: Duration,
+    wal_autocheckpoint: i64,
+}
 
 /// A store's lane: the sending end of its thread's queue. The thread ends when the last
 /// clone of the store drops this, or when the store's pool closes.
@@ -193,7 +193,6 @@ impl Lane {
                 return None;
             }
         };
-        let setting = |name| settings.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
         let shared = Arc::new(Shared {
             conn: Mutex::new(Some(conn)),
             queued: AtomicUsize::new(0),
@@ -203,8 +202,9 @@ impl Lane {
                 pool: pool.clone(),
                 conns: conns.clone(),
             },
-            patience: Duration::from_millis(setting("busy_timeout").unwrap_or(0).max(0) as u64),
-            inline: setting("synchronous").is_some_and(|level| level <= 1),
+            patience: settings.busy_timeout,
+            // OFF (0) or NORMAL (1).
+            inline: settings.synchronous <= 1,
         });
         let (jobs, queue) = mpsc::channel();
         let served = Arc::clone(&shared);
@@ -292,8 +292,8 @@ impl Lane {
 impl Lane {
     /// Runs `job` in the caller's thread when no other fire is under way on the lane,
     /// the store has no work under way through sqlx ([`Others`]) and no other
-    /// connection holds the write lock: then the fire is SQLite's work alone (some
-    /// 50 us, no `fsync`), with no hand-off at all. Hands the job back otherwise, for
+    /// connection holds the write lock: then the fire is SQLite's work alone (no
+    /// `fsync`), with no hand-off at all. Hands the job back otherwise, for
     /// the thread, which waits for the lock.
     fn inline(&self, job: Job) -> Option<Job> {
         let shared = &*self.shared;
@@ -359,11 +359,11 @@ impl From<sqlx::Error> for NoLane {
     }
 }
 
-/// Reads the settings of [`MIRRORED_PRAGMAS`] from a connection of `pool`, refusing a
+/// Reads the [`PoolSettings`] from a connection of `pool`, refusing a
 /// database that is not in WAL mode (in memory, or configured otherwise), one locked
 /// exclusively, or one the pool's connections cannot write (opened read-only): the lane
 /// must not write where the store could not.
-async fn mirrored(pool: &SqlitePool) -> std::result::Result<Vec<(&'static str, i64)>, NoLane> {
+async fn mirrored(pool: &SqlitePool) -> std::result::Result<PoolSettings, NoLane> {
     let mut conn = pool.acquire().await?;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
@@ -391,29 +391,37 @@ async fn mirrored(pool: &SqlitePool) -> std::result::Result<Vec<(&'static str, i
     if written.is_err() {
         return Err(Refused("the pool's connections cannot write"));
     }
-    let mut settings = Vec::with_capacity(MIRRORED_PRAGMAS.len());
-    for pragma in MIRRORED_PRAGMAS {
-        let value: i64 = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
+    let mut values = [0i64; 4];
+    for (value, pragma) in values.iter_mut().zip([
+        "synchronous",
+        "foreign_keys",
+        "busy_timeout",
+        "wal_autocheckpoint",
+    ]) {
+        *value = sqlx::query_scalar(&format!("PRAGMA {pragma}"))
             .fetch_one(&mut *conn)
             .await?;
-        settings.push((pragma, value));
     }
-    Ok(settings)
+    let [synchronous, foreign_keys, busy_ms, wal_autocheckpoint] = values;
+    Ok(PoolSettings {
+        synchronous,
+        foreign_keys,
+        busy_timeout: Duration::from_millis(u64::try_from(busy_ms).unwrap_or(0)),
+        wal_autocheckpoint,
+    })
 }
 
 /// The lane's connection: the database file, read-write, never created (the pool
 /// opened it already), with the pool's settings.
-fn open(path: &Path, settings: &[(&str, i64)]) -> rusqlite::Result<Connection> {
+fn open(path: &Path, settings: &PoolSettings) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    for &(pragma, value) in settings {
-        match pragma {
-            "busy_timeout" => conn.busy_timeout(Duration::from_millis(value.max(0) as u64))?,
-            _ => conn.pragma_update(None, pragma, value)?,
-        }
-    }
+    conn.pragma_update(None, "synchronous", settings.synchronous)?;
+    conn.pragma_update(None, "foreign_keys", settings.foreign_keys)?;
+    conn.pragma_update(None, "wal_autocheckpoint", settings.wal_autocheckpoint)?;
+    conn.busy_timeout(settings.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
     Ok(conn)
 }

@@ -496,7 +496,7 @@ impl SqlStore<Sqlite> {
     /// Fires run on the store's **write lane**, one more connection of its own
     /// (rusqlite, the same bundled SQLite): a fire that finds no other under way runs its
     /// read, decision and write right away in the caller's thread (SQLite's own work,
-    /// some 50 us, which under `synchronous = NORMAL` syncs nothing unless the WAL
+    /// about what C SQLite takes for the same statements, which under `synchronous = NORMAL` syncs nothing unless the WAL
     /// reached the backstop);
     /// otherwise it goes to the lane's thread, which takes the fires queued meanwhile
     /// into one transaction (group commit, one savepoint each) or, without group
